@@ -1,0 +1,5 @@
+"""tsearch: jit-compiled, batched tree search over language models in JAX."""
+from tsearch.base import ExpandOutput, PolicyOutput, RootOutput
+from tsearch.tree import NO_PARENT, ROOT_INDEX, UNVISITED, Tree, empty_tree, path_to_root
+
+__version__ = "0.1.0"

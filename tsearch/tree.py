@@ -1,0 +1,178 @@
+"""Array-based search trees, batch first.
+
+A :class:`Tree` holds ``B`` independent trees of fixed capacity ``N`` nodes.
+Every node has ``K`` child *slots*; slot ``k`` of node ``n`` carries an action
+payload ``children_actions[b, n, k]`` of ``S`` int32 tokens (a single token id
+for token-level search, a padded multi-token step for step-level search, an
+action id for plain MDPs).
+
+Invariants (checked by the property tests):
+
+* Node 0 is the root. Nodes ``0 .. num_nodes[b]-1`` are in use; the rest are
+  free and hold the fill values of :func:`empty_tree`.
+* ``parents[b, 0] == NO_PARENT``; for ``0 < n < num_nodes[b]``,
+  ``children_index[b, parents[b, n], action_from_parent[b, n]] == n`` and
+  ``node_depth[b, n] == node_depth[b, parents[b, n]] + 1``. A node's index is
+  always larger than its parent's.
+* ``children_index[b, n, k] == UNVISITED`` until slot ``k`` is expanded.
+* ``node_visits[b, n] == 1 + sum_k children_visits[b, n, k]`` for every
+  expanded node after a search (the first visit is the expansion itself), and
+  ``children_visits[b, n, k] == node_visits[b, children_index[b, n, k]]``.
+* ``node_values`` is the running mean of the backed-up returns at the node;
+  ``children_values[b, n, k] == node_values[b, children_index[b, n, k]]``.
+* Illegal slots (``children_mask`` False) are never expanded.
+* Terminal nodes have ``raw_values == 0`` and no children.
+
+Capacity ``N`` is chosen when the tree is made and does not depend on the
+number of simulations, so a subtree kept by :func:`tsearch.reroot` can be
+searched further. A search that would need more nodes than remain raises a
+clear error before it runs (static shapes) or, where that depends on data,
+records it in ``Tree.overflowed``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+
+Array = chex.Array
+
+NO_PARENT = -1
+UNVISITED = -1
+ROOT_INDEX = 0
+
+
+@chex.dataclass(frozen=True)
+class Tree:
+  """``B`` search trees of capacity ``N`` with ``K`` child slots per node."""
+  # Per node.
+  node_visits: Array  # [B, N] int32
+  raw_values: Array  # [B, N] float32, value head at expansion
+  node_values: Array  # [B, N] float32, mean backed-up value
+  parents: Array  # [B, N] int32, NO_PARENT for the root and free nodes
+  action_from_parent: Array  # [B, N] int32, slot in the parent, -1 for root
+  node_depth: Array  # [B, N] int32, root is 0
+  node_terminal: Array  # [B, N] bool
+  # Per child slot.
+  children_index: Array  # [B, N, K] int32, UNVISITED until expanded
+  children_prior_logits: Array  # [B, N, K] float32
+  children_visits: Array  # [B, N, K] int32
+  children_values: Array  # [B, N, K] float32
+  children_rewards: Array  # [B, N, K] float32
+  children_discounts: Array  # [B, N, K] float32
+  children_mask: Array  # [B, N, K] bool, legal slots
+  children_actions: Array  # [B, N, K, S] int32, action payload
+  # Per tree.
+  num_nodes: Array  # [B] int32
+  overflowed: Array  # [B] bool, a search wanted more than N nodes
+  # User payload per node (e.g. model state, KV references): leaves [B, N, ...].
+  embeddings: Any
+
+  @property
+  def batch_size(self) -> int:
+    return self.node_visits.shape[0]
+
+  @property
+  def capacity(self) -> int:
+    return self.node_visits.shape[1]
+
+  @property
+  def num_children(self) -> int:
+    return self.children_index.shape[2]
+
+  @property
+  def action_length(self) -> int:
+    return self.children_actions.shape[3]
+
+  def qvalues(self, indices: Array) -> Array:
+    """Q(s, a) = r + discount * V(child) for the slots of nodes ``indices``.
+
+    Args:
+      indices: node index per batch row, ``[B]``.
+
+    Returns:
+      ``[B, K]`` Q-values; unvisited slots give ``reward + discount * 0``.
+    """
+    b = jnp.arange(self.batch_size)
+    return (self.children_rewards[b, indices]
+            + self.children_discounts[b, indices]
+            * self.children_values[b, indices])
+
+  def root_visit_counts(self) -> Array:
+    return self.children_visits[:, ROOT_INDEX]  # [B, K]
+
+
+def empty_tree(*, batch_size: int, capacity: int, num_children: int,
+               action_length: int, embedding_example: Any) -> Tree:
+  """A tree with no nodes in use.
+
+  Args:
+    batch_size: ``B``.
+    capacity: ``N``, the number of nodes each tree can hold.
+    num_children: ``K``, child slots per node.
+    action_length: ``S``, tokens in one action payload.
+    embedding_example: a pytree with leaves ``[B, ...]``; the tree stores one
+      such leaf per node, ``[B, N, ...]``, filled with zeros.
+  """
+  b, n, k, s = batch_size, capacity, num_children, action_length
+  if min(b, n, k, s) < 1:
+    raise ValueError(
+        f"Tree sizes must be positive, got batch_size={b}, capacity={n}, "
+        f"num_children={k}, action_length={s}.")
+  i32, f32 = jnp.int32, jnp.float32
+
+  def node_storage(x):
+    x = jnp.asarray(x)
+    if x.ndim < 1 or x.shape[0] != b:
+      raise ValueError(
+          f"Every embedding leaf needs a leading batch dimension {b}; got a "
+          f"leaf of shape {x.shape}.")
+    return jnp.zeros((b, n) + x.shape[1:], x.dtype)
+
+  return Tree(
+      node_visits=jnp.zeros((b, n), i32),
+      raw_values=jnp.zeros((b, n), f32),
+      node_values=jnp.zeros((b, n), f32),
+      parents=jnp.full((b, n), NO_PARENT, i32),
+      action_from_parent=jnp.full((b, n), -1, i32),
+      node_depth=jnp.zeros((b, n), i32),
+      node_terminal=jnp.zeros((b, n), bool),
+      children_index=jnp.full((b, n, k), UNVISITED, i32),
+      children_prior_logits=jnp.zeros((b, n, k), f32),
+      children_visits=jnp.zeros((b, n, k), i32),
+      children_values=jnp.zeros((b, n, k), f32),
+      children_rewards=jnp.zeros((b, n, k), f32),
+      children_discounts=jnp.zeros((b, n, k), f32),
+      children_mask=jnp.zeros((b, n, k), bool),
+      children_actions=jnp.zeros((b, n, k, s), i32),
+      num_nodes=jnp.zeros((b,), i32),
+      overflowed=jnp.zeros((b,), bool),
+      embeddings=jax.tree.map(node_storage, embedding_example),
+  )
+
+
+def path_to_root(tree: Tree, node_index: Array, max_depth: int) -> Array:
+  """Ancestors of ``node_index`` (itself first), padded with NO_PARENT.
+
+  Args:
+    tree: the tree.
+    node_index: ``[B]`` node per batch row.
+    max_depth: static bound on the depth; the result has ``max_depth + 1``
+      entries.
+
+  Returns:
+    ``[B, max_depth + 1]`` int32: entry ``i`` is the ancestor ``i`` levels up,
+    or NO_PARENT beyond the root.
+  """
+  b = jnp.arange(tree.batch_size)
+
+  def step(idx, _):
+    safe = jnp.maximum(idx, 0)
+    parent = jnp.where(idx >= 0, tree.parents[b, safe], NO_PARENT)
+    return parent, idx
+
+  _, path = jax.lax.scan(step, node_index.astype(jnp.int32), None,
+                         length=max_depth + 1)
+  return path.T
