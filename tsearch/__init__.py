@@ -3,3 +3,4 @@ from tsearch.base import ExpandOutput, PolicyOutput, RootOutput
 from tsearch.tree import NO_PARENT, ROOT_INDEX, UNVISITED, Tree, empty_tree, path_to_root
 
 __version__ = "0.1.0"
+from tsearch.visualize import display_tree, tree_to_dot, tree_to_html
