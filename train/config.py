@@ -1,0 +1,192 @@
+"""Config handling for ``python -m train``: defaults, checks, flag parsing.
+
+A run's config is a Python file under ``configs/`` whose ``get_config()``
+returns an ``ml_collections.ConfigDict``; ``--config.a.b=v`` overrides a value.
+:func:`default_config` holds every key the trainer reads, so a config file only
+states what it changes (``base = default_config(); base.model.d_model = ...``).
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import uuid
+from typing import Sequence
+
+import ml_collections
+
+ConfigDict = ml_collections.ConfigDict
+
+
+def default_config() -> ConfigDict:
+  """Every key the trainer reads, with its default value."""
+  c = ConfigDict()
+  c.seed = 0
+  # Task and data.
+  c.task = ConfigDict(dict(name="arithmetic", options=ConfigDict()))
+  c.data = ConfigDict(dict(
+      source="tfds",  # "tfds" (built by tsearch.data) or "synthetic" (tests).
+      data_dir="",  # "" means <workdir>/data.
+      auto_build=True,  # build the TFDS data into data_dir if missing.
+      max_len=64,  # padded length of a training trace, in tokens.
+      num_examples=256,  # synthetic source only.
+  ))
+  # Model (models.ModelConfig); vocab_size 0 means "the task's tokenizer".
+  c.model = ConfigDict(dict(
+      vocab_size=0, num_layers=2, d_model=64, num_heads=4, num_kv_heads=2,
+      head_dim=16, mlp_dim=128, max_seq_len=128, dtype="float32"))
+  c.optim = ConfigDict(dict(
+      learning_rate=3e-3, warmup_steps=10, weight_decay=0.0, b1=0.9, b2=0.98,
+      grad_clip=1.0))
+  c.batch_size = 32  # global, over all devices and hosts.
+  # Supervised warm start on reference traces (policy) and outcomes (value).
+  c.warm_start = ConfigDict(dict(
+      steps=100,
+      policy_weight=1.0,
+      value_weight=0.5,
+      corrupt_fraction=0.0,  # share of the batch made of corrupted traces
+                             # (value target 0, no policy loss).
+  ))
+  # Search-and-learn iterations after the warm start.
+  c.search = ConfigDict(dict(
+      steps=0,
+      algorithm="puct",  # "puct" or "gumbel".
+      level="token",  # "token" or "step".
+      num_simulations=16,
+      num_children=4,
+      capacity=64,
+      max_new_tokens=16,
+      policy_weight=1.0,
+      value_weight=0.5,
+      sft_weight=0.0,  # extra LM loss on solved trajectories.
+      value_target="outcome",  # "outcome", "q" or "mix" (AlphaMath-style).
+      value_mix=0.5,  # weight of the outcome in "mix".
+      replay_size=0,  # 0 disables the replay buffer.
+      updates_per_search=1,
+  ))
+  c.checkpoint = ConfigDict(dict(every_steps=50, keep=3))
+  c.log_every_steps = 10
+  c.progress_bar = True
+  c.eval = ConfigDict(dict(
+      split="test", num_examples=64, batch_size=32, max_new_tokens=16,
+      best_of_n=(4,), mcts_budgets=(8,), temperature=1.0))
+  return c
+
+
+def validate_config(config: ConfigDict) -> None:
+  """Raises ValueError naming the bad key and the fix."""
+  def need(cond, key, msg):
+    if not cond:
+      raise ValueError(f"Bad config value {key}={_get(config, key)!r}: {msg}")
+  need(config.batch_size > 0, "batch_size", "must be positive.")
+  need(config.warm_start.steps >= 0, "warm_start.steps", "must be >= 0.")
+  need(config.search.steps >= 0, "search.steps", "must be >= 0.")
+  need(config.checkpoint.every_steps > 0, "checkpoint.every_steps",
+       "must be positive.")
+  need(config.checkpoint.keep > 0, "checkpoint.keep", "must be positive.")
+  need(config.log_every_steps > 0, "log_every_steps", "must be positive.")
+  need(config.data.source in ("tfds", "synthetic"), "data.source",
+       "use 'tfds' or 'synthetic'.")
+  need(config.search.algorithm in ("puct", "gumbel"), "search.algorithm",
+       "use 'puct' or 'gumbel'.")
+  need(config.search.level in ("token", "step"), "search.level",
+       "use 'token' or 'step'.")
+  need(config.search.value_target in ("outcome", "q", "mix"),
+       "search.value_target", "use 'outcome', 'q' or 'mix'.")
+  need(0.0 <= config.warm_start.corrupt_fraction < 1.0,
+       "warm_start.corrupt_fraction", "must be in [0, 1).")
+  need(config.data.max_len <= config.model.max_seq_len, "data.max_len",
+       f"must be <= model.max_seq_len={config.model.max_seq_len}.")
+
+
+def _get(config, dotted):
+  for part in dotted.split("."):
+    config = config[part]
+  return config
+
+
+def unknown_override_message(config: ConfigDict, argv: Sequence[str],
+                             flag_name: str = "config") -> str | None:
+  """Explains the first ``--config.x.y=v`` whose key the config lacks."""
+  prefix = f"--{flag_name}."
+  for arg in argv:
+    if not arg.startswith(prefix):
+      continue
+    dotted = arg[len(prefix):].split("=", 1)[0]
+    node, seen = config, []
+    for part in dotted.split("."):
+      if not isinstance(node, (ConfigDict, dict)) or part not in node:
+        where = ".".join(seen) or "<top level>"
+        known = sorted(node.keys()) if isinstance(node, (ConfigDict, dict)) \
+            else []
+        return (
+            f"Unknown config key '{dotted}' in {arg!r}: '{part}' is not a key "
+            f"under {where} (known keys there: {', '.join(known) or 'none'}). "
+            "Fix the spelling, or add the key to the config file's "
+            "get_config() before overriding it.")
+      node = node[part]
+      seen.append(part)
+  return None
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """An absl ``flags_parser`` that turns a bad config override into a clear error.
+
+  ml_collections raises a bare ``AttributeError: 'key'`` for an unknown key;
+  this reports the whole key, the keys that do exist there, and the fix.
+  """
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    msg = None
+    config_file = _flag_value(argv, "config")
+    if config_file:
+      try:
+        msg = unknown_override_message(load_config_file(config_file), argv)
+      except Exception:  # pylint: disable=broad-except
+        msg = None
+    print(f"FATAL: {msg or f'bad config override ({e})'}", file=sys.stderr)
+    sys.exit(2)
+
+
+def load_config_file(path: str) -> ConfigDict:
+  """Runs ``get_config()`` of a config file (``path[:arg]`` as absl does)."""
+  import importlib.util
+  path, _, arg = path.partition(":")
+  if not os.path.exists(path):
+    raise ValueError(f"Config file {path!r} does not exist; pass e.g. "
+                     "--config configs/tiny.py.")
+  spec = importlib.util.spec_from_file_location("_tsearch_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _flag_value(argv, name):
+  for i, arg in enumerate(argv):
+    m = re.fullmatch(rf"--{name}=(.*)", arg)
+    if m:
+      return m.group(1)
+    if arg == f"--{name}" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def prepare_workdir(workdir: str) -> str:
+  """Creates ``workdir`` and checks it is writable; returns its absolute path."""
+  if not workdir:
+    raise ValueError("--workdir is required: pass a directory for "
+                     "checkpoints, metrics and data, e.g. --workdir /tmp/run1.")
+  path = os.path.abspath(os.path.expanduser(workdir))
+  try:
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f".write_test_{uuid.uuid4().hex}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(
+        f"Cannot write to workdir {path!r} ({e.strerror or e}). Pass a "
+        "writable --workdir, or fix its permissions.") from e
+  return path
