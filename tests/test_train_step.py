@@ -1,0 +1,75 @@
+"""The data-parallel step: 8 devices == 1 device on the same global batch."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+import models
+from train import model as model_lib
+from train import step as step_lib
+
+CFG = models.ModelConfig(vocab_size=12, num_layers=1, d_model=16, num_heads=2,
+                         num_kv_heads=1, head_dim=8, mlp_dim=32, max_seq_len=16)
+OPTIM = ml_collections.ConfigDict(dict(
+    learning_rate=1e-2, warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.98,
+    grad_clip=1.0))
+
+
+def _batch(b=8, t=10, seed=0):
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(4, t + 1, size=b)
+  token_mask = (np.arange(t)[None] < lengths[:, None]).astype(np.float32)
+  loss_mask = token_mask * (np.arange(t)[None] >= 2)
+  # Rows have different numbers of answer tokens: a per-device mean would
+  # weigh them wrongly.
+  return dict(
+      tokens=rng.integers(0, CFG.vocab_size, (b, t)).astype(np.int32),
+      token_mask=token_mask, loss_mask=loss_mask.astype(np.float32),
+      value_mask=token_mask, value_target=rng.integers(0, 2, b).astype(
+          np.float32),
+      policy_weight=np.array([1.0] * (b - 2) + [0.0] * 2, np.float32))
+
+
+def _run(num_devices, steps=2):
+  fns, params = model_lib.create_model(CFG, seed=0)
+  opt = step_lib.make_optimizer(OPTIM, total_steps=10)
+  mesh = step_lib.make_mesh(num_devices)
+  train_step = step_lib.make_train_step(
+      step_lib.supervised_loss_fn(fns.apply), opt, mesh,
+      loss_weights={"policy": 1.0, "value": 0.5})
+  state = step_lib.replicate(step_lib.init_state(params, opt, seed=0), mesh)
+  metrics = []
+  for i in range(steps):
+    batch = step_lib.shard_batch(_batch(seed=i), mesh)
+    state, m = train_step(state, batch, jax.random.key(i))
+    metrics.append(jax.device_get(m))
+  return jax.device_get(state), metrics
+
+
+def test_eight_devices_equal_one_device():
+  assert jax.device_count() == 8
+  s8, m8 = _run(8)
+  s1, m1 = _run(1)
+  assert int(s8.step) == int(s1.step) == 2
+  for a, b in zip(m8, m1):
+    for k in a:
+      np.testing.assert_allclose(a[k], b[k], rtol=2e-5, atol=1e-6, err_msg=k)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                       atol=1e-6),
+               s8.params, s1.params)
+  # The step moved the parameters and the loss is the hand-weighted sum.
+  s0 = model_lib.create_model(CFG, seed=0)[1]
+  diff = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), s8.params, s0)
+  assert max(jax.tree.leaves(diff)) > 1e-4
+  np.testing.assert_allclose(
+      m8[0]["loss"], m8[0]["loss/policy"] + 0.5 * m8[0]["loss/value"],
+      rtol=1e-5)
+  # An untrained model's answer-token loss is close to log(V).
+  assert abs(m8[0]["loss/policy"] - np.log(CFG.vocab_size)) < 1.0
+
+
+def test_batch_not_divisible_is_a_clear_error():
+  mesh = step_lib.make_mesh(8)
+  with pytest.raises(ValueError, match="not divisible by the 8 devices"):
+    step_lib.shard_batch(_batch(b=6), mesh)

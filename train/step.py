@@ -1,0 +1,189 @@
+"""One jitted, data-parallel training step over a ``data`` mesh axis.
+
+Parameters and optimizer state are replicated; the batch is split over the
+``data`` axis with ``jax.shard_map``. Each device computes its share of the
+loss and gradients, gradients are averaged with ``lax.pmean`` and every device
+applies the same optax update, so the replicas never drift apart.
+
+Losses are :class:`train.losses.LossTerm` sums: each is divided by its count
+summed over all devices (times the number of devices, undone by ``pmean``),
+so the step is exactly the step of the global batch on one device.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from train import losses as losses_lib
+
+Array = chex.Array
+PyTree = Any
+DATA = "data"
+
+# loss_fn(params, batch, key) -> {name: LossTerm}; runs on one device's shard.
+LossFn = Callable[[PyTree, Mapping[str, Array], Array],
+                  Mapping[str, losses_lib.LossTerm]]
+
+
+@chex.dataclass(frozen=True)
+class TrainState:
+  """Everything a step updates (and a checkpoint stores)."""
+  step: Array  # [] int32, optimizer steps taken
+  params: PyTree  # pure dict of arrays, replicated
+  opt_state: PyTree  # optax state, replicated
+  rng: Array  # [2] uint32, raw key data of the run's random stream
+
+
+def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
+  """A 1-D mesh ``('data',)`` over the first ``num_devices`` devices (all)."""
+  devices = jax.devices()
+  n = num_devices or len(devices)
+  if n > len(devices):
+    raise ValueError(f"Asked for {n} devices but only {len(devices)} exist.")
+  return jax.make_mesh((n,), (DATA,), devices=devices[:n])
+
+
+def make_optimizer(optim: ml_collections.ConfigDict,
+                   total_steps: int) -> optax.GradientTransformation:
+  """AdamW with linear warmup, cosine decay and global-norm clipping."""
+  schedule = learning_rate_schedule(optim, total_steps)
+  parts = []
+  if optim.grad_clip:
+    parts.append(optax.clip_by_global_norm(optim.grad_clip))
+  parts.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2,
+                           weight_decay=optim.weight_decay))
+  return optax.chain(*parts)
+
+
+def learning_rate_schedule(optim, total_steps: int):
+  warmup = max(0, min(int(optim.warmup_steps), total_steps - 1))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0 if warmup else optim.learning_rate,
+      peak_value=optim.learning_rate, warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1),
+      end_value=0.1 * optim.learning_rate)
+
+
+def init_state(params: PyTree, optimizer: optax.GradientTransformation,
+               seed: int) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params),
+                    rng=jax.random.key_data(jax.random.key(seed)))
+
+
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
+                    mesh: jax.sharding.Mesh, *,
+                    loss_weights: Mapping[str, float]):
+  """Builds ``train_step(state, batch, key) -> (state, metrics)``, jitted.
+
+  Args:
+    loss_fn: ``loss_fn(params, batch, key) -> {name: LossTerm}`` on one
+      device's shard of the batch; ``key`` is already distinct per device.
+    optimizer: optax transformation.
+    mesh: mesh with a ``data`` axis; every batch leaf's leading dimension
+      must be divisible by its size.
+    loss_weights: weight of each named term in the total loss; a term
+      without a weight is logged but not trained on.
+
+  Returns:
+    The jitted step. ``metrics`` holds ``loss``, each term's global mean
+    (``loss/<name>``), ``grad_norm`` and ``param_norm``, replicated scalars.
+  """
+  num_devices = mesh.shape[DATA]
+
+  def per_device(state: TrainState, batch, key):
+    key = jax.random.fold_in(key, lax.axis_index(DATA))
+
+    def total_loss(params):
+      terms = loss_fn(params, batch, key)
+      means = {}
+      for name, term in terms.items():
+        count = lax.psum(lax.stop_gradient(term.count), DATA)
+        # pmean over devices of (n * local_sum / global_count) is the mean.
+        means[name] = num_devices * term.total / jnp.maximum(count, 1.0)
+      loss = sum(loss_weights.get(name, 0.0) * m for name, m in means.items())
+      return loss, means
+
+    # Mark the replicated parameters as varying over 'data' so that each
+    # device's gradient is its own (no implicit psum in the transpose); the
+    # explicit pmean below then averages them.
+    local_params = lax.pcast(state.params, DATA, to="varying")
+    (loss, means), grads = jax.value_and_grad(total_loss, has_aux=True)(
+        local_params)
+    grads = lax.pmean(grads, DATA)
+    loss = lax.pmean(loss, DATA)
+    means = lax.pmean(means, DATA)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+               "param_norm": optax.tree.norm(params)}
+    metrics.update({f"loss/{k}": v for k, v in means.items()})
+    new_state = state.replace(step=state.step + 1, params=params,
+                              opt_state=opt_state)
+    return new_state, metrics
+
+  sharded = jax.shard_map(per_device, mesh=mesh,
+                          in_specs=(P(), P(DATA), P()), out_specs=(P(), P()))
+  return jax.jit(sharded, donate_argnums=(0,))
+
+
+def shard_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh
+                ) -> dict[str, jax.Array]:
+  """Places this process's rows of the global batch on the ``data`` axis.
+
+  With one process, ``batch`` is the global batch; with several, each process
+  passes its own rows and the global array is assembled across hosts.
+  """
+  sharding = NamedSharding(mesh, P(DATA))
+  n = mesh.shape[DATA]
+  out = {}
+  for k, v in batch.items():
+    v = np.asarray(v)
+    global_rows = v.shape[0] * jax.process_count()
+    if global_rows % n:
+      raise ValueError(
+          f"Global batch size {global_rows} (batch leaf {k!r}) is not "
+          f"divisible by the {n} devices of the 'data' axis; set "
+          f"--config.batch_size to a multiple of {n}.")
+    if jax.process_count() == 1:
+      out[k] = jax.device_put(v, sharding)
+    else:
+      out[k] = jax.make_array_from_process_local_data(sharding, v)
+  return out
+
+
+def replicate(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
+  """Puts every leaf on all devices of ``mesh`` (replicated)."""
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def supervised_loss_fn(apply_fn) -> LossFn:
+  """LM loss on answer tokens plus value regression, for the warm start.
+
+  ``apply_fn(params, tokens, positions, token_mask) -> ModelOutput``. The batch
+  holds ``tokens [B, T]`` int32, ``token_mask [B, T]`` (1 on real tokens),
+  ``loss_mask [B, T]`` (1 on answer tokens to predict), ``value_mask [B, T]``
+  (positions whose value is regressed), ``value_target [B]`` and
+  ``policy_weight [B]`` (0 for corrupted traces that only teach the value).
+  """
+  def loss_fn(params, batch, key):
+    del key  # deterministic
+    tokens = batch["tokens"]
+    b, t = tokens.shape
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    out = apply_fn(params, tokens, positions, batch["token_mask"] > 0)
+    lm_mask = batch["loss_mask"][:, 1:] * batch["policy_weight"][:, None]
+    policy = losses_lib.lm_loss(out.logits[:, :-1], tokens[:, 1:], lm_mask)
+    value = losses_lib.value_loss(
+        out.value, jnp.broadcast_to(batch["value_target"][:, None], (b, t)),
+        batch["value_mask"])
+    return {"policy": policy, "value": value}
+  return loss_fn
