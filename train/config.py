@@ -25,11 +25,11 @@ def default_config() -> ConfigDict:
   # Task and data.
   c.task = ConfigDict(dict(name="arithmetic", options=ConfigDict()))
   c.data = ConfigDict(dict(
-      source="tfds",  # "tfds" (built by tsearch.data) or "synthetic" (tests).
+      source="generated",  # "tfds" (built by tsearch.data) or "generated"
+                           # (the task's seeded sampler, no files).
       data_dir="",  # "" means <workdir>/data.
       auto_build=True,  # build the TFDS data into data_dir if missing.
-      max_len=64,  # padded length of a training trace, in tokens.
-      num_examples=256,  # synthetic source only.
+      max_len=0,  # padded trace length; 0 means the task's prompt + answer.
   ))
   # Model (models.ModelConfig); vocab_size 0 means "the task's tokenizer".
   c.model = ConfigDict(dict(
@@ -67,6 +67,8 @@ def default_config() -> ConfigDict:
   c.checkpoint = ConfigDict(dict(every_steps=50, keep=3))
   c.log_every_steps = 10
   c.progress_bar = True
+  # Sleep after each step: only for tests that kill a run mid-way.
+  c.debug = ConfigDict(dict(step_delay_s=0.0))
   c.eval = ConfigDict(dict(
       split="test", num_examples=64, batch_size=32, max_new_tokens=16,
       best_of_n=(4,), mcts_budgets=(8,), temperature=1.0))
@@ -85,8 +87,8 @@ def validate_config(config: ConfigDict) -> None:
        "must be positive.")
   need(config.checkpoint.keep > 0, "checkpoint.keep", "must be positive.")
   need(config.log_every_steps > 0, "log_every_steps", "must be positive.")
-  need(config.data.source in ("tfds", "synthetic"), "data.source",
-       "use 'tfds' or 'synthetic'.")
+  need(config.data.source in ("tfds", "generated"), "data.source",
+       "use 'tfds' or 'generated'.")
   need(config.search.algorithm in ("puct", "gumbel"), "search.algorithm",
        "use 'puct' or 'gumbel'.")
   need(config.search.level in ("token", "step"), "search.level",
@@ -97,6 +99,8 @@ def validate_config(config: ConfigDict) -> None:
        "warm_start.corrupt_fraction", "must be in [0, 1).")
   need(config.data.max_len <= config.model.max_seq_len, "data.max_len",
        f"must be <= model.max_seq_len={config.model.max_seq_len}.")
+  need(config.warm_start.steps + config.search.steps > 0, "warm_start.steps",
+       "warm_start.steps + search.steps must be positive.")
 
 
 def _get(config, dotted):

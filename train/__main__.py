@@ -1,0 +1,45 @@
+"""``python -m train --config configs/<name>.py --workdir <dir> [--config.a.b=v]``.
+
+Parses flags and calls :func:`train.loop.train`; nothing else lives here.
+Launch the same command on every host of a multi-host run (with
+``--num_processes`` or the cluster's environment variables).
+"""
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from train import config as config_lib
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file under configs/.", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, metrics and built data.")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Processes in a multi-host run (calls "
+    "jax.distributed.initialize); unset: one, or from the cluster env.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # Fail on a bad workdir before JAX starts up.
+  try:
+    workdir = config_lib.prepare_workdir(_WORKDIR.value)
+  except ValueError as e:
+    print(f"FATAL: {e}", file=sys.stderr)
+    sys.exit(2)
+  from train import loop  # pylint: disable=import-outside-toplevel
+  loop.maybe_initialize_distributed(_NUM_PROCESSES.value)
+  logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
+  try:
+    final = loop.train(_CONFIG.value, workdir)
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    print(f"FATAL: {type(e).__name__}: {e}", file=sys.stderr)
+    sys.exit(1)
+  print("final metrics:", {k: round(v, 5) for k, v in final.items()})
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=config_lib.parse_flags)

@@ -1,0 +1,201 @@
+"""The training loop: warm start, then search-and-learn; checkpoints, resume,
+metrics. ``python -m train`` calls :func:`train`.
+
+Every step's data and random key are functions of (seed, step), and the
+checkpoint holds parameters, optimizer state, random state, replay buffer and
+data position, so a run killed at any point and resumed from its last
+checkpoint ends with the same parameters and metrics as one never stopped.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from train import checkpoint as ckpt_lib
+from train import config as config_lib
+from train import data as data_lib
+from train import metrics as metrics_lib
+from train import model as model_lib
+from train import step as step_lib
+
+PyTree = Any
+
+
+def maybe_initialize_distributed(num_processes: int | None = None) -> None:
+  """Calls ``jax.distributed.initialize()`` for multi-process launches.
+
+  A launch is multi-process when ``num_processes > 1`` or when the usual
+  cluster variables say so (``JAX_COORDINATOR_ADDRESS``, SLURM, TPU pods:
+  ``jax.distributed.initialize`` auto-detects those).
+  """
+  env_multi = any(v in os.environ for v in (
+      "JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "MEGASCALE_COORDINATOR_ADDRESS"))
+  if (num_processes or 1) > 1 or env_multi:
+    if num_processes and num_processes > 1:
+      jax.distributed.initialize(num_processes=num_processes)
+    else:
+      jax.distributed.initialize()
+    logging.info("Process %d of %d.", jax.process_index(), jax.process_count())
+
+
+def setup_task(config: ml_collections.ConfigDict):
+  from tsearch.tasks import get_task  # pylint: disable=import-outside-toplevel
+  return get_task(config.task.name, **config.task.options.to_dict())
+
+
+def build(config: ml_collections.ConfigDict, workdir: str):
+  """Task, model functions, initial state, optimizer and mesh of a run."""
+  task = setup_task(config)
+  max_len = config.data.max_len or data_lib.max_trace_length(task)
+  if max_len > config.model.max_seq_len:
+    raise ValueError(
+        f"Traces of {task.name} need {max_len} positions but "
+        f"model.max_seq_len={config.model.max_seq_len}; raise "
+        f"--config.model.max_seq_len to at least {max_len}.")
+  fns, params = model_lib.create_model(
+      model_lib.model_config(config, task.vocab.size), seed=config.seed)
+  total = config.warm_start.steps + config.search.steps
+  optimizer = step_lib.make_optimizer(config.optim, total)
+  mesh = step_lib.make_mesh()
+  if config.batch_size % mesh.shape[step_lib.DATA]:
+    raise ValueError(
+        f"batch_size={config.batch_size} is not divisible by the "
+        f"{mesh.shape[step_lib.DATA]} devices; set --config.batch_size to a "
+        f"multiple of {mesh.shape[step_lib.DATA]}.")
+  state = step_lib.init_state(params, optimizer, config.seed)
+  return task, fns, state, optimizer, mesh, max_len
+
+
+def state_to_tree(state: step_lib.TrainState) -> dict:
+  return dict(step=state.step, params=state.params, opt_state=state.opt_state,
+              rng=state.rng)
+
+
+def tree_to_state(tree: dict) -> step_lib.TrainState:
+  return step_lib.TrainState(step=tree["step"], params=tree["params"],
+                             opt_state=tree["opt_state"], rng=tree["rng"])
+
+
+def checkpointer(config, workdir) -> ckpt_lib.Checkpointer:
+  return ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                               keep=config.checkpoint.keep,
+                               every_steps=config.checkpoint.every_steps)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs (or resumes) the run described by ``config`` in ``workdir``.
+
+  Returns:
+    The last logged metrics.
+  """
+  config_lib.validate_config(config)
+  workdir = config_lib.prepare_workdir(workdir)
+  primary = jax.process_index() == 0
+  task, fns, state, optimizer, mesh, max_len = build(config, workdir)
+  data_dir = config.data.data_dir or os.path.join(workdir, "data")
+  stream = data_lib.ProblemStream(
+      task, source=config.data.source, seed=config.seed, split="train",
+      data_dir=data_dir, auto_build=config.data.auto_build)
+  warm, total = config.warm_start.steps, (config.warm_start.steps
+                                          + config.search.steps)
+
+  ckpt = checkpointer(config, workdir)
+  start = ckpt.latest_step()
+  if start is not None:
+    tree, meta = ckpt.restore(start, state_to_tree(state))
+    state = tree_to_state(tree)
+    if int(state.step) != start:
+      raise ValueError(f"Checkpoint {start} holds optimizer step "
+                       f"{int(state.step)}; the checkpoint is inconsistent.")
+    if primary:
+      print(f"Resumed from step {start} (data position "
+            f"{meta.get('data_position')}).", flush=True)
+  if primary:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  state = step_lib.replicate(state, mesh)
+
+  writer = metrics_lib.MetricWriter(workdir, enabled=primary,
+                                    resume_step=start)
+  progress = metrics_lib.Progress(total, start or 0,
+                                  enabled=primary and config.progress_bar)
+  supervised_step = step_lib.make_train_step(
+      step_lib.supervised_loss_fn(fns.apply), optimizer, mesh,
+      loss_weights={"policy": config.warm_start.policy_weight,
+                    "value": config.warm_start.value_weight})
+  search_learn = None
+  if config.search.steps:
+    from train import search_learn as sl  # pylint: disable=import-outside-toplevel
+    search_learn = sl.SearchLearn(config, task, fns, optimizer, mesh,
+                                  max_len=max_len)
+  schedule = step_lib.learning_rate_schedule(config.optim, total)
+  verify = jax.jit(task.verify)
+  local_batch = config.batch_size // jax.process_count()
+  base_key = jax.random.wrap_key_data(jax.device_get(state.rng))
+
+  def meta(step):
+    return {"data_position": stream.position(step), "model": {
+        "config": {k: getattr(fns.config, k) for k in (
+            "vocab_size", "num_layers", "d_model", "num_heads",
+            "num_kv_heads", "head_dim", "mlp_dim", "max_seq_len")}},
+            "task": task.name}
+
+  last = {}
+  t0, steps_timed = time.time(), 0
+  with ckpt_lib.StopRequest() as stop:
+    for step in range(start or 0, total):
+      key = jax.random.fold_in(base_key, step)
+      problems = stream.problems(step, local_batch)
+      if step < warm:
+        batch = data_lib.supervised_batch(
+            task, problems, max_len=max_len,
+            corrupt_fraction=config.warm_start.corrupt_fraction,
+            seed=data_lib._step_seed(config.seed, step, jax.process_index()),  # pylint: disable=protected-access
+            verify_fn=verify)
+        state, metrics = supervised_step(
+            state, step_lib.shard_batch(batch, mesh), key)
+      else:
+        state, metrics = search_learn.step(state, problems, key)
+      done = step + 1
+      steps_timed += 1
+      if done % config.log_every_steps == 0 or done == total:
+        values = dict(jax.device_get(metrics))
+        values["learning_rate"] = float(schedule(step))
+        values["steps_per_second"] = steps_timed / max(time.time() - t0, 1e-9)
+        last = writer.write(done, values)
+        t0, steps_timed = time.time(), 0
+      progress.update(1, **({"loss": last["loss"]} if "loss" in last else {}))
+      if ckpt.should_save(done) or done == total or stop.requested:
+        ckpt.save(done, state_to_tree(state), meta(done))
+      if stop.requested:
+        logging.warning("Signal %s: saved step %d, stopping.", stop.signal,
+                        done)
+        break
+      if config.debug.step_delay_s:
+        time.sleep(config.debug.step_delay_s)
+  progress.close()
+  writer.close()
+  ckpt.close()
+  return last
+
+
+def latest_params(config: ml_collections.ConfigDict, workdir: str):
+  """``(task, model functions, params, step)`` of the latest checkpoint."""
+  task, fns, state, _, _, _ = build(config, workdir)
+  ckpt = checkpointer(config, workdir)
+  step = ckpt.latest_step()
+  if step is None:
+    raise FileNotFoundError(
+        f"No checkpoint in {os.path.join(workdir, 'checkpoints')}; train "
+        f"first with python -m train --config ... --workdir {workdir}.")
+  tree, _ = ckpt.restore(step, state_to_tree(state))
+  ckpt.close()
+  return task, fns, tree["params"], step
