@@ -27,7 +27,8 @@ Capacity ``N`` is chosen when the tree is made and does not depend on the
 number of simulations, so a subtree kept by :func:`tsearch.reroot` can be
 searched further. A search that would need more nodes than remain raises a
 clear error before it runs (static shapes) or, where that depends on data,
-records it in ``Tree.overflowed``.
+records it in ``Tree.overflowed``. Non-finite model outputs are never backed
+up; they are recorded in ``Tree.nonfinite``.
 """
 from __future__ import annotations
 
@@ -69,6 +70,11 @@ class Tree:
   overflowed: Array  # [B] bool, a search wanted more than N nodes
   # User payload per node (e.g. model state, KV references): leaves [B, N, ...].
   embeddings: Any
+  # [B] bool: a root or an ``expand_fn`` output held a NaN/inf; that row's
+  # simulation was dropped (nothing non-finite is backed up). Added after the
+  # first contracts, hence the default: ``None`` on trees built by hand, always
+  # an array on trees made by :func:`empty_tree` or returned by a search.
+  nonfinite: Any = None
 
   @property
   def batch_size(self) -> int:
@@ -150,6 +156,7 @@ def empty_tree(*, batch_size: int, capacity: int, num_children: int,
       num_nodes=jnp.zeros((b,), i32),
       overflowed=jnp.zeros((b,), bool),
       embeddings=jax.tree.map(node_storage, embedding_example),
+      nonfinite=jnp.zeros((b,), bool),
   )
 
 

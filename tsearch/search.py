@@ -1,0 +1,596 @@
+"""Batched MCTS over :class:`tsearch.Tree`: PUCT and Gumbel MuZero.
+
+One loop serves both policies: each simulation walks down one path per tree
+(select), evaluates one new node per tree with the user's ``expand_fn``
+(expand) and backs the leaf's value up along the parent pointers (back up).
+Unlike mctx, the whole tree is never carried through a vmapped while-loop:
+the batch dimension stays explicit, the walk gathers only the ``[B]`` /
+``[B, K]`` rows of the nodes it stands on, and every update scatters only the
+entries it touches (``x.at[b, idx].set``), so one simulation costs
+O(depth * B * K) instead of O(depth * B * N * K).
+
+With a fresh tree (``tree=None``) the searches consume random keys exactly as
+``mctx.muzero_policy`` / ``mctx.gumbel_muzero_policy`` do and give the same
+visit counts, action weights and actions (see ``tests/test_mctx_parity.py``).
+Deliberate differences from mctx, which matter only off mctx's own problems:
+
+* Legal-action masks (``children_mask``) are applied at every node, not only at
+  the root.
+* A terminal node (``ExpandOutput.terminal``) is never expanded; reaching it
+  again backs up its value (0) and the reward of its edge again.
+* At ``max_depth`` (or at a node without legal slots) the walk stops on the
+  existing node and backs up its stored value without calling ``expand_fn``
+  again (mctx re-evaluates that node; for a deterministic model the result is
+  the same).
+* A row whose tree is full (only possible with ``tree=`` given) or whose
+  ``expand_fn`` output holds a NaN/inf drops that simulation and sets
+  ``Tree.overflowed`` / ``Tree.nonfinite``; nothing is written out of bounds
+  and nothing non-finite is backed up.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+import chex
+import jax
+import jax.numpy as jnp
+import mctx
+import numpy as np
+
+from tsearch import _selection as sel
+from tsearch.base import ExpandFn, ExpandOutput, PolicyOutput, RootOutput
+from tsearch.tree import NO_PARENT, ROOT_INDEX, UNVISITED, Tree, empty_tree
+
+Array = chex.Array
+
+
+# ----------------------------------------------------------------------------
+# Input checks.
+
+
+def _is_concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+def _check_root(root: RootOutput) -> tuple[int, int, int]:
+  """Checks the shapes (and, when concrete, the values) of a root."""
+  logits = jnp.asarray(root.prior_logits)
+  if logits.ndim != 2:
+    raise ValueError(
+        "RootOutput.prior_logits must have shape [B, K] (batch, child slots); "
+        f"got shape {logits.shape}.")
+  b, k = logits.shape
+  expected = {"value": (b,), "children_mask": (b, k)}
+  for name, shape in expected.items():
+    got = jnp.shape(getattr(root, name))
+    if got != shape:
+      raise ValueError(
+          f"RootOutput.{name} must have shape {shape} to match prior_logits "
+          f"{logits.shape}; got {got}.")
+  actions_shape = jnp.shape(root.children_actions)
+  if len(actions_shape) != 3 or actions_shape[:2] != (b, k):
+    raise ValueError(
+        f"RootOutput.children_actions must have shape [B, K, S] = [{b}, {k}, "
+        f"S] to match prior_logits; got {actions_shape}. Its K (child slots) "
+        "must equal the K of prior_logits.")
+  for leaf in jax.tree.leaves(root.embedding):
+    if jnp.ndim(leaf) < 1 or jnp.shape(leaf)[0] != b:
+      raise ValueError(
+          f"Every RootOutput.embedding leaf needs a leading batch dimension "
+          f"{b}; got a leaf of shape {jnp.shape(leaf)}.")
+  concrete = [root.prior_logits, root.value, root.children_mask]
+  if all(_is_concrete(x) for x in concrete):
+    value = np.asarray(root.value)
+    if not np.all(np.isfinite(value)):
+      rows = np.flatnonzero(~np.isfinite(value)).tolist()
+      raise ValueError(
+          f"RootOutput.value is NaN or infinite in batch rows {rows}; fix the "
+          "value head (or its inputs) before searching.")
+    bad = (np.isnan(np.asarray(logits)) | (np.asarray(logits) == np.inf))
+    bad &= np.asarray(root.children_mask, bool)
+    if np.any(bad):
+      rows = np.flatnonzero(bad.any(-1)).tolist()
+      raise ValueError(
+          f"RootOutput.prior_logits are NaN or +inf on legal slots in batch "
+          f"rows {rows}; fix the policy head (or its inputs) before "
+          "searching.")
+  return b, k, actions_shape[2]
+
+
+def _check_expand_output(out: Any, tree: Tree) -> None:
+  if not isinstance(out, ExpandOutput):
+    raise ValueError(
+        f"expand_fn must return a tsearch.ExpandOutput; got {type(out)}.")
+  b, k, s = tree.batch_size, tree.num_children, tree.action_length
+  expected = {"reward": (b,), "discount": (b,), "value": (b,),
+              "terminal": (b,), "prior_logits": (b, k),
+              "children_mask": (b, k), "children_actions": (b, k, s)}
+  for name, shape in expected.items():
+    got = jnp.shape(getattr(out, name))
+    if got != shape:
+      raise ValueError(
+          f"expand_fn returned {name} of shape {got}; the tree needs {shape} "
+          f"(B={b}, K={k} child slots, S={s} tokens per action).")
+  want = jax.tree.structure(tree.embeddings)
+  if jax.tree.structure(out.embedding) != want:
+    raise ValueError(
+        "expand_fn returned an embedding whose pytree structure "
+        f"{jax.tree.structure(out.embedding)} differs from the root's {want}.")
+  for leaf, store in zip(jax.tree.leaves(out.embedding),
+                         jax.tree.leaves(tree.embeddings)):
+    if jnp.shape(leaf) != (b,) + store.shape[2:]:
+      raise ValueError(
+          f"expand_fn returned an embedding leaf of shape {jnp.shape(leaf)}; "
+          f"the tree stores [B, N, ...] = {store.shape}, so it must be "
+          f"{(b,) + store.shape[2:]}.")
+
+
+# ----------------------------------------------------------------------------
+# Building blocks of one simulation.
+
+
+def _legal_logits(logits: Array, mask: Array) -> Array:
+  """Illegal slots (and -inf logits) get the finite minimum logit.
+
+  Legal finite logits are kept exactly, so mctx problems (all slots legal)
+  give bit-identical trees.
+  """
+  low = jnp.finfo(logits.dtype).min
+  return jnp.where(mask, jnp.maximum(logits, low), low)
+
+
+def _write_root(tree: Tree, root: RootOutput, rows: Array) -> Tree:
+  """Writes ``root`` as node 0 of the trees where ``rows`` is True."""
+  b = jnp.arange(tree.batch_size)
+  idx = jnp.where(rows, ROOT_INDEX, tree.capacity)  # Out of bounds: dropped.
+  f32 = tree.raw_values.dtype
+  value = jnp.asarray(root.value, f32)
+  mask = jnp.asarray(root.children_mask, bool)
+
+  def put(x, v):
+    return x.at[b, idx].set(v, mode="drop")
+
+  return tree.replace(
+      node_visits=put(tree.node_visits, 1),
+      raw_values=put(tree.raw_values, value),
+      node_values=put(tree.node_values, value),
+      children_prior_logits=put(
+          tree.children_prior_logits,
+          jnp.asarray(root.prior_logits, tree.children_prior_logits.dtype)),
+      children_mask=put(tree.children_mask, mask),
+      children_actions=put(tree.children_actions,
+                           jnp.asarray(root.children_actions, jnp.int32)),
+      embeddings=jax.tree.map(put, tree.embeddings, root.embedding),
+      num_nodes=jnp.where(rows, 1, tree.num_nodes),
+  )
+
+
+def _walk(tree: Tree, keys: Optional[Array], root_select, interior_select,
+          max_depth: Optional[int], active: Array):
+  """Selects one (parent, slot) per row, starting at the root.
+
+  Follows mctx's ``simulate``: at each node select a slot; go on while the
+  child exists and is below ``max_depth``. tsearch also stops before a
+  terminal child or a child without legal slots.
+
+  Returns:
+    ``(parent, slot, child)``, each ``[B]``: the last node where a slot was
+    selected, that slot, and the child it leads to (``UNVISITED`` if new).
+  """
+  b = jnp.arange(tree.batch_size)
+  has_legal = jnp.any(tree.children_mask, axis=-1)  # [B, N]
+
+  def split_keys(keys):
+    if keys is None:
+      return None, None
+    pairs = jax.vmap(jax.random.split)(keys)
+    return pairs[:, 0], pairs[:, 1]
+
+  def goes_on(child, depth):
+    safe = jnp.maximum(child, 0)
+    ok = (child != UNVISITED) & ~tree.node_terminal[b, safe]
+    ok &= has_legal[b, safe]
+    if max_depth is not None:
+      ok &= depth < max_depth
+    return ok
+
+  node = jnp.full(b.shape, ROOT_INDEX, jnp.int32)
+  keys, sel_keys = split_keys(keys)
+  slot = root_select(sel.gather_rows(tree, node), sel_keys)
+  child = tree.children_index[b, node, slot]
+  depth = jnp.ones(b.shape, jnp.int32)
+  cont = active & goes_on(child, depth)
+
+  def body(state):
+    node, slot, child, depth, cont, keys = state
+    node = jnp.where(cont, child, node)
+    keys, sel_keys = split_keys(keys)
+    new_slot = interior_select(sel.gather_rows(tree, node), sel_keys)
+    slot = jnp.where(cont, new_slot, slot)
+    new_child = tree.children_index[b, node, new_slot]
+    child = jnp.where(cont, new_child, child)
+    depth = depth + cont
+    cont = cont & goes_on(new_child, depth)
+    return node, slot, child, depth, cont, keys
+
+  state = (node, slot, child, depth, cont, keys)
+  node, slot, child, _, _, _ = jax.lax.while_loop(
+      lambda s: jnp.any(s[4]), body, state)
+  return node, slot, child
+
+
+def _finite_output(out: ExpandOutput) -> Array:
+  logits = out.prior_logits
+  bad_logits = (jnp.isnan(logits) | (logits == jnp.inf)) & out.children_mask
+  value_ok = jnp.isfinite(out.value) | out.terminal
+  return (value_ok & jnp.isfinite(out.reward) & jnp.isfinite(out.discount)
+          & ~jnp.any(bad_logits, axis=-1))
+
+
+def _expand(tree: Tree, out: ExpandOutput, parent: Array, slot: Array,
+            ok: Array) -> tuple[Tree, Array]:
+  """Stores the new nodes of rows ``ok`` at index ``num_nodes``."""
+  b = jnp.arange(tree.batch_size)
+  n = tree.capacity
+  new = tree.num_nodes
+  idx = jnp.where(ok, new, n)  # Out of bounds: dropped.
+  pidx = jnp.where(ok, parent, n)
+  f32 = tree.raw_values.dtype
+  terminal = jnp.asarray(out.terminal, bool)
+  value = jnp.where(terminal, 0., jnp.asarray(out.value, f32))
+  mask = jnp.asarray(out.children_mask, bool)
+  logits = _legal_logits(
+      jnp.asarray(out.prior_logits, tree.children_prior_logits.dtype), mask)
+
+  def put(x, v):
+    return x.at[b, idx].set(v, mode="drop")
+
+  def put_edge(x, v):
+    return x.at[b, pidx, slot].set(v, mode="drop")
+
+  tree = tree.replace(
+      raw_values=put(tree.raw_values, value),
+      node_values=put(tree.node_values, value),
+      parents=put(tree.parents, parent),
+      action_from_parent=put(tree.action_from_parent, slot),
+      node_depth=put(tree.node_depth, tree.node_depth[b, parent] + 1),
+      node_terminal=put(tree.node_terminal, terminal),
+      children_prior_logits=put(tree.children_prior_logits, logits),
+      children_mask=put(tree.children_mask, mask),
+      children_actions=put(tree.children_actions,
+                           jnp.asarray(out.children_actions, jnp.int32)),
+      embeddings=jax.tree.map(put, tree.embeddings, out.embedding),
+      children_index=put_edge(tree.children_index, new),
+      children_rewards=put_edge(tree.children_rewards,
+                                jnp.asarray(out.reward, f32)),
+      children_discounts=put_edge(tree.children_discounts,
+                                  jnp.asarray(out.discount, f32)),
+      num_nodes=tree.num_nodes + ok.astype(jnp.int32),
+  )
+  return tree, new
+
+
+def _backward(tree: Tree, leaf: Array, ok: Array) -> Tree:
+  """Counts one visit at ``leaf`` and backs its value up to the root.
+
+  The arithmetic is mctx's ``backward`` (running means, same operation order).
+  """
+  b = jnp.arange(tree.batch_size)
+  n = tree.capacity
+  leaf = jnp.where(ok, leaf, 0)
+  node_visits = tree.node_visits.at[b, jnp.where(ok, leaf, n)].add(
+      1, mode="drop")
+  leaf_value = tree.node_values[b, leaf]
+
+  def body(state):
+    node_values, node_visits, children_values, children_visits, value, index = (
+        state)
+    act = ok & (index != ROOT_INDEX)
+    parent = jnp.maximum(tree.parents[b, index], 0)
+    action = jnp.maximum(tree.action_from_parent[b, index], 0)
+    count = node_visits[b, parent]
+    reward = tree.children_rewards[b, parent, action]
+    value = jnp.where(
+        act, reward + tree.children_discounts[b, parent, action] * value,
+        value)
+    parent_value = (node_values[b, parent] * count + value) / (count + 1.0)
+    child_value = node_values[b, index]
+    child_visits = children_visits[b, parent, action] + 1
+    pidx = jnp.where(act, parent, n)
+    node_values = node_values.at[b, pidx].set(parent_value, mode="drop")
+    node_visits = node_visits.at[b, pidx].set(count + 1, mode="drop")
+    children_values = children_values.at[b, pidx, action].set(
+        child_value, mode="drop")
+    children_visits = children_visits.at[b, pidx, action].set(
+        child_visits, mode="drop")
+    index = jnp.where(act, parent, index)
+    return (node_values, node_visits, children_values, children_visits, value,
+            index)
+
+  state = (tree.node_values, node_visits, tree.children_values,
+           tree.children_visits, leaf_value, leaf)
+  state = jax.lax.while_loop(
+      lambda s: jnp.any(ok & (s[5] != ROOT_INDEX)), body, state)
+  node_values, node_visits, children_values, children_visits, _, _ = state
+  return tree.replace(node_values=node_values, node_visits=node_visits,
+                      children_values=children_values,
+                      children_visits=children_visits)
+
+
+def _root_ok(tree: Tree) -> Array:
+  """Rows whose root holds finite statistics."""
+  logits = tree.children_prior_logits[:, ROOT_INDEX]
+  bad = (jnp.isnan(logits) | (logits == jnp.inf)) & tree.children_mask[
+      :, ROOT_INDEX]
+  return (jnp.isfinite(tree.node_values[:, ROOT_INDEX])
+          & jnp.isfinite(tree.raw_values[:, ROOT_INDEX])
+          & ~jnp.any(bad, axis=-1))
+
+
+def _prepare_tree(root: Optional[RootOutput], num_simulations: int,
+                  capacity: Optional[int], tree: Optional[Tree]) -> Tree:
+  if not isinstance(num_simulations, (int, np.integer)) or num_simulations < 0:
+    raise ValueError(
+        f"num_simulations must be a non-negative Python int; got "
+        f"{num_simulations!r}.")
+  if tree is None:
+    if root is None:
+      raise ValueError("Pass a RootOutput (root=...) to start a new search.")
+    b, k, s = _check_root(root)
+    if capacity is None:
+      capacity = num_simulations + 1
+    if capacity < num_simulations + 1:
+      raise ValueError(
+          f"capacity={capacity} is too small for num_simulations="
+          f"{num_simulations}: a search adds one node per simulation plus "
+          f"the root, so capacity must be >= {num_simulations + 1}. Raise "
+          "capacity or lower num_simulations.")
+    new = empty_tree(batch_size=b, capacity=capacity, num_children=k,
+                     action_length=s, embedding_example=root.embedding)
+    return _write_root(new, root, jnp.ones((b,), bool))
+  if capacity is not None and capacity != tree.capacity:
+    raise ValueError(
+        f"capacity={capacity} differs from the given tree's capacity "
+        f"{tree.capacity}; a continued search uses the tree's capacity, so "
+        "leave capacity=None.")
+  if tree.nonfinite is None:
+    tree = tree.replace(nonfinite=jnp.zeros((tree.batch_size,), bool))
+  if root is None:
+    return tree
+  b, k, s = _check_root(root)
+  if (b, k, s) != (tree.batch_size, tree.num_children, tree.action_length):
+    raise ValueError(
+        f"root has [B, K, S] = {(b, k, s)} but the tree has "
+        f"{(tree.batch_size, tree.num_children, tree.action_length)}.")
+  return _write_root(tree, root, tree.num_nodes == 0)
+
+
+def _run(params, rng_key, tree: Tree, expand_fn: ExpandFn, *,
+         num_simulations: int, max_depth: Optional[int], root_select,
+         interior_select, uses_noise: bool) -> Tree:
+  """The simulation loop shared by every policy."""
+  batch = tree.batch_size
+  root_ok = _root_ok(tree)
+  tree = tree.replace(nonfinite=tree.nonfinite | (~root_ok & (
+      tree.num_nodes > 0)))
+  active = root_ok & (tree.num_nodes > 0) & jnp.any(
+      tree.children_mask[:, ROOT_INDEX], axis=-1)
+  b = jnp.arange(batch)
+
+  def body(sim, state):
+    del sim
+    rng_key, tree = state
+    rng_key, simulate_key, expand_key = jax.random.split(rng_key, 3)
+    keys = jax.random.split(simulate_key, batch) if uses_noise else None
+    parent, slot, child = _walk(tree, keys, root_select, interior_select,
+                                max_depth, active)
+    legal = tree.children_mask[b, parent, slot]
+    is_new = active & (child == UNVISITED) & legal
+    revisit = active & (child != UNVISITED)
+    full = tree.num_nodes >= tree.capacity
+    out = expand_fn(params, expand_key, tree, parent, slot)
+    _check_expand_output(out, tree)
+    finite = _finite_output(out)
+    ok = is_new & ~full & finite
+    tree = tree.replace(overflowed=tree.overflowed | (is_new & full),
+                        nonfinite=tree.nonfinite | (is_new & ~full & ~finite))
+    tree, new = _expand(tree, out, parent, slot, ok)
+    leaf = jnp.where(ok, new, child)
+    tree = _backward(tree, leaf, ok | revisit)
+    return rng_key, tree
+
+  _, tree = jax.lax.fori_loop(0, num_simulations, body, (rng_key, tree))
+  return tree
+
+
+# ----------------------------------------------------------------------------
+# Public policies.
+
+
+def _check_max_depth(max_depth):
+  if max_depth is not None and (not isinstance(max_depth, (int, np.integer))
+                                or max_depth < 1):
+    raise ValueError(
+        f"max_depth must be None or a positive int; got {max_depth!r}.")
+
+
+def puct_search(
+    params: Any,
+    rng_key: Array,
+    root: Optional[RootOutput],
+    expand_fn: ExpandFn,
+    *,
+    num_simulations: int,
+    capacity: Optional[int] = None,
+    max_depth: Optional[int] = None,
+    dirichlet_fraction: float = 0.25,
+    dirichlet_alpha: float = 0.3,
+    pb_c_init: float = 1.25,
+    pb_c_base: float = 19652,
+    temperature: float = 1.0,
+    qtransform: sel.QTransform = mctx.qtransform_by_parent_and_siblings,
+    tree: Optional[Tree] = None,
+) -> PolicyOutput:
+  """AlphaZero / MuZero search with the PUCT rule (``mctx.muzero_policy``).
+
+  Dirichlet noise is mixed into the root prior, then ``num_simulations``
+  simulations select with PUCT (ties broken by mctx's tiny uniform noise)
+  at every node, over legal slots only. The action is sampled from the root
+  visit counts raised to ``1 / temperature``. Wrap the call in ``jax.jit``.
+
+  Args:
+    params: forwarded to ``expand_fn``.
+    rng_key: a JAX key; the same key gives the same tree.
+    root: the evaluated roots ``[B, K]``; may be None when ``tree`` is given
+      and no row of it is empty.
+    expand_fn: ``(params, rng_key, tree, parent_index [B], action_slot [B])
+      -> ExpandOutput``; see :mod:`tsearch.base`.
+    num_simulations: simulations per tree (a Python int).
+    capacity: nodes per tree for a new tree; default ``num_simulations + 1``,
+      smaller values raise ``ValueError``. Must stay None with ``tree``.
+    max_depth: maximum number of edges from the root to a selected leaf.
+    dirichlet_fraction: weight of the Dirichlet noise in the root prior.
+    dirichlet_alpha: concentration of the Dirichlet noise.
+    pb_c_init: c_1 of the PUCT formula.
+    pb_c_base: c_2 of the PUCT formula.
+    temperature: acting temperature on the visit counts (0 = argmax).
+    qtransform: an mctx Q transform ``(mctx_tree, node_index) -> [K]``.
+    tree: continue from this tree (e.g. after :func:`tsearch.reroot`): the
+      existing statistics are kept and new simulations added; rows with no
+      nodes are started from ``root``. Dirichlet noise is mixed into the stored
+      root prior on every call (use ``dirichlet_fraction=0.`` to avoid it).
+
+  Returns:
+    :class:`PolicyOutput` with ``action [B]``, ``action_weights [B, K]`` (the
+    root visit distribution; zero on illegal slots) and the tree.
+  """
+  _check_max_depth(max_depth)
+  tree = _prepare_tree(root, num_simulations, capacity, tree)
+  rng_key, dirichlet_key, search_key = jax.random.split(rng_key, 3)
+
+  # Dirichlet noise at the root, as mctx.muzero_policy.
+  b, k = tree.batch_size, tree.num_children
+  root_logits = tree.children_prior_logits[:, ROOT_INDEX]
+  root_mask = tree.children_mask[:, ROOT_INDEX]
+  noise = jax.random.dirichlet(
+      dirichlet_key, alpha=jnp.full([k], fill_value=dirichlet_alpha),
+      shape=(b,))
+  probs = jax.nn.softmax(root_logits)
+  noisy = (1 - dirichlet_fraction) * probs + dirichlet_fraction * noise
+  root_logits = sel.mask_logits(sel.logits_from_probs(noisy), root_mask)
+  tree = tree.replace(
+      children_prior_logits=tree.children_prior_logits.at[:, ROOT_INDEX].set(
+          jnp.where((tree.num_nodes > 0)[:, None], root_logits,
+                    tree.children_prior_logits[:, ROOT_INDEX])))
+
+  def select(rows, keys):
+    return sel.puct_select(rows, sel.tie_break_noise(keys, k),
+                           pb_c_init=pb_c_init, pb_c_base=pb_c_base,
+                           qtransform=qtransform)
+
+  tree = _run(params, search_key, tree, expand_fn,
+              num_simulations=num_simulations, max_depth=max_depth,
+              root_select=select, interior_select=select, uses_noise=True)
+
+  # Act proportionally to visit_counts ** (1 / temperature).
+  root_mask = tree.children_mask[:, ROOT_INDEX]
+  visits = tree.children_visits[:, ROOT_INDEX].astype(tree.node_values.dtype)
+  total = jnp.sum(visits, axis=-1, keepdims=True)
+  legal = root_mask.astype(visits.dtype)
+  uniform = legal / jnp.maximum(jnp.sum(legal, -1, keepdims=True), 1.)
+  action_weights = jnp.where(total > 0, visits / jnp.maximum(total, 1),
+                             uniform)
+  logits = sel.logits_from_probs(action_weights)
+  logits = logits - jnp.max(logits, axis=-1, keepdims=True)
+  logits = logits / jnp.maximum(jnp.finfo(logits.dtype).tiny, temperature)
+  logits = jnp.where(root_mask | ~jnp.any(root_mask, -1, keepdims=True),
+                     logits, -jnp.inf)
+  action = jax.random.categorical(rng_key, logits).astype(jnp.int32)
+  return PolicyOutput(action=action, action_weights=action_weights,
+                      search_tree=tree)
+
+
+def gumbel_search(
+    params: Any,
+    rng_key: Array,
+    root: Optional[RootOutput],
+    expand_fn: ExpandFn,
+    *,
+    num_simulations: int,
+    max_num_considered_actions: int = 16,
+    gumbel_scale: float = 1.0,
+    qtransform: sel.QTransform = mctx.qtransform_completed_by_mix_value,
+    capacity: Optional[int] = None,
+    max_depth: Optional[int] = None,
+    tree: Optional[Tree] = None,
+) -> PolicyOutput:
+  """Gumbel MuZero search (``mctx.gumbel_muzero_policy``).
+
+  Samples Gumbel noise for the root slots, runs Sequential Halving over the
+  top ``max_num_considered_actions`` legal slots at the root and the
+  deterministic Full Gumbel MuZero rule below it; acts with the best
+  considered slot and returns the completed-Q improved policy
+  ``softmax(prior_logits + completed_q)`` as ``action_weights``.
+  Wrap the call in ``jax.jit``.
+
+  Args:
+    params: forwarded to ``expand_fn``.
+    rng_key: a JAX key; the same key gives the same tree.
+    root: the evaluated roots ``[B, K]``; may be None when ``tree`` is given
+      and no row of it is empty.
+    expand_fn: ``(params, rng_key, tree, parent_index [B], action_slot [B])
+      -> ExpandOutput``; see :mod:`tsearch.base`.
+    num_simulations: simulations per tree (a Python int).
+    max_num_considered_actions: how many root slots Sequential Halving starts
+      with; fewer when fewer slots are legal (as in mctx).
+    gumbel_scale: scale of the Gumbel noise (0 for deterministic evaluation).
+    qtransform: an mctx Q transform ``(mctx_tree, node_index) -> [K]``.
+    capacity: nodes per tree for a new tree; default ``num_simulations + 1``.
+    max_depth: maximum number of edges from the root to a selected leaf.
+    tree: continue from this tree; Sequential Halving then schedules only the
+      visits this call adds (the root's earlier visits still inform the
+      completed Q-values).
+
+  Returns:
+    :class:`PolicyOutput` with ``action [B]``, ``action_weights [B, K]`` and
+    the tree.
+  """
+  _check_max_depth(max_depth)
+  if (not isinstance(max_num_considered_actions, (int, np.integer))
+      or max_num_considered_actions < 1):
+    raise ValueError(
+        "max_num_considered_actions must be a positive int; got "
+        f"{max_num_considered_actions!r}.")
+  tree = _prepare_tree(root, num_simulations, capacity, tree)
+  b, k = tree.batch_size, tree.num_children
+  # As mctx: mask the root prior, then draw the Gumbel noise.
+  root_logits = sel.mask_logits(tree.children_prior_logits[:, ROOT_INDEX],
+                                tree.children_mask[:, ROOT_INDEX])
+  tree = tree.replace(
+      children_prior_logits=tree.children_prior_logits.at[:, ROOT_INDEX].set(
+          jnp.where((tree.num_nodes > 0)[:, None], root_logits,
+                    tree.children_prior_logits[:, ROOT_INDEX])))
+  rng_key, gumbel_key = jax.random.split(rng_key)
+  gumbel = gumbel_scale * jax.random.gumbel(
+      gumbel_key, shape=(b, k), dtype=tree.children_prior_logits.dtype)
+  start_visits = tree.children_visits[:, ROOT_INDEX]
+  m = min(max_num_considered_actions, k)
+  table = sel.considered_visits_table(m, max(num_simulations, 1))
+
+  root_select = lambda rows, keys: sel.gumbel_root_select(
+      rows, gumbel, start_visits, table=table,
+      max_num_considered_actions=m, qtransform=qtransform)
+  interior_select = lambda rows, keys: sel.gumbel_interior_select(
+      rows, qtransform=qtransform)
+  tree = _run(params, rng_key, tree, expand_fn,
+              num_simulations=num_simulations, max_depth=max_depth,
+              root_select=root_select, interior_select=interior_select,
+              uses_noise=False)
+
+  root_rows = sel.gather_rows(tree, jnp.zeros((b,), jnp.int32))
+  action, action_weights = sel.gumbel_root_policy(
+      root_rows, gumbel, start_visits, qtransform=qtransform)
+  action_weights = jnp.where(_root_ok(tree)[:, None], action_weights, 0.)
+  return PolicyOutput(action=action, action_weights=action_weights,
+                      search_tree=tree)
