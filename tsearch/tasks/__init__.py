@@ -1,0 +1,76 @@
+"""Tasks: problems as tokens, and jittable environments with exact verifiers.
+
+Registry: ``get_task(name, **options)`` with names ``arithmetic``,
+``countdown``, ``game24`` and ``connect_four``. The first three share one
+character vocabulary (:data:`ARITH_VOCAB`), so one model can learn them all.
+
+Example (runs on CPU in seconds)::
+
+  import jax, jax.numpy as jnp
+  import tsearch.tasks as tasks
+
+  task = tasks.get_task("game24")
+  problems = task.sample_problems(seed=0, num=8)      # [((4, 9, 10, 13), 24), ...]
+  prompts, prompt_lengths = task.encode_prompts(problems)  # [B, P] int32, [B]
+  answers = task.solution_tokens(problems)            # [B, T] reference solver
+  print(task.decode(prompts[0]), task.decode(answers[0]))
+  rewards = jax.jit(task.verify)(prompts, answers)    # [B] float32, all 1.0
+
+  # Token by token, as a search or a sampler would drive it:
+  state = task.init_state(prompts)                    # frozen dataclass of arrays
+  mask = task.legal_mask(state)                       # [B, V] bool
+  state = task.step(state, answers[:, 0])             # append one token [B]
+  task.is_terminal(state), task.reward(state)         # [B] bool, [B] float32
+  task.discount(state)                                # 1 / -1 (two players) / 0 at the end
+  task.step_delimiter                                 # "\\n" token: ends a step
+
+Conventions (see :mod:`tsearch.tasks.base`): prompts are BOS + text,
+right-padded with PAD=0 to ``task.max_prompt_length``; answers are at most
+``task.max_answer_length`` tokens including EOS; a token the grammar forbids
+makes the answer invalid (reward 0) without raising; a terminal state's
+legal mask is PAD only and stepping it is a no-op. ``task.solution_text``
+writes a reference solution for supervised warm starts.
+
+Connect Four (``num_players == 2``): tokens ``"0".."6"`` are columns (pgx
+actions), the prompt is BOS plus an opening, and ``reward`` is the result of
+the finished game from the point of view of the player who made the last
+move (+1 win, 0 draw or not over, -1 illegal move), i.e. the reward on the
+edge for the player who chose it; use discount -1 on non-terminal edges.
+"""
+from tsearch.tasks.arithmetic import Arithmetic
+from tsearch.tasks.base import Task, TaskState
+from tsearch.tasks.countdown import (Countdown, Game24, format_number, game24_puzzles,
+                                     game24_splits, solve)
+from tsearch.tasks.vocab import (ARITH_VOCAB, BOS, CONNECT_FOUR_VOCAB, EOS, NEWLINE, PAD,
+                                 Vocabulary)
+
+_REGISTRY = {
+    "arithmetic": Arithmetic,
+    "countdown": Countdown,
+    "game24": Game24,
+}
+
+
+def _connect_four(**options):
+  from tsearch.tasks.connect_four import ConnectFour  # pgx import is slow
+  return ConnectFour(**options)
+
+
+_REGISTRY["connect_four"] = _connect_four
+
+TASK_NAMES = tuple(sorted(_REGISTRY))
+
+
+def get_task(name: str, **options) -> Task:
+  """The task called ``name``, configured by keyword ``options``.
+
+  Raises:
+    ValueError: for an unknown name (the message lists the known ones) or
+      options out of range.
+  """
+  if name not in _REGISTRY:
+    raise ValueError(f"Unknown task {name!r}; known tasks: {', '.join(TASK_NAMES)}.")
+  try:
+    return _REGISTRY[name](**options)
+  except TypeError as e:
+    raise ValueError(f"Bad options {options} for task {name!r}: {e}") from None
