@@ -44,7 +44,9 @@ class Checkpointer:
             # Synchronous: a checkpoint that save() returned from is on disk,
             # which is what a kill -9 right after it needs.
             enable_async_checkpointing=False),
-        item_names=("state", "meta"))
+        # Handlers up front, so a fresh manager can read item metadata.
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()

@@ -49,7 +49,8 @@ def flat_shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
   """``{'path/to/leaf': shape}`` for every array leaf of ``tree``."""
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    key = "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+    key = "/".join(str(getattr(p, "key", getattr(p, "idx", getattr(
+        p, "name", p)))) for p in path)
     out[key] = tuple(jnp.shape(leaf))
   return out
 
