@@ -29,18 +29,22 @@ def gen(key=jax.random.key(0), prompt=PROMPT, lengths=LENGTHS, **kw):
 def test_greedy_equals_argmax_of_full_forwards():
   out = gen(greedy=True)
   fwd = jax.jit(models.forward)
+  pos = jnp.arange(11)[None]
   for b in range(3):
     seq = list(np.asarray(PROMPT[b, :LENGTHS[b]]))
     for t in range(5):
-      x = jnp.array([seq])
-      o = fwd(G, S, x, jnp.arange(len(seq))[None])
-      logp = jax.nn.log_softmax(o.logits[0, -1])
-      tok = int(jnp.argmax(o.logits[0, -1]))
+      # Causal, so right padding to a fixed length leaves position -1 exact.
+      x = jnp.array([seq + [0] * (11 - len(seq))])
+      last = fwd(G, S, x, pos).logits[0, len(seq) - 1]
+      tok = int(jnp.argmax(last))
       assert int(out.tokens[b, t]) == tok
-      np.testing.assert_allclose(out.logprobs[b, t], logp[tok], atol=1e-4)
+      np.testing.assert_allclose(out.logprobs[b, t],
+                                 jax.nn.log_softmax(last)[tok], atol=1e-4)
       seq.append(tok)
-    o = fwd(G, S, jnp.array([seq]), jnp.arange(len(seq))[None])
-    np.testing.assert_allclose(out.values[b], o.value[0, -5:], atol=1e-4)
+    x = jnp.array([seq + [0] * (11 - len(seq))])
+    o = fwd(G, S, x, pos)
+    np.testing.assert_allclose(out.values[b], o.value[0, len(seq) - 5:len(seq)],
+                               atol=1e-4)
   np.testing.assert_array_equal(out.lengths, 5)
 
 
