@@ -90,7 +90,9 @@ class Checkpointer:
         is_leaf=lambda m: hasattr(m, "shape")))
     wanted = flat_shapes(target)
     diffs = []
-    for key in sorted(set(saved) | set(wanted)):
+    # Parameters first: the optimizer state only mirrors them.
+    for key in sorted(set(saved) | set(wanted),
+                      key=lambda k: (not k.startswith("params/"), k)):
       if saved.get(key) != wanted.get(key):
         diffs.append(f"  {key}: checkpoint {saved.get(key, 'missing')}, "
                      f"model {wanted.get(key, 'missing')}")

@@ -1,10 +1,11 @@
 """Problems and supervised traces for the trainer.
 
 Problems come either from the TFDS builders of :mod:`tsearch.data`
-(``data.source = "tfds"``) or are drawn from the task's own seeded sampler
-(``"generated"``, no files needed). Either way the problems of a step are a
-function of (seed, step, process), so a resumed run sees exactly the data it
-would have seen, and each host reads only its own share.
+(``data.source = "tfds"``, built into ``<workdir>/data`` on first use) or
+are drawn from the task's own seeded sampler (``"generated"``, no files).
+Either way the stream's position goes into the checkpoint, so a resumed run
+sees exactly the data it would have seen, and each host reads only its own
+share.
 
 A supervised trace is the prompt (BOS + text) followed directly by the
 reference answer (EOS included), right-padded to ``max_len``.
@@ -28,83 +29,108 @@ def _step_seed(*parts: int) -> int:
   return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
-class ProblemStream:
-  """The problems of each step on this process.
+def examples_from_problems(task, problems: Sequence[Any]) -> dict:
+  """Prompt and reference-answer arrays of problems (the Loader's format)."""
+  prompt, prompt_length = task.encode_prompts(problems)
+  answer = task.solution_tokens(problems)
+  return dict(prompt=prompt, prompt_length=prompt_length, answer=answer,
+              answer_length=(answer != task.pad_id).sum(-1).astype(np.int32))
+
+
+class ExampleStream:
+  """This process's examples, one batch per step, resumable.
+
+  Batches are dicts with ``prompt [b, P]``, ``prompt_length [b]``,
+  ``answer [b, A]`` (reference solution + EOS) and ``answer_length [b]``.
 
   Args:
     task: the task.
-    source: ``"generated"`` or ``"tfds"``.
+    batch_size: examples per batch on this process.
+    source: ``"generated"`` (the task's seeded sampler: the batch of a step
+      is a function of (seed, step, process)) or ``"tfds"`` (the
+      :class:`tsearch.data.Loader` over the built dataset, sharded over hosts).
     seed: run seed.
-    split: dataset split (``"train"``; ``"test"`` for evaluation).
-    data_dir: TFDS data directory (``tfds`` source).
-    auto_build: build the TFDS data into ``data_dir`` when missing.
+    split: ``"train"``, ``"validation"`` or ``"test"``.
+    data_dir: TFDS data directory.
+    auto_build: build the TFDS data into ``data_dir`` when it is missing.
   """
 
-  def __init__(self, task, *, source: str, seed: int, split: str = "train",
-               data_dir: str = "", auto_build: bool = True):
-    self.task = task
-    self.source = source
-    self.seed = seed
-    self.split = split
-    self._dataset = None
+  def __init__(self, task, batch_size: int, *, source: str, seed: int,
+               split: str = "train", data_dir: str = "",
+               auto_build: bool = True):
+    self.task, self.batch_size, self.source = task, batch_size, source
+    self.seed, self.split = seed, split
+    self._step = 0
+    self._loader = None
     if source == "tfds":
-      self._dataset = _load_tfds(task, split, data_dir, auto_build)
+      self._loader = _tfds_loader(task, split, data_dir, auto_build,
+                                  batch_size, seed)
     elif source != "generated":
       raise ValueError(f"Unknown data.source {source!r}; use 'tfds' or "
                        "'generated'.")
 
-  def problems(self, step: int, num: int) -> list:
-    """``num`` problems for ``step`` on this process (deterministic)."""
-    pid = jax.process_index()
-    if self._dataset is None:
-      return self.task.sample_problems(_step_seed(self.seed, step, pid), num)
-    n = len(self._dataset)
-    # Each process reads its own contiguous share of a per-epoch permutation.
-    global_num = num * jax.process_count()
-    start = step * global_num + pid * num
-    out = []
-    for i in range(start, start + num):
-      epoch, j = divmod(i, n)
-      perm = np.random.default_rng(_step_seed(self.seed, epoch)).permutation(n)
-      out.append(self._dataset[int(perm[j])])
+  def next(self) -> dict[str, np.ndarray]:
+    self._step += 1
+    if self._loader is not None:
+      return next(self._loader)
+    problems = self.task.sample_problems(
+        _step_seed(self.seed, self._step - 1, jax.process_index(),
+                   hash(self.split) % 1000), self.batch_size)
+    return examples_from_problems(self.task, problems)
+
+  def state(self) -> dict:
+    """The position to store in a checkpoint."""
+    out = {"source": self.source, "split": self.split, "step": self._step}
+    if self._loader is not None:
+      out["loader"] = self._loader.state()
     return out
 
-  def position(self, step: int) -> dict:
-    """What a checkpoint stores to resume this stream at ``step``."""
-    return {"source": self.source, "split": self.split, "seed": self.seed,
-            "step": int(step)}
+  def restore(self, state: dict) -> None:
+    if state["source"] != self.source:
+      raise ValueError(f"The checkpoint's data position is for source "
+                       f"{state['source']!r}, this run uses {self.source!r}.")
+    self._step = int(state["step"])
+    if self._loader is not None:
+      self._loader.restore(state["loader"])
 
 
-def _load_tfds(task, split, data_dir, auto_build):
+def _tfds_loader(task, split, data_dir, auto_build, batch_size, seed):
+  from tsearch import data as tdata  # pylint: disable=import-outside-toplevel
+  if not data_dir:
+    raise ValueError("data.source='tfds' needs a data directory; set "
+                     "--config.data.data_dir (the trainer uses <workdir>/data).")
   try:
-    from tsearch import data as tdata  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise DataNotBuiltError(
-        "data.source='tfds' needs tsearch.data, which is not importable "
-        f"({e}); use --config.data.source=generated.") from e
-  command = (f"python -m tsearch.data build {task.name} --data_dir "
-             f"{data_dir}")
-  try:
-    return tdata.load_problems(task, split=split, data_dir=data_dir,
-                               build=auto_build)
-  except FileNotFoundError as e:
-    raise DataNotBuiltError(
-        f"The {task.name!r} data is not built in {data_dir!r} ({e}). Build it "
-        f"with:\n  {command}\nor set --config.data.auto_build=True.") from e
+    tdata.load_build_options(task.name, data_dir)
+  except ValueError as e:
+    if not auto_build:
+      raise DataNotBuiltError(
+          f"The {task.name!r} data is not built in {data_dir!r}. Build it "
+          f"with:\n  python -m tsearch.data build {task.name} --data_dir "
+          f"{data_dir}\nor set --config.data.auto_build=True.") from e
+    tdata.build(task.name, data_dir, task_options=task.options())
+  built = tdata.load_task(task.name, data_dir)
+  if built != task:
+    raise ValueError(
+        f"The data in {data_dir!r} was built for {built!r}, but the config "
+        f"asks for {task!r}; make --config.task.options match, or use "
+        "another data_dir.")
+  return tdata.Loader(task.name, data_dir, split, batch_size, seed=seed,
+                      process_index=jax.process_index(),
+                      process_count=jax.process_count())
 
 
 def max_trace_length(task) -> int:
   return task.max_prompt_length + task.max_answer_length
 
 
-def supervised_batch(task, problems: Sequence[Any], *, max_len: int,
+def supervised_batch(task, examples: dict, *, max_len: int,
                      corrupt_fraction: float = 0.0, seed: int = 0,
                      verify_fn=None) -> dict[str, np.ndarray]:
   """Reference traces (and corrupted copies for the value head) as arrays.
 
   Args:
     task: the task.
-    problems: ``B`` problems.
+    examples: a batch from :class:`ExampleStream` (``B`` rows).
     max_len: ``T``, padded trace length; a trace longer than it is an error.
     corrupt_fraction: share of rows whose answer gets 1-2 tokens replaced by
       random digits/operators; their value target is the verifier's reward
@@ -118,12 +144,12 @@ def supervised_batch(task, problems: Sequence[Any], *, max_len: int,
     ``value_mask`` (the last prompt token and every answer token),
     ``value_target [B]`` and ``policy_weight [B]``, all float32 but tokens.
   """
-  b = len(problems)
-  prompts, prompt_lengths = task.encode_prompts(problems)
-  answers = task.solution_tokens(problems)
+  prompts, prompt_lengths = examples["prompt"], examples["prompt_length"]
+  answers = np.array(examples["answer"], np.int32)
+  answer_lengths = examples["answer_length"]
+  b = len(prompts)
   policy_weight = np.ones((b,), np.float32)
   num_corrupt = int(round(corrupt_fraction * b))
-  answer_lengths = (answers != task.pad_id).sum(-1)
   if num_corrupt:
     rng = np.random.default_rng(seed)
     rows = rng.choice(b, size=num_corrupt, replace=False)

@@ -101,8 +101,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   primary = jax.process_index() == 0
   task, fns, state, optimizer, mesh, max_len = build(config, workdir)
   data_dir = config.data.data_dir or os.path.join(workdir, "data")
-  stream = data_lib.ProblemStream(
-      task, source=config.data.source, seed=config.seed, split="train",
+  stream = data_lib.ExampleStream(
+      task, config.batch_size // jax.process_count(),
+      source=config.data.source, seed=config.seed, split="train",
       data_dir=data_dir, auto_build=config.data.auto_build)
   warm, total = config.warm_start.steps, (config.warm_start.steps
                                           + config.search.steps)
@@ -112,6 +113,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if start is not None:
     tree, meta = ckpt.restore(start, state_to_tree(state))
     state = tree_to_state(tree)
+    stream.restore(meta["data_position"])
     if int(state.step) != start:
       raise ValueError(f"Checkpoint {start} holds optimizer step "
                        f"{int(state.step)}; the checkpoint is inconsistent.")
@@ -138,11 +140,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                   max_len=max_len)
   schedule = step_lib.learning_rate_schedule(config.optim, total)
   verify = jax.jit(task.verify)
-  local_batch = config.batch_size // jax.process_count()
   base_key = jax.random.wrap_key_data(jax.device_get(state.rng))
 
   def meta(step):
-    return {"data_position": stream.position(step), "model": {
+    return {"data_position": stream.state(), "step": step, "model": {
         "config": {k: getattr(fns.config, k) for k in (
             "vocab_size", "num_layers", "d_model", "num_heads",
             "num_kv_heads", "head_dim", "mlp_dim", "max_seq_len")}},
@@ -153,17 +154,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with ckpt_lib.StopRequest() as stop:
     for step in range(start or 0, total):
       key = jax.random.fold_in(base_key, step)
-      problems = stream.problems(step, local_batch)
+      examples = stream.next()
       if step < warm:
         batch = data_lib.supervised_batch(
-            task, problems, max_len=max_len,
+            task, examples, max_len=max_len,
             corrupt_fraction=config.warm_start.corrupt_fraction,
             seed=data_lib._step_seed(config.seed, step, jax.process_index()),  # pylint: disable=protected-access
             verify_fn=verify)
         state, metrics = supervised_step(
             state, step_lib.shard_batch(batch, mesh), key)
       else:
-        state, metrics = search_learn.step(state, problems, key)
+        state, metrics = search_learn.step(state, examples, key)
       done = step + 1
       steps_timed += 1
       if done % config.log_every_steps == 0 or done == total:

@@ -1,0 +1,83 @@
+"""Bad input gives clear errors: config keys, workdir, checkpoint shapes, data."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from train import checkpoint as ckpt_lib
+from train import config as config_lib
+from train import data as data_lib
+from train import loop
+from train import metrics as metrics_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "configs", "tiny.py")
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, "-m", "train", "--config", TINY,
+                         *args], cwd=REPO, capture_output=True, text=True,
+                        timeout=120)
+
+
+def _tiny(steps=2):
+  c = config_lib.load_config_file(TINY)
+  c.warm_start.steps = steps
+  c.progress_bar = False
+  c.batch_size = 8
+  return c
+
+
+def test_unknown_config_key_names_key_and_fix(tmp_path):
+  r = _cli("--workdir", str(tmp_path), "--config.model.d_modle=8")
+  assert r.returncode == 2
+  assert "Unknown config key 'model.d_modle'" in r.stderr
+  assert "d_model" in r.stderr  # the keys that do exist there
+  assert "get_config()" in r.stderr
+  assert "Traceback" not in r.stderr
+
+
+def test_unwritable_workdir(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  r = _cli("--workdir", str(blocker / "run"))
+  assert r.returncode == 2
+  assert "Cannot write to workdir" in r.stderr and "writable" in r.stderr
+  with pytest.raises(ValueError, match="--workdir is required"):
+    config_lib.prepare_workdir("")
+
+
+def test_checkpoint_from_another_model_shape(tmp_path):
+  workdir = str(tmp_path / "run")
+  loop.train(_tiny(), workdir)
+  bigger = _tiny(steps=4)
+  bigger.model.d_model = 48
+  with pytest.raises(ckpt_lib.CheckpointShapeError) as e:
+    loop.train(bigger, workdir)
+  msg = str(e.value)
+  assert "params/embed_tokens/embedding: checkpoint (23, 32), model (23, 48)" \
+      in msg
+  assert "fresh --workdir" in msg
+
+
+def test_data_not_built_gives_build_command(tmp_path):
+  c = _tiny()
+  c.data.source = "tfds"
+  c.data.auto_build = False
+  with pytest.raises(data_lib.DataNotBuiltError,
+                     match="python -m tsearch.data build arithmetic"):
+    loop.train(c, str(tmp_path / "run"))
+
+
+def test_config_validation_and_nan_check(tmp_path):
+  c = _tiny()
+  c.batch_size = 12  # 8 devices
+  with pytest.raises(ValueError, match="multiple of 8"):
+    loop.train(c, str(tmp_path / "run"))
+  c = _tiny()
+  c.search.value_target = "median"
+  with pytest.raises(ValueError, match="search.value_target"):
+    config_lib.validate_config(c)
+  with pytest.raises(metrics_lib.NonFiniteMetricError, match="step 7"):
+    metrics_lib.check_finite(7, {"loss": float("nan")})
