@@ -4,6 +4,8 @@ from tsearch.tree import NO_PARENT, ROOT_INDEX, UNVISITED, Tree, empty_tree, pat
 from tsearch._mctx_compat import from_mctx_recurrent_fn, root_from_mctx
 from tsearch._reroot import reroot
 from tsearch.search import gumbel_search, puct_search
+from tsearch import tasks
+from tsearch.tasks import get_task
 
 __version__ = "0.1.0"
 from tsearch.visualize import display_tree, tree_to_dot, tree_to_html
