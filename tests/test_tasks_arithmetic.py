@@ -106,3 +106,11 @@ def test_bad_input(task):
     task.encode_prompt((1234567, "+", 1))
   with pytest.raises(ValueError, match="not in the vocabulary"):
     task.encode("12x")
+
+
+def test_package_docstring_example_runs():
+  doc = tasks.__doc__.split("::\n\n")[1].split("\n\nConventions")[0]
+  scope = {}
+  exec("\n".join(line[2:] for line in doc.splitlines()), scope)
+  np.testing.assert_array_equal(scope["rewards"], np.ones(8))
+  assert scope["problems"][0] == ((3, 6, 8, 13), 24)

@@ -94,10 +94,11 @@ class Arithmetic(base.Task):
       xs = []
       for _ in range(2):
         d = int(rng.integers(self.min_digits, self.max_digits + 1))
-        lo = 0 if d == 1 else 10 ** (d - 1)
-        # Python ints: rng.integers overflows int64 beyond 18 digits.
-        xs.append(lo + int(rng.random() * (10 ** d - lo)) if d > 18
-                  else int(rng.integers(lo, 10 ** d)))
+        # Digit by digit (uniform over d-digit numbers, any d, no int64 overflow).
+        digits = rng.integers(0, 10, d)
+        if d > 1:
+          digits[0] = rng.integers(1, 10)
+        xs.append(int("".join(map(str, digits))))
       out.append((xs[0], op, xs[1]))
     return out
 
