@@ -54,8 +54,8 @@ def default_config() -> ConfigDict:
       level="token",  # "token" or "step".
       num_simulations=16,
       num_children=4,
-      capacity=64,
-      max_new_tokens=16,
+      capacity=64,  # nodes per tree, kept across moves via tsearch.reroot.
+      temperature=1.0,  # PUCT acting temperature on visit counts.
       policy_weight=1.0,
       value_weight=0.5,
       sft_weight=0.0,  # extra LM loss on solved trajectories.

@@ -25,6 +25,9 @@ class DataNotBuiltError(FileNotFoundError):
   """The TFDS data of a task has not been built yet."""
 
 
+_SPLITS = ("train", "validation", "test")
+
+
 def _step_seed(*parts: int) -> int:
   return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
@@ -59,6 +62,8 @@ class ExampleStream:
                split: str = "train", data_dir: str = "",
                auto_build: bool = True):
     self.task, self.batch_size, self.source = task, batch_size, source
+    if split not in _SPLITS:
+      raise ValueError(f"Unknown split {split!r}; use one of {_SPLITS}.")
     self.seed, self.split = seed, split
     self._step = 0
     self._loader = None
@@ -75,7 +80,7 @@ class ExampleStream:
       return next(self._loader)
     problems = self.task.sample_problems(
         _step_seed(self.seed, self._step - 1, jax.process_index(),
-                   hash(self.split) % 1000), self.batch_size)
+                   _SPLITS.index(self.split)), self.batch_size)
     return examples_from_problems(self.task, problems)
 
   def state(self) -> dict:

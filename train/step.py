@@ -81,7 +81,8 @@ def init_state(params: PyTree, optimizer: optax.GradientTransformation,
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
                     mesh: jax.sharding.Mesh, *,
-                    loss_weights: Mapping[str, float]):
+                    loss_weights: Mapping[str, float],
+                    prepare_fn: Callable | None = None):
   """Builds ``train_step(state, batch, key) -> (state, metrics)``, jitted.
 
   Args:
@@ -92,6 +93,10 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
       must be divisible by its size.
     loss_weights: weight of each named term in the total loss; a term
       without a weight is logged but not trained on.
+    prepare_fn: optional ``prepare_fn(params, batch, key) -> (batch, stats)``
+      run on each device's shard before the loss and outside the gradient
+      (e.g. the search that makes the targets); ``stats`` is a dict of
+      scalars, averaged over devices into the metrics.
 
   Returns:
     The jitted step. ``metrics`` holds ``loss``, each term's global mean
@@ -101,6 +106,11 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
 
   def per_device(state: TrainState, batch, key):
     key = jax.random.fold_in(key, lax.axis_index(DATA))
+    stats = {}
+    if prepare_fn is not None:
+      prepare_key, key = jax.random.split(key)
+      batch, stats = prepare_fn(state.params, batch, prepare_key)
+      batch = lax.stop_gradient(batch)
 
     def total_loss(params):
       terms = loss_fn(params, batch, key)
@@ -112,12 +122,10 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
       loss = sum(loss_weights.get(name, 0.0) * m for name, m in means.items())
       return loss, means
 
-    # Mark the replicated parameters as varying over 'data' so that each
-    # device's gradient is its own (no implicit psum in the transpose); the
-    # explicit pmean below then averages them.
-    local_params = lax.pcast(state.params, DATA, to="varying")
+    # check_vma=False (below): each device's gradient is its own, with no
+    # implicit psum in the transpose; the explicit pmean averages them.
     (loss, means), grads = jax.value_and_grad(total_loss, has_aux=True)(
-        local_params)
+        state.params)
     grads = lax.pmean(grads, DATA)
     loss = lax.pmean(loss, DATA)
     means = lax.pmean(means, DATA)
@@ -126,12 +134,16 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                "param_norm": optax.tree.norm(params)}
     metrics.update({f"loss/{k}": v for k, v in means.items()})
+    metrics.update(lax.pmean(stats, DATA))
     new_state = state.replace(step=state.step + 1, params=params,
                               opt_state=opt_state)
     return new_state, metrics
 
   sharded = jax.shard_map(per_device, mesh=mesh,
-                          in_specs=(P(), P(DATA), P()), out_specs=(P(), P()))
+                          in_specs=(P(), P(DATA), P()), out_specs=(P(), P()),
+                          # Searches and task code inside are written without
+                          # varying-axis annotations.
+                          check_vma=False)
   return jax.jit(sharded, donate_argnums=(0,))
 
 
