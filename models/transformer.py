@@ -119,7 +119,7 @@ class KVContext:
   """Keys/values that new tokens may attend to (already RoPE-rotated)."""
   keys: Array  # [L, B, C, Hkv, Dh]
   values: Array  # [L, B, C, Hkv, Dh]
-  mask: Array  # [B, C] bool, True where a slot may be attended
+  mask: Array  # [B, C] or [B, T, C] bool (per new token), True: may attend
 
 
 @chex.dataclass(frozen=True)
@@ -211,7 +211,9 @@ class Attention(nnx.Module):
     if ctx_k is not None:
       s_ctx = jnp.einsum("btkgd,bskd->bkgts", q, ctx_k.astype(dt),
                          preferred_element_type=jnp.float32) * scale
-      s_ctx = jnp.where(ctx_mask[:, None, None, None, :], s_ctx, _MASK_VALUE)
+      if ctx_mask.ndim == 2:
+        ctx_mask = ctx_mask[:, None, :]  # same slots for every new token
+      s_ctx = jnp.where(ctx_mask[:, None, None], s_ctx, _MASK_VALUE)
       scores = jnp.concatenate([s_ctx, s_self], axis=-1)
       vals = jnp.concatenate([ctx_v.astype(dt), v], axis=1)
     else:
@@ -273,7 +275,8 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens: Array, positions: Array,
                kv_context: KVContext | None = None,
-               token_mask: Array | None = None) -> ModelOutput:
+               token_mask: Array | None = None,
+               attention_mask: Array | None = None) -> ModelOutput:
     """Forward over ``T`` new tokens.
 
     Args:
@@ -307,13 +310,22 @@ class Transformer(nnx.Module):
             f"range [{p.min()}, {p.max()}]. The sequence is longer than the "
             f"model's context.")
     if kv_context is not None:
-      shape = (cfg.num_layers, b, kv_context.mask.shape[-1], cfg.num_kv_heads,
-               cfg.head_dim)
+      c = kv_context.mask.shape[-1]
+      shape = (cfg.num_layers, b, c, cfg.num_kv_heads, cfg.head_dim)
+      if kv_context.mask.shape not in ((b, c), (b, t, c)):
+        raise ValueError(f"kv_context.mask must be [B, C] or [B, T, C]; got "
+                         f"{kv_context.mask.shape} for B={b}, T={t}.")
       if kv_context.keys.shape != shape or kv_context.values.shape != shape:
         raise ValueError(f"kv_context keys/values must be {shape} "
                          f"[L, B, C, Hkv, Dh]; got {kv_context.keys.shape}.")
-    causal = jnp.tril(jnp.ones((t, t), bool))
-    self_mask = jnp.broadcast_to(causal, (b, t, t))
+    if attention_mask is not None:
+      self_mask = jnp.asarray(attention_mask, bool)
+      if self_mask.shape != (b, t, t):
+        raise ValueError(f"attention_mask must be [B, T, T] = {(b, t, t)}; got "
+                         f"{self_mask.shape}.")
+      self_mask = self_mask | jnp.eye(t, dtype=bool)
+    else:
+      self_mask = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (b, t, t))
     if token_mask is not None:
       # Keys at padded positions are hidden; the diagonal stays so that no row
       # is fully masked.
@@ -347,13 +359,15 @@ class Transformer(nnx.Module):
 
 def forward(graphdef: nnx.GraphDef, state: nnx.State, tokens: Array,
             positions: Array, kv_context: KVContext | None = None,
-            token_mask: Array | None = None) -> ModelOutput:
+            token_mask: Array | None = None,
+            attention_mask: Array | None = None) -> ModelOutput:
   """Pure-function forward: ``nnx.merge(graphdef, state)(tokens, ...)``.
 
   Split the model once with ``graphdef, state = nnx.split(model)`` and call this
   inside ``jax.jit``/``lax`` loops. See :meth:`Transformer.__call__`.
   """
-  return nnx.merge(graphdef, state)(tokens, positions, kv_context, token_mask)
+  return nnx.merge(graphdef, state)(tokens, positions, kv_context, token_mask,
+                                    attention_mask)
 
 
 def model_config_of(graphdef: nnx.GraphDef, state: nnx.State) -> ModelConfig:

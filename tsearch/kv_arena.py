@@ -1,0 +1,160 @@
+"""The tree as a KV cache: per-node keys/values and the prompt's cache.
+
+Layout. Each node stores the keys and values of its *own* tokens only (one
+token in token-level search, up to ``S`` tokens of a step in step-level
+search) in ``Tree.embeddings['kv']``::
+
+  keys, values: [B, N, L, S, Hkv, Dh]   (model compute dtype)
+  start:        [B, N] int32  position of the node's first own token
+  length:       [B, N] int32  number of own tokens (0 for the root)
+
+``[B, N]`` lead because the Tree contract stores every per-node payload that
+way (so ``empty_tree``, the search's writes and ``reroot`` move it for free).
+``L`` then ``S`` matches the model's ``[L, B, T, Hkv, Dh]`` output, so a new
+node is stored with one ``moveaxis`` and a gathered path becomes the model's
+``[L, B, C, Hkv, Dh]`` context with one ``moveaxis`` of the gathered rows
+(never of the whole arena). Keys are stored already rotated at their
+absolute positions, so the order of context slots does not matter, only
+their mask.
+
+The prompt's keys/values live once per batch row in a :class:`PromptCache`
+(passed to ``expand_fn`` through ``params``), never per node. A node is
+evaluated against prompt + the nodes on its path (gathered along the parent
+pointers with :func:`tsearch.path_to_root`, at most ``max_depth`` of them) +
+its own tokens (causal). Memory is therefore ``B * N * S`` token slots plus
+``B * P`` prompt slots: it grows with the tokens in the tree, not with
+nodes x context length.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from models import KVContext, ModelConfig
+from tsearch.tree import NO_PARENT, ROOT_INDEX, Tree, path_to_root
+
+Array = chex.Array
+
+
+@chex.dataclass(frozen=True)
+class PromptCache:
+  """Keys/values of each row's prompt (plus tokens committed by reroots).
+
+  Slots ``[0, capacity)``; ``mask`` marks the slots in use. Committed tokens
+  (see :func:`commit_root_tokens`) are written after the prompt.
+  """
+  keys: Array  # [L, B, C, Hkv, Dh]
+  values: Array  # [L, B, C, Hkv, Dh]
+  mask: Array  # [B, C] bool
+  num_used: Array  # [B] int32, slots written (prompt padding included)
+  overflowed: Array  # [B] bool, a commit did not fit (tokens were dropped)
+
+  def context(self) -> KVContext:
+    return KVContext(keys=self.keys, values=self.values, mask=self.mask)
+
+
+def node_kv_example(config: ModelConfig, batch_size: int,
+                    step_length: int) -> dict:
+  """One node's arena entry ``{'keys','values': [B, L, S, Hkv, Dh], 'start',
+  'length': [B]}``, zeros; the tree stores it as ``[B, N, ...]``."""
+  shape = (batch_size, config.num_layers, step_length, config.num_kv_heads,
+           config.head_dim)
+  z = jnp.zeros(shape, config.compute_dtype)
+  return dict(keys=z, values=z, start=jnp.zeros((batch_size,), jnp.int32),
+              length=jnp.zeros((batch_size,), jnp.int32))
+
+
+def path_context(tree: Tree, node_index: Array, max_depth: int,
+                 prompt: PromptCache) -> KVContext:
+  """The KV context of ``node_index``'s tokens' successors.
+
+  Prompt slots plus the own tokens of every node on the path root ->
+  ``node_index`` (inclusive).
+
+  Args:
+    tree: the tree; ``tree.embeddings['kv']`` is the arena.
+    node_index: ``[B]`` node per row, at depth ``<= max_depth``.
+    max_depth: static bound on the depth of ``node_index``.
+    prompt: the rows' prompt caches.
+
+  Returns:
+    :class:`models.KVContext` with ``C = prompt.capacity + (max_depth+1) * S``.
+  """
+  kv = tree.embeddings["kv"]
+  b = jnp.arange(tree.batch_size)[:, None]
+  path = path_to_root(tree, node_index, max_depth)  # [B, D+1]
+  safe = jnp.maximum(path, 0)
+  s = kv["keys"].shape[3]
+  length = jnp.where(path != NO_PARENT, kv["length"][b, safe], 0)  # [B, D+1]
+  mask = jnp.arange(s)[None, None, :] < length[:, :, None]  # [B, D+1, S]
+
+  def to_ctx(x):  # [B, D+1, L, S, H, Dh] -> [L, B, (D+1)*S, H, Dh]
+    x = jnp.moveaxis(x[b, safe], 2, 0)
+    return x.reshape(x.shape[:2] + (-1,) + x.shape[4:])
+
+  return KVContext(
+      keys=jnp.concatenate([prompt.keys, to_ctx(kv["keys"])], axis=2),
+      values=jnp.concatenate([prompt.values, to_ctx(kv["values"])], axis=2),
+      mask=jnp.concatenate([prompt.mask, mask.reshape(mask.shape[0], -1)],
+                           axis=1))
+
+
+def commit_root_tokens(prompt: PromptCache, tree: Tree) -> tuple[PromptCache,
+                                                                  Tree]:
+  """Moves the root's own tokens from the arena into the prompt cache.
+
+  Call after :func:`tsearch.reroot`, whose new root is a former child that
+  still holds its tokens (its ancestors, which held the rest of the committed
+  prefix, are gone). The root's entry is emptied (``length`` 0, ``start``
+  advanced), so every node again attends prompt + path exactly once. A commit
+  that does not fit in the prompt cache sets ``overflowed`` (tokens dropped).
+  """
+  kv = tree.embeddings["kv"]
+  nb = tree.batch_size
+  b = jnp.arange(nb)
+  s = kv["keys"].shape[3]
+  cap = prompt.mask.shape[1]
+  length = kv["length"][:, ROOT_INDEX]  # [B]
+  j = jnp.arange(s)
+  valid = j[None] < length[:, None]  # [B, S]
+  slot = prompt.num_used[:, None] + j[None]  # [B, S]
+  fits = prompt.num_used + length <= cap
+  slot = jnp.where(valid & fits[:, None], slot, cap)  # cap: dropped
+
+  def put(cache, new):  # cache [L,B,C,H,Dh], new [B, L, S, H, Dh]
+    new = jnp.moveaxis(new, 1, 0)  # [L, B, S, H, Dh]
+    return cache.at[:, b[:, None], slot].set(new, mode="drop")
+
+  prompt = prompt.replace(
+      keys=put(prompt.keys, kv["keys"][:, ROOT_INDEX]),
+      values=put(prompt.values, kv["values"][:, ROOT_INDEX]),
+      mask=prompt.mask.at[b[:, None], slot].set(True, mode="drop"),
+      num_used=jnp.where(fits, prompt.num_used + length, prompt.num_used),
+      overflowed=prompt.overflowed | ~fits)
+  new_kv = dict(kv)
+  new_kv["start"] = kv["start"].at[:, ROOT_INDEX].add(length)
+  new_kv["length"] = kv["length"].at[:, ROOT_INDEX].set(0)
+  new_kv["keys"] = kv["keys"].at[:, ROOT_INDEX].set(0)
+  new_kv["values"] = kv["values"].at[:, ROOT_INDEX].set(0)
+  emb = dict(tree.embeddings)
+  emb["kv"] = new_kv
+  return prompt, tree.replace(embeddings=emb)
+
+
+def arena_bytes(tree: Tree) -> int:
+  """Bytes of keys/values the tree's arena holds (from array shapes)."""
+  kv = tree.embeddings["kv"]
+  return int(kv["keys"].nbytes + kv["values"].nbytes)
+
+
+def prompt_cache_bytes(prompt: PromptCache) -> int:
+  return int(prompt.keys.nbytes + prompt.values.nbytes)
+
+
+def tree_num_token_slots(tree: Tree) -> int:
+  """``B * N * S``: token slots of the arena."""
+  return tree.batch_size * tree.capacity * tree.embeddings["kv"]["keys"].shape[3]
+

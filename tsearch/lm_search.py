@@ -1,0 +1,524 @@
+"""MCTS over a language model, with the search tree as its KV cache.
+
+Two granularities share one expansion function:
+
+* ``mode='token'``: an action is one token; a node's K child slots are its
+  top-K legal next tokens, their logits the prior.
+* ``mode='step'``: an action is a step of up to ``S`` tokens ending at the
+  environment's step delimiter or EOS; expanding a node samples K candidate
+  steps in one batched decode over ``B x K`` continuations that all read the
+  tree's KV (the shared prefix is never copied per candidate); the prior is
+  the steps' log-probability (optionally per token). Step payloads are padded
+  with ``-1``.
+
+Every node is evaluated by one forward of its own tokens against the prompt
+cache and its ancestors' arena entries (see :mod:`tsearch.kv_arena`); no
+prefix is encoded twice. Values come from the value head; a terminal node
+(EOS / the environment's end) earns the environment's reward.
+
+The environment is any object with the methods of :class:`tsearch.tasks.Task`
+that search needs (every task in ``tsearch.tasks`` is one)::
+
+  init_state(prompt_tokens [B, P]) -> state   (pytree, leaves [B, ...])
+  step(state, token [B]) -> state             (no-op on a terminal state)
+  legal_mask(state) -> [B, V_env] bool
+  is_terminal(state) -> [B] bool
+  reward(state) -> [B] float   (read where terminal)
+  discount(state) -> [B] float (0 terminal, 1 or -1 for two players)
+  step_delimiter: int (-1: every token is a step), eos_id: int
+
+It must be hashable (it is a static argument of the jitted search).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import models
+from models import KVContext
+from tsearch import kv_arena
+from tsearch.base import ExpandOutput, RootOutput
+from tsearch.search import gumbel_search, puct_search
+from tsearch.tree import ROOT_INDEX, Tree
+from tsearch._reroot import reroot
+
+Array = chex.Array
+_NEG = -1e30
+PAD_ACTION = -1
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LMSearchConfig:
+  """Hyperparameters of :func:`lm_search`.
+
+  Attributes:
+    mode: ``'token'`` or ``'step'``.
+    policy: ``'puct'`` or ``'gumbel'``.
+    num_simulations: expansions per search.
+    num_children: ``K`` child slots per node (top-K tokens or K steps).
+    step_length: ``S``, tokens per action (1 in token mode).
+    max_depth: deepest node (edges from the root) the arena holds; prompt
+      capacity + ``max_depth * S`` must fit in the model's ``max_seq_len``.
+    capacity: nodes per tree; default ``num_simulations + 1``.
+    reserve_tokens: extra prompt-cache slots for tokens committed by
+      :func:`lm_reroot` (0: no reroot planned).
+    step_temperature: sampling temperature of candidate steps.
+    length_normalize: step prior = mean instead of sum of token log-probs.
+    keep_logits: store each node's next-token logits ``[B, N, V]`` in the
+      tree (for tests and inspection; costs ``N * V`` floats per row).
+    dirichlet_fraction, dirichlet_alpha, pb_c_init, temperature: PUCT options.
+    max_num_considered_actions, gumbel_scale: Gumbel options.
+  """
+  mode: str = "token"
+  policy: str = "puct"
+  num_simulations: int = 16
+  num_children: int = 4
+  step_length: int = 1
+  max_depth: int = 8
+  capacity: int | None = None
+  reserve_tokens: int = 0
+  step_temperature: float = 1.0
+  length_normalize: bool = False
+  keep_logits: bool = False
+  dirichlet_fraction: float = 0.25
+  dirichlet_alpha: float = 0.3
+  pb_c_init: float = 1.25
+  temperature: float = 1.0
+  max_num_considered_actions: int = 16
+  gumbel_scale: float = 1.0
+
+  def __post_init__(self):
+    if self.mode not in ("token", "step"):
+      raise ValueError(f"mode must be 'token' or 'step', got {self.mode!r}.")
+    if self.policy not in ("puct", "gumbel"):
+      raise ValueError(f"policy must be 'puct' or 'gumbel', got {self.policy!r}.")
+    for name in ("num_simulations", "num_children", "max_depth"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+    if self.step_length < 1:
+      raise ValueError(
+          f"step_length (S) must be >= 1 token, got {self.step_length}.")
+    if self.mode == "token" and self.step_length != 1:
+      raise ValueError("mode='token' needs step_length=1 (one token per "
+                       f"action), got {self.step_length}.")
+    if self.reserve_tokens < 0 or self.step_temperature <= 0:
+      raise ValueError("reserve_tokens must be >= 0 and step_temperature > 0.")
+    if self.capacity is not None and self.capacity < self.num_simulations + 1:
+      raise ValueError(f"capacity {self.capacity} < num_simulations + 1 = "
+                       f"{self.num_simulations + 1}.")
+
+
+@chex.dataclass(frozen=True)
+class LMSearchOutput:
+  """The result of :func:`lm_search`; compute counts are per batch row."""
+  action: Array  # [B] int32 root slot
+  action_weights: Array  # [B, K]
+  search_tree: Tree
+  prompt_cache: kv_arena.PromptCache
+  model_calls: Array  # [B] int32, forward calls this search made for the row
+  tokens_forwarded: Array  # [B] int32, token positions those calls computed
+
+
+# ---------------------------------------------------------------------------
+# Checks.
+
+
+def _check_static(model_cfg: models.ModelConfig, config: LMSearchConfig,
+                  prompt_len: int, env_vocab: int) -> None:
+  if config.num_children > model_cfg.vocab_size:
+    raise ValueError(
+        f"num_children K={config.num_children} is larger than the vocabulary "
+        f"({model_cfg.vocab_size}); a node cannot have more distinct tokens.")
+  if env_vocab > model_cfg.vocab_size:
+    raise ValueError(f"The environment's vocabulary ({env_vocab}) is larger "
+                     f"than the model's ({model_cfg.vocab_size}).")
+  if prompt_len > model_cfg.max_seq_len:
+    raise ValueError(
+        f"The prompt ({prompt_len} tokens) is longer than the model's context "
+        f"max_seq_len={model_cfg.max_seq_len}.")
+  need = prompt_len + config.reserve_tokens + config.max_depth * config.step_length
+  if need > model_cfg.max_seq_len:
+    raise ValueError(
+        f"A tree of max_depth={config.max_depth} with step_length="
+        f"{config.step_length} after a {prompt_len}-token prompt (+ "
+        f"{config.reserve_tokens} reserved) needs {need} positions, deeper than "
+        f"the KV arena / context allows (max_seq_len={model_cfg.max_seq_len}); "
+        f"lower max_depth or step_length, or use a longer-context model.")
+
+
+def _check_prompt(model_cfg, prompt_tokens, prompt_lengths):
+  if prompt_tokens.ndim != 2 or prompt_lengths.shape != prompt_tokens.shape[:1]:
+    raise ValueError(f"prompt_tokens must be [B, P] and prompt_lengths [B]; "
+                     f"got {prompt_tokens.shape} and {prompt_lengths.shape}.")
+  models.check_tokens(prompt_tokens, model_cfg.vocab_size, "prompt_tokens")
+  if not isinstance(prompt_lengths, jax.core.Tracer):
+    p = prompt_tokens.shape[1]
+    lengths = np.asarray(prompt_lengths)
+    if lengths.min() < 1 or lengths.max() > p:
+      raise ValueError(f"prompt_lengths must lie in [1, P={p}], got "
+                       f"{lengths.tolist()}.")
+
+
+# ---------------------------------------------------------------------------
+# Pieces of an expansion.
+
+
+def _select(cond, new, old):
+  def sel(n, o):
+    return jnp.where(cond.reshape(cond.shape + (1,) * (n.ndim - cond.ndim)), n, o)
+  return jax.tree.map(sel, new, old)
+
+
+def _legal(env, state, vocab_size):
+  legal = jnp.asarray(env.legal_mask(state), bool)
+  pad = vocab_size - legal.shape[-1]
+  return jnp.pad(legal, ((0, 0), (0, pad))) if pad else legal
+
+
+def _step_tokens(env, state, tokens):
+  """Steps ``tokens [B, S]`` (``-1`` = none) into ``state``."""
+  def body(st, tok):
+    return _select(tok >= 0, env.step(st, jnp.maximum(tok, 0)), st), None
+  state, _ = jax.lax.scan(body, state, tokens.T)
+  return state
+
+
+def _top_k_children(logits, legal, terminal, k):
+  masked = jnp.where(legal, logits, _NEG)
+  prior, idx = jax.lax.top_k(masked, k)
+  mask = jnp.take_along_axis(legal, idx, axis=-1) & ~terminal[:, None]
+  return idx[..., None].astype(jnp.int32), prior, mask
+
+
+def _sample_steps(graphdef, mstate, env, config: LMSearchConfig, ctx: KVContext,
+                  logits, state, terminal, child_start, key):
+  """K candidate steps per row in one batched decode over B x K sequences.
+
+  Returns children_actions [B, K, S], prior [B, K], mask [B, K], and the
+  number of forward calls / token positions it computed per row.
+  """
+  b, v = logits.shape
+  k, s = config.num_children, config.step_length
+  lcfg = ctx.keys.shape
+  rep = lambda x: jnp.repeat(x, k, axis=0)  # noqa: E731  [B,...] -> [B*K,...]
+  st = jax.tree.map(rep, state)
+  done = jnp.repeat(terminal, k)  # [B*K]
+  delim, eos = env.step_delimiter, env.eos_id
+
+  def sample(j, cur_logits, st, done, key):
+    legal = _legal(env, st, v)
+    none = ~jnp.any(legal, axis=-1)
+    masked = jnp.where(legal, cur_logits, _NEG)
+    logp = jax.nn.log_softmax(masked, axis=-1)
+    tok = jax.random.categorical(key, masked / config.step_temperature, axis=-1)
+    skip = done | none
+    tok = jnp.where(skip, PAD_ACTION, tok).astype(jnp.int32)
+    lp = jnp.where(skip, 0.0, jnp.take_along_axis(
+        logp, jnp.maximum(tok, 0)[:, None], axis=-1)[:, 0])
+    st = _select(~skip, env.step(st, jnp.maximum(tok, 0)), st)
+    ended = (tok == eos) | env.is_terminal(st)
+    if delim >= 0:
+      ended = ended | (tok == delim)
+    else:
+      ended = jnp.ones_like(ended)
+    return tok, lp, st, done | skip | ended
+
+  keys = jax.random.split(key, s)
+  tok0, lp0, st, done = sample(0, rep(logits), st, done, keys[0])
+  cache_shape = (lcfg[0], b, k, s) + lcfg[3:]
+  cache_k = jnp.zeros(cache_shape, ctx.keys.dtype)
+  cache_v = jnp.zeros(cache_shape, ctx.values.dtype)
+  owner = jnp.arange(k * s) // s
+  slot_j = jnp.arange(k * s) % s
+  mine = owner[None, :] == jnp.arange(k)[:, None]  # [K, K*S]
+  shared_mask = jnp.broadcast_to(
+      ctx.mask[:, None, :] if ctx.mask.ndim == 2 else ctx.mask,
+      (b, k, ctx.mask.shape[-1]))
+  eye = jnp.broadcast_to(jnp.eye(k, dtype=bool), (b, k, k))
+
+  def body(carry, inp):
+    tok, st, done, cache_k, cache_v = carry
+    j, key = inp  # forward token j, sample token j + 1
+    pos = jnp.broadcast_to((child_start + j)[:, None], (b, k))
+    step_mask = mine[None] & (slot_j < j)[None, None]  # [1, K, K*S]
+    full_ctx = KVContext(
+        keys=jnp.concatenate([ctx.keys, cache_k.reshape(
+            lcfg[:2] + (k * s,) + lcfg[3:])], axis=2),
+        values=jnp.concatenate([ctx.values, cache_v.reshape(
+            lcfg[:2] + (k * s,) + lcfg[3:])], axis=2),
+        mask=jnp.concatenate([shared_mask, jnp.broadcast_to(
+            step_mask, (b, k, k * s))], axis=2))
+    out = models.forward(graphdef, mstate, jnp.maximum(tok, 0).reshape(b, k),
+                         pos, full_ctx, attention_mask=eye)
+    cache_k = cache_k.at[:, :, :, j].set(out.keys)
+    cache_v = cache_v.at[:, :, :, j].set(out.values)
+    nxt, lp, st, done = sample(j + 1, out.logits.reshape(b * k, v), st, done,
+                               key)
+    return (nxt, st, done, cache_k, cache_v), (nxt, lp)
+
+  if s > 1:
+    _, (toks, lps) = jax.lax.scan(
+        body, (tok0, st, done, cache_k, cache_v),
+        (jnp.arange(s - 1), keys[1:]))
+    toks = jnp.concatenate([tok0[None], toks], axis=0)  # [S, B*K]
+    lps = jnp.concatenate([lp0[None], lps], axis=0)
+  else:
+    toks, lps = tok0[None], lp0[None]
+  actions = toks.T.reshape(b, k, s)
+  logp_sum = lps.sum(0).reshape(b, k)
+  n_tok = (actions >= 0).sum(-1)
+  prior = logp_sum / jnp.maximum(n_tok, 1) if config.length_normalize else logp_sum
+  mask = (n_tok > 0) & ~terminal[:, None]
+  calls = jnp.full((b,), s - 1, jnp.int32)
+  tokens = jnp.full((b,), (s - 1) * k, jnp.int32)
+  return actions, prior, mask, calls, tokens
+
+
+def _children(graphdef, mstate, env, config, ctx, logits, state, terminal,
+              child_start, key):
+  legal = _legal(env, state, logits.shape[-1])
+  if config.mode == "token":
+    actions, prior, mask = _top_k_children(logits, legal, terminal,
+                                           config.num_children)
+    zero = jnp.zeros(terminal.shape, jnp.int32)
+    return actions, prior, mask, zero, zero
+  return _sample_steps(graphdef, mstate, env, config, ctx, logits, state,
+                       terminal, child_start, key)
+
+
+def _embedding(config, kv, env_state, calls, tokens, logits):
+  emb = dict(kv=kv, env_state=env_state, model_calls=calls,
+             tokens_forwarded=tokens)
+  if config.keep_logits:
+    emb["logits"] = logits
+  return emb
+
+
+# ---------------------------------------------------------------------------
+# Root and expand_fn.
+
+
+def make_lm_root(graphdef: nnx.GraphDef, state: nnx.State, env: Any,
+                 prompt_tokens: Array, prompt_lengths: Array, rng_key: Array,
+                 *, config: LMSearchConfig
+                 ) -> tuple[RootOutput, kv_arena.PromptCache]:
+  """Encodes the prompts and proposes the root's children.
+
+  Args:
+    graphdef, state: a split :class:`models.Transformer`.
+    env: the environment (see the module docstring).
+    prompt_tokens: ``[B, P]`` int32, right-padded.
+    prompt_lengths: ``[B]`` int32 in ``[1, P]``.
+    rng_key: key for the root's sampled steps (step mode).
+    config: :class:`LMSearchConfig`.
+
+  Returns:
+    ``(root, prompt_cache)``: the :class:`tsearch.RootOutput` (whose embedding
+    is an empty arena entry plus the environment state) and the prompt's
+    :class:`tsearch.kv_arena.PromptCache` of capacity ``P + reserve_tokens``,
+    to pass to the expand function as ``params=(state, prompt_cache)``.
+  """
+  mcfg = models.model_config_of(graphdef, state)
+  prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
+  prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
+  _check_prompt(mcfg, prompt_tokens, prompt_lengths)
+  b, p = prompt_tokens.shape
+  env_state = env.init_state(prompt_tokens)
+  env_vocab = jnp.shape(env.legal_mask(env_state))[-1]
+  _check_static(mcfg, config, p, env_vocab)
+  positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
+  valid = positions < prompt_lengths[:, None]
+  out = models.forward(graphdef, state, prompt_tokens, positions,
+                       token_mask=valid)
+  rows = jnp.arange(b)
+  last = prompt_lengths - 1
+  logits, value = out.logits[rows, last], out.value[rows, last]
+  r = config.reserve_tokens
+  pad5 = ((0, 0), (0, 0), (0, r), (0, 0), (0, 0))
+  prompt = kv_arena.PromptCache(
+      keys=jnp.pad(out.keys, pad5), values=jnp.pad(out.values, pad5),
+      mask=jnp.pad(valid, ((0, 0), (0, r))),
+      num_used=jnp.full((b,), p, jnp.int32), overflowed=jnp.zeros((b,), bool))
+  terminal = jnp.asarray(env.is_terminal(env_state), bool)
+  actions, prior, mask, calls, toks = _children(
+      graphdef, state, env, config, prompt.context(), logits, env_state,
+      terminal, prompt_lengths, rng_key)
+  kv = kv_arena.node_kv_example(mcfg, b, config.step_length)
+  kv["start"] = prompt_lengths
+  emb = _embedding(config, kv, env_state, calls + 1, toks + p, logits)
+  root = RootOutput(prior_logits=prior, value=value, embedding=emb,
+                    children_actions=actions, children_mask=mask)
+  return root, prompt
+
+
+def make_lm_expand_fn(graphdef: nnx.GraphDef, env: Any, *,
+                      config: LMSearchConfig):
+  """``expand_fn(params=(model_state, prompt_cache), rng_key, tree, parent,
+  slot) -> ExpandOutput`` for :func:`tsearch.puct_search` /
+  :func:`tsearch.gumbel_search`.
+
+  The new node's tokens (``tree.children_actions[b, parent, slot]``) are
+  forwarded once against prompt + the parent's path in the arena; their
+  keys/values become the node's arena entry. The environment state is stepped
+  from the parent's; terminal nodes earn ``env.reward``. Children come from
+  the last token's logits (top-K tokens, or K sampled steps).
+  """
+  max_depth = config.max_depth
+
+  def expand_fn(params, rng_key, tree: Tree, parent_index, action_slot):
+    mstate, prompt = params
+    b = jnp.arange(tree.batch_size)
+    emb = tree.embeddings
+    kv = emb["kv"]
+    tokens = tree.children_actions[b, parent_index, action_slot]  # [B, S]
+    valid = tokens >= 0
+    n_tok = valid.sum(-1)
+    start = kv["start"][b, parent_index] + kv["length"][b, parent_index]
+    positions = start[:, None] + jnp.arange(tokens.shape[1])[None]
+    # The parent is at depth <= max_depth - 1.
+    ctx = kv_arena.path_context(tree, parent_index, max_depth - 1, prompt)
+    out = models.forward(graphdef, mstate, jnp.maximum(tokens, 0), positions,
+                         ctx, token_mask=valid)
+    last = jnp.maximum(n_tok - 1, 0)
+    logits, value = out.logits[b, last], out.value[b, last]
+    env_state = _step_tokens(
+        env, jax.tree.map(lambda x: x[b, parent_index], emb["env_state"]),
+        tokens)
+    terminal = jnp.asarray(env.is_terminal(env_state), bool)
+    reward = jnp.where(terminal, env.reward(env_state), 0.0)
+    discount = jnp.asarray(env.discount(env_state), jnp.float32)
+    node_ctx = KVContext(
+        keys=jnp.concatenate([ctx.keys, out.keys], axis=2),
+        values=jnp.concatenate([ctx.values, out.values], axis=2),
+        mask=jnp.concatenate([ctx.mask, valid], axis=1))
+    actions, prior, mask, calls, toks = _children(
+        graphdef, mstate, env, config, node_ctx, logits, env_state, terminal,
+        start + n_tok, rng_key)
+    node_kv = dict(keys=jnp.moveaxis(out.keys, 0, 1),
+                   values=jnp.moveaxis(out.values, 0, 1),
+                   start=start.astype(jnp.int32), length=n_tok.astype(jnp.int32))
+    s = tokens.shape[1]
+    return ExpandOutput(
+        reward=reward.astype(jnp.float32), discount=discount,
+        prior_logits=prior, value=value, terminal=terminal,
+        children_actions=actions, children_mask=mask,
+        embedding=_embedding(config, node_kv, env_state, calls + 1, toks + s,
+                             logits))
+
+  return expand_fn
+
+
+# ---------------------------------------------------------------------------
+# Entry points.
+
+
+def _used_sum(tree: Tree, x: Array) -> Array:
+  used = jnp.arange(tree.capacity)[None] < tree.num_nodes[:, None]
+  return jnp.sum(jnp.where(used, x, 0), axis=1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "env", "config"))
+def _lm_search_jit(graphdef, state, env, prompt_tokens, prompt_lengths,
+                   rng_key, tree, prompt_cache, *, config):
+  root_key, search_key = jax.random.split(rng_key)
+  if tree is None:
+    root, prompt_cache = make_lm_root(graphdef, state, env, prompt_tokens,
+                                      prompt_lengths, root_key, config=config)
+    before_calls = before_tokens = 0
+  else:
+    root = None
+    before_calls = _used_sum(tree, tree.embeddings["model_calls"])
+    before_tokens = _used_sum(tree, tree.embeddings["tokens_forwarded"])
+  expand_fn = make_lm_expand_fn(graphdef, env, config=config)
+  params = (state, prompt_cache)
+  common = dict(num_simulations=config.num_simulations,
+                max_depth=config.max_depth, tree=tree,
+                capacity=config.capacity if tree is None else None)
+  if config.policy == "puct":
+    out = puct_search(params, search_key, root, expand_fn,
+                      dirichlet_fraction=config.dirichlet_fraction,
+                      dirichlet_alpha=config.dirichlet_alpha,
+                      pb_c_init=config.pb_c_init,
+                      temperature=config.temperature, **common)
+  else:
+    out = gumbel_search(
+        params, search_key, root, expand_fn,
+        max_num_considered_actions=config.max_num_considered_actions,
+        gumbel_scale=config.gumbel_scale, **common)
+  t = out.search_tree
+  return LMSearchOutput(
+      action=out.action, action_weights=out.action_weights, search_tree=t,
+      prompt_cache=prompt_cache,
+      model_calls=_used_sum(t, t.embeddings["model_calls"]) - before_calls,
+      tokens_forwarded=(_used_sum(t, t.embeddings["tokens_forwarded"])
+                        - before_tokens))
+
+
+def lm_search(graphdef: nnx.GraphDef, state: nnx.State, env: Any,
+              prompt_tokens: Array, prompt_lengths: Array, rng_key: Array, *,
+              config: LMSearchConfig, tree: Tree | None = None,
+              prompt_cache: kv_arena.PromptCache | None = None
+              ) -> LMSearchOutput:
+  """Jitted MCTS (PUCT or Gumbel) over a language model; tree = KV cache.
+
+  Args:
+    graphdef, state: a split :class:`models.Transformer` (float32 or bf16).
+    env: a hashable environment (e.g. a ``tsearch.tasks`` task).
+    prompt_tokens: ``[B, P]`` int32, right-padded.
+    prompt_lengths: ``[B]`` int32 in ``[1, P]``.
+    rng_key: the same key gives the same tree.
+    config: :class:`LMSearchConfig` (static).
+    tree, prompt_cache: continue a search (after :func:`lm_reroot`); every
+      row of ``tree`` must have a root.
+
+  Returns:
+    :class:`LMSearchOutput`: action, action weights, the tree, the prompt
+    cache, and per-row compute (model calls, token positions forwarded) of
+    this call.
+  """
+  mcfg = models.model_config_of(graphdef, state)
+  prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
+  prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
+  _check_prompt(mcfg, prompt_tokens, prompt_lengths)
+  if (tree is None) != (prompt_cache is None):
+    raise ValueError("Pass both tree and prompt_cache (to continue a search) "
+                     "or neither.")
+  if tree is not None:
+    p = prompt_cache.mask.shape[1] - config.reserve_tokens
+    if tree.embeddings["kv"]["keys"].shape[3] != config.step_length:
+      raise ValueError("The tree's arena holds steps of "
+                       f"{tree.embeddings['kv']['keys'].shape[3]} tokens but "
+                       f"config.step_length={config.step_length}.")
+    if not isinstance(tree.node_depth, jax.core.Tracer):
+      depth = int(np.max(np.asarray(tree.node_depth)))
+      if depth > config.max_depth:
+        raise ValueError(
+            f"The tree is {depth} levels deep but the KV arena allows "
+            f"max_depth={config.max_depth}; reroot it or raise max_depth.")
+      if int(np.min(np.asarray(tree.num_nodes))) < 1:
+        raise ValueError("Every row of a continued tree needs a root; a row "
+                         "is empty (its committed child was never expanded).")
+  else:
+    p = prompt_tokens.shape[1]
+  env_vocab = jnp.shape(jax.eval_shape(
+      lambda t: env.legal_mask(env.init_state(t)), prompt_tokens))[-1]
+  _check_static(mcfg, config, p, env_vocab)
+  return _lm_search_jit(graphdef, state, env, prompt_tokens, prompt_lengths,
+                        rng_key, tree, prompt_cache, config=config)
+
+
+def lm_reroot(tree: Tree, prompt_cache: kv_arena.PromptCache,
+              action_slot: Array) -> tuple[Tree, kv_arena.PromptCache]:
+  """Commits root slot ``action_slot [B]``: keeps its subtree
+  (:func:`tsearch.reroot`) and moves the new root's tokens into the prompt
+  cache (needs ``reserve_tokens`` >= the committed tokens). Jittable."""
+  tree = reroot(tree, action_slot)
+  prompt_cache, tree = kv_arena.commit_root_tokens(prompt_cache, tree)
+  return tree, prompt_cache
