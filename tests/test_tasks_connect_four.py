@@ -64,26 +64,32 @@ def test_openings_and_illegal_moves(task):
   problems = [(3, 3, 3, 3, 3, 3), (), (0, 1, 0, 1, 0, 1)]
   prompts, lengths = task.encode_prompts(problems)
   assert task.decode(prompts[0]) == "<bos>333333" and lengths.tolist() == [7, 1, 7]
-  s = task.init_state(prompts)
-  assert s.prompt_ok.tolist() == [True, True, True]
-  mask = np.asarray(task.legal_mask(s))
+
+  @jax.jit
+  def one_move(prompts, token):
+    s = task.init_state(prompts)
+    s2 = task.step(s, token)
+    return s.prompt_ok, task.legal_mask(s), task.is_terminal(s2), task.reward(s2)
+  # Full column, a non-move token, and a winning move.
+  ok, mask, terminal, reward = one_move(prompts, jnp.array([MOVE0 + 3, tasks.EOS, MOVE0]))
+  assert ok.tolist() == [True, True, True]
+  mask = np.asarray(mask)
   assert not mask[0, MOVE0 + 3] and mask[0, MOVE0 + 2] and mask[1, MOVE0:MOVE0 + 7].all()
-  s = task.step(s, jnp.array([MOVE0 + 3, tasks.EOS, MOVE0]))  # full column, non-move, win
-  assert task.is_terminal(s).tolist() == [True, True, True]
-  np.testing.assert_array_equal(task.reward(s), [-1.0, -1.0, 1.0])
-  # verify() replays whole answers: first player wins in column 0.
-  answers = np.zeros((1, task.max_answer_length), np.int32)
+  assert terminal.tolist() == [True, True, True]
+  np.testing.assert_array_equal(reward, [-1.0, -1.0, 1.0])
+  # verify() replays whole answers: the first player wins in column 0; an
+  # opening that already ended the game is not a valid prompt (reward 0).
+  answers = np.zeros((2, task.max_answer_length), np.int32)
   answers[0, :7] = np.array([0, 1, 0, 1, 0, 1, 0]) + MOVE0
-  np.testing.assert_array_equal(task.verify(task.encode_prompts([()])[0], answers), [1.0])
-  # An opening that already ended the game is not a valid prompt.
-  bad = task.encode_prompts([(0, 1, 0, 1, 0, 1, 0)])[0]
-  assert not bool(task.init_state(bad).prompt_ok[0])
+  answers[1, 0] = MOVE0 + 2
+  prompts = task.encode_prompts([(), (0, 1, 0, 1, 0, 1, 0)])[0]
+  np.testing.assert_array_equal(jax.jit(task.verify)(prompts, answers), [1.0, 0.0])
 
 
 def test_sample_problems_and_bad_input(task):
   ps = task.sample_problems(0, 50)
   assert ps == task.sample_problems(0, 50) and all(reference_winner(p) is None for p in ps)
-  assert bool(task.init_state(task.encode_prompts(ps)[0]).prompt_ok.all())
+  assert bool(jax.jit(task.init_state)(task.encode_prompts(ps)[0]).prompt_ok.all())
   with pytest.raises(ValueError, match="max_opening"):
     tasks.get_task("connect_four", max_opening=50)
   with pytest.raises(ValueError, match="columns"):
