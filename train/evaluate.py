@@ -1,0 +1,133 @@
+"""Evaluate the latest checkpoint of a run on the test split.
+
+  python -m train.evaluate --config configs/<name>.py --workdir <dir>
+
+Methods: greedy decoding, sampling, best-of-N (solved if any of N samples is
+accepted by the verifier, i.e. pass@N with the exact verifier) and MCTS
+(PUCT, acting on the most visited child) at each budget in
+``eval.mcts_budgets``. Decoding is grammar-constrained by the task's legal
+mask. Prints a table and writes ``<workdir>/eval_step<step>.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from train import config as config_lib
+from train import data as data_lib
+from train import loop
+from train import search_learn
+
+
+def sample_answers(task, apply_fn, params, prompt, prompt_length, key, *,
+                   seq_len: int, temperature: float):
+  """Decodes one answer per row; ``temperature == 0`` is greedy. Returns the
+  verifier's reward ``[B]``."""
+  b, p = prompt.shape
+  seq = jnp.zeros((b, seq_len), jnp.int32).at[:, :p].set(prompt)
+  pos = search_learn.Position(seq=seq, length=prompt_length.astype(jnp.int32),
+                              task_state=task.init_state(prompt))
+
+  def body(pos, key):
+    prior, _, tokens, mask, _ = search_learn._evaluate(  # pylint: disable=protected-access
+        task, apply_fn, params, pos, task.vocab.size)
+    logits = jnp.where(mask, prior, -jnp.inf)
+    if temperature == 0:
+      slot = jnp.argmax(logits, -1)
+    else:
+      slot = jax.random.categorical(key, logits / temperature)
+    token = jnp.take_along_axis(tokens, slot[:, None], 1)[:, 0]
+    return search_learn._advance(task, pos, token), None  # pylint: disable=protected-access
+
+  pos, _ = jax.lax.scan(body, pos,
+                        jax.random.split(key, task.max_answer_length))
+  return task.reward(pos.task_state)
+
+
+def evaluate(config, workdir: str, *, seed: int = 0) -> dict:
+  """Solve rates of each method on ``eval.num_examples`` test problems."""
+  task, fns, params, step = loop.latest_params(config, workdir)
+  e = config.eval
+  max_len = config.data.max_len or data_lib.max_trace_length(task)
+  stream = data_lib.ExampleStream(
+      task, e.batch_size, source=config.data.source, seed=seed,
+      split=e.split, data_dir=config.data.data_dir or os.path.join(
+          workdir, "data"), auto_build=config.data.auto_build)
+  methods = {
+      "greedy": lambda p, l, k: sample_answers(
+          task, fns.apply, params, p, l, k, seq_len=max_len, temperature=0.0),
+      f"sample(t={e.temperature})": lambda p, l, k: sample_answers(
+          task, fns.apply, params, p, l, k, seq_len=max_len,
+          temperature=e.temperature),
+  }
+  for n in e.best_of_n:
+    def best_of(p, l, k, n=n):
+      keys = jax.random.split(k, n)
+      r = jnp.stack([sample_answers(task, fns.apply, params, p, l, kk,
+                                    seq_len=max_len,
+                                    temperature=e.temperature) for kk in keys])
+      return jnp.max(r, 0)
+    methods[f"best_of_{n}"] = best_of
+  for budget in e.mcts_budgets:
+    methods[f"mcts_{budget}"] = lambda p, l, k, budget=budget: (
+        search_learn.rollout(
+            task, fns.apply, params, p, l, k, seq_len=max_len,
+            algorithm="puct", num_simulations=budget,
+            num_children=config.search.num_children,
+            capacity=max(config.search.capacity, budget + 1),
+            temperature=0.0)["outcome"])
+  jitted = {name: jax.jit(f) for name, f in methods.items()}
+  solved = {name: [] for name in methods}
+  seconds = {name: 0.0 for name in methods}
+  done, key = 0, jax.random.key(seed)
+  while done < e.num_examples:
+    ex = stream.next()
+    take = min(e.batch_size, e.num_examples - done)
+    for name, f in jitted.items():
+      key, sub = jax.random.split(key)
+      t0 = time.time()
+      r = np.asarray(f(ex["prompt"], ex["prompt_length"], sub))
+      seconds[name] += time.time() - t0
+      solved[name].extend((r[:take] > 0.5).tolist())
+    done += take
+  results = {"step": int(step), "task": task.name, "split": e.split,
+             "num_examples": done,
+             "solve_rate": {k: float(np.mean(v)) for k, v in solved.items()},
+             "seconds": seconds}
+  return results
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  try:
+    results = evaluate(_CONFIG.value, _WORKDIR.value)
+  except (ValueError, FileNotFoundError) as err:
+    print(f"FATAL: {type(err).__name__}: {err}", file=sys.stderr)
+    sys.exit(1)
+  print(f"{results['task']} {results['split']} split, checkpoint step "
+        f"{results['step']}, {results['num_examples']} problems")
+  print(f"{'method':<18}{'solve rate':>12}{'seconds':>10}")
+  for name, rate in results["solve_rate"].items():
+    print(f"{name:<18}{rate:>12.3f}{results['seconds'][name]:>10.1f}")
+  path = os.path.join(_WORKDIR.value, f"eval_step{results['step']}.json")
+  if jax.process_index() == 0:
+    with open(path, "w") as f:
+      json.dump(results, f, indent=2)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=config_lib.parse_flags)
