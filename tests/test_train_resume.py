@@ -22,13 +22,15 @@ def _config():
   c.checkpoint.every_steps = EVERY
   c.log_every_steps = 1
   c.progress_bar = False
+  c.search.steps = 0
   return c
 
 
 def _flags():
   return [f"--config.warm_start.steps={STEPS}",
           f"--config.checkpoint.every_steps={EVERY}",
-          "--config.log_every_steps=1", "--config.progress_bar=False"]
+          "--config.log_every_steps=1", "--config.progress_bar=False",
+          "--config.search.steps=0"]
 
 
 def _comparable(lines):
