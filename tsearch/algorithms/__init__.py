@@ -1,0 +1,26 @@
+"""The test-time search family, one registry: ``get_algorithm(name)``."""
+from tsearch.algorithms.family import (AGGREGATES, SearchOutput, beam,
+                                       best_of_n, check_budget, choose, dvts,
+                                       greedy, particle_filter, sampling,
+                                       systematic_resample)
+
+ALGORITHMS = {
+    "greedy": greedy,
+    "sampling": sampling,
+    "best_of_n": best_of_n,
+    "beam": beam,
+    "dvts": dvts,
+    "particle_filter": particle_filter,
+}
+
+
+def get_algorithm(name: str):
+  """The search function called ``name`` (see :data:`ALGORITHMS`).
+
+  Raises:
+    ValueError: for an unknown name; the message lists the known ones.
+  """
+  if name not in ALGORITHMS:
+    raise ValueError(f"Unknown algorithm {name!r}; known algorithms: "
+                     f"{', '.join(ALGORITHMS)}.")
+  return ALGORITHMS[name]
