@@ -113,4 +113,4 @@ def test_package_docstring_example_runs():
   scope = {}
   exec("\n".join(line[2:] for line in doc.splitlines()), scope)
   np.testing.assert_array_equal(scope["rewards"], np.ones(8))
-  assert scope["problems"][0] == ((3, 6, 8, 13), 24)
+  assert scope["problems"][0] == ((4, 5, 7, 13), 24)

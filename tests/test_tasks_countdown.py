@@ -234,3 +234,11 @@ def test_bad_input(countdown):
     countdown.encode_prompt(((1, 2, 3, 123456), 6))
   with pytest.raises(ValueError, match=r"\[B, P=26\]"):
     countdown.init_state(np.zeros((2, 5), np.int32))
+
+
+def test_game24_sampling_avoids_test_ranks(game24):
+  test = {nums for _, nums in tasks.game24_splits()["test"]}
+  assert not any(p in test for p, _ in game24.sample_problems(1, 3000))
+  assert all(p in test for p, _ in game24.sample_problems(1, 50, split="test"))
+  with pytest.raises(ValueError, match="split"):
+    game24.sample_problems(1, 5, split="dev")

@@ -10,7 +10,7 @@ Example (runs on CPU in seconds)::
   import tsearch.tasks as tasks
 
   task = tasks.get_task("game24")
-  problems = task.sample_problems(seed=0, num=8)      # [((3, 6, 8, 13), 24), ...]
+  problems = task.sample_problems(seed=0, num=8)      # [((4, 5, 7, 13), 24), ...] (train split)
   prompts, prompt_lengths = task.encode_prompts(problems)  # [B, P] int32, [B]
   answers = task.solution_tokens(problems)            # [B, T] reference solver
   print(task.decode(prompts[0]), task.decode(answers[0]))

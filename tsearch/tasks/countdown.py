@@ -418,8 +418,8 @@ def game24_splits(*, num_validation: int = 100, seed: int = 0) -> dict:
 class Game24(Countdown):
   """Countdown with 4 numbers (1..13) and target 24, over ``24.csv``.
 
-  Problems are ``(numbers, 24)``; ``sample_problems`` draws from the whole
-  puzzle list, :func:`game24_splits` gives the Tree-of-Thoughts splits.
+  Problems are ``(numbers, 24)``; ``sample_problems`` draws from the train
+  split by default; :func:`game24_splits` gives the Tree-of-Thoughts splits.
   """
   _name = "game24"
 
@@ -432,10 +432,18 @@ class Game24(Countdown):
   def options(self):
     return dict(max_answer_length=self.max_answer_length, constrain=self.constrain)
 
-  def sample_problems(self, seed: int, num: int) -> list:
-    puzzles = game24_puzzles()
+  def sample_problems(self, seed: int, num: int, *, split: str = "train") -> list:
+    """Puzzles drawn from one :func:`game24_splits` split (default ``train``,
+    so training never sees the test ranks 901-1000); ``split="all"`` draws
+    from the whole list."""
+    if split == "all":
+      puzzles = game24_puzzles()
+    elif split in ("train", "validation", "test"):
+      puzzles = game24_splits()[split]
+    else:
+      raise ValueError(f"split must be train, validation, test or all, got {split!r}.")
     idx = np.random.default_rng(seed).choice(len(puzzles), num, replace=num > len(puzzles))
     return [(puzzles[i][1], 24) for i in idx]
 
-  def sample_with_solutions(self, seed: int, num: int) -> list:
-    return [(p, self.solution_text(p)) for p in self.sample_problems(seed, num)]
+  def sample_with_solutions(self, seed: int, num: int, *, split: str = "train") -> list:
+    return [(p, self.solution_text(p)) for p in self.sample_problems(seed, num, split=split)]
