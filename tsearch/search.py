@@ -179,7 +179,6 @@ def _walk(tree: Tree, keys: Optional[Array], root_select, interior_select,
     selected, that slot, and the child it leads to (``UNVISITED`` if new).
   """
   b = jnp.arange(tree.batch_size)
-  has_legal = jnp.any(tree.children_mask, axis=-1)  # [B, N]
 
   def split_keys(keys):
     if keys is None:
@@ -190,17 +189,24 @@ def _walk(tree: Tree, keys: Optional[Array], root_select, interior_select,
   def goes_on(child, depth):
     safe = jnp.maximum(child, 0)
     ok = (child != UNVISITED) & ~tree.node_terminal[b, safe]
-    ok &= has_legal[b, safe]
+    ok &= jnp.any(tree.children_mask[b, safe], axis=-1)
     if max_depth is not None:
       ok &= depth < max_depth
     return ok
 
   node = jnp.full(b.shape, ROOT_INDEX, jnp.int32)
-  keys, sel_keys = split_keys(keys)
-  slot = root_select(sel.gather_rows(tree, node), sel_keys)
-  child = tree.children_index[b, node, slot]
-  depth = jnp.ones(b.shape, jnp.int32)
-  cont = active & goes_on(child, depth)
+  if root_select is interior_select:
+    # One select call site (compiles faster): start "above" the root.
+    slot = jnp.zeros(b.shape, jnp.int32)
+    child = node
+    depth = jnp.zeros(b.shape, jnp.int32)
+    cont = active
+  else:
+    keys, sel_keys = split_keys(keys)
+    slot = root_select(sel.gather_rows(tree, node), sel_keys)
+    child = tree.children_index[b, node, slot]
+    depth = jnp.ones(b.shape, jnp.int32)
+    cont = active & goes_on(child, depth)
 
   def body(state):
     node, slot, child, depth, cont, keys = state
@@ -484,7 +490,7 @@ def puct_search(
           jnp.where((tree.num_nodes > 0)[:, None], root_logits,
                     tree.children_prior_logits[:, ROOT_INDEX])))
 
-  def select(rows, keys):
+  def select(rows, keys):  # The same rule at the root and below it.
     return sel.puct_select(rows, sel.tie_break_noise(keys, k),
                            pb_c_init=pb_c_init, pb_c_base=pb_c_base,
                            qtransform=qtransform)
