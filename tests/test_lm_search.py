@@ -1,0 +1,213 @@
+"""LM search: every node's logits/value equal a plain forward over its prefix."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import models
+import tsearch
+from tests.lm_toy_env import ToyEnv
+
+ENV = ToyEnv(vocab_size=16, max_len=10)
+_fwd = jax.jit(models.forward)
+
+
+def make_model(num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+               vocab_size=20, tie=False, seed=0):
+  cfg = models.ModelConfig(
+      vocab_size=vocab_size, num_layers=num_layers, d_model=32,
+      num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+      mlp_dim=40, max_seq_len=48, tie_embeddings=tie)
+  return nnx.split(models.Transformer(cfg, rngs=nnx.Rngs(seed)))
+
+
+def prompts(b=2, p=6, seed=1):
+  toks = jax.random.randint(jax.random.key(seed), (b, p), 3, 16)
+  lengths = jnp.array([p, p - 2, 3, p - 1][:b])
+  return toks, lengths
+
+
+def node_sequences(tree, prompt, lengths, committed=None):
+  """Python reference: prompt + committed + the tokens on each node's path."""
+  t = jax.device_get(tree)
+  seqs = []
+  for b in range(t.batch_size):
+    head = list(np.asarray(prompt[b, :lengths[b]]))
+    head += list(committed[b]) if committed is not None else []
+    for n in range(int(t.num_nodes[b])):
+      toks, m = [], n
+      while t.parents[b, m] >= 0:
+        p, a = t.parents[b, m], t.action_from_parent[b, m]
+        toks = [int(x) for x in t.children_actions[b, p, a] if x >= 0] + toks
+        m = p
+      seqs.append((b, n, head + toks))
+  return seqs
+
+
+def assert_tree_exact(graphdef, state, tree, prompt, lengths, committed=None,
+                      mode="token"):
+  seqs = node_sequences(tree, prompt, lengths, committed)
+  width = 48
+  batch = np.zeros((len(seqs), width), np.int32)
+  for i, (_, _, seq) in enumerate(seqs):
+    batch[i, :len(seq)] = seq
+  out = _fwd(graphdef, state, jnp.asarray(batch),
+             jnp.broadcast_to(jnp.arange(width), batch.shape))
+  emb = tree.embeddings
+  worst_logit = worst_value = 0.0
+  for i, (b, n, seq) in enumerate(seqs):
+    ref_logits = np.asarray(out.logits[i, len(seq) - 1])
+    worst_logit = max(worst_logit, np.abs(
+        np.asarray(emb["logits"][b, n]) - ref_logits).max())
+    if not tree.node_terminal[b, n]:
+      worst_value = max(worst_value, abs(
+          float(tree.raw_values[b, n]) - float(out.value[i, len(seq) - 1])))
+      if mode == "token" and n > 0:
+        # Priors are the logits of the child tokens (the search mixes noise
+        # into the root's).
+        legal = np.asarray(tree.children_mask[b, n])
+        ids = np.asarray(tree.children_actions[b, n, :, 0])
+        np.testing.assert_allclose(
+            np.asarray(tree.children_prior_logits[b, n])[legal],
+            ref_logits[ids][legal], atol=1e-4)
+  assert worst_logit <= 1e-4, worst_logit
+  assert worst_value <= 1e-4, worst_value
+  return len(seqs)
+
+
+CASES = [
+    # (model kwargs, mode, policy, step_length)
+    (dict(num_layers=1, num_heads=2, num_kv_heads=1), "token", "puct", 1),
+    (dict(num_layers=1, num_heads=4, num_kv_heads=2, tie=True), "token",
+     "gumbel", 1),
+    (dict(num_layers=1, num_heads=4, num_kv_heads=4), "step", "puct", 3),
+]
+
+
+@pytest.mark.parametrize("model_kw,mode,policy,s", CASES)
+def test_search_matches_full_forward(model_kw, mode, policy, s):
+  g, st = make_model(**model_kw)
+  prompt, lengths = prompts()
+  config = tsearch.LMSearchConfig(
+      mode=mode, policy=policy, num_simulations=10, num_children=3,
+      step_length=s, max_depth=4, keep_logits=True)
+  out = tsearch.lm_search(g, st, ENV, prompt, lengths, jax.random.key(3),
+                          config=config)
+  tree = out.search_tree
+  assert int(tree.num_nodes.sum()) >= 5
+  assert int(tree.node_depth.max()) >= 2  # paths through several ancestors
+  n = assert_tree_exact(g, st, tree, prompt, lengths, mode=mode)
+  assert n == int(tree.num_nodes.sum())
+  # Compute accounting: one call per node, plus prompt prefill and the
+  # (S-1)-token candidate decodes of step-level search.
+  nodes = np.asarray(tree.num_nodes)
+  np.testing.assert_array_equal(out.model_calls, nodes * s)
+  p = prompt.shape[1]
+  np.testing.assert_array_equal(
+      out.tokens_forwarded, p + (nodes - 1) * s + nodes * (s - 1) * 3)
+  # The same key gives the same tree.
+  again = tsearch.lm_search(g, st, ENV, prompt, lengths, jax.random.key(3),
+                            config=config)
+  np.testing.assert_array_equal(again.search_tree.children_actions,
+                                tree.children_actions)
+  num_terminal = assert_terminal_rewards(tree, ENV)
+  if mode == "step":
+    assert num_terminal >= 1
+    acts = np.asarray(tree.children_actions)
+    used = np.asarray(tree.children_mask)
+    # Steps end at the delimiter / EOS or run S tokens, padded with -1.
+    for b, nn, k in zip(*np.nonzero(used)):
+      step = acts[b, nn, k]
+      real = step[step >= 0]
+      assert len(real) >= 1 and (step[len(real):] == -1).all()
+      assert all(x not in (ENV.eos_id, ENV.step_delimiter) for x in real[:-1])
+
+
+def test_search_after_reroot_matches_full_forward():
+  g, st = make_model()  # 2 layers
+  prompt, lengths = prompts()
+  config = tsearch.LMSearchConfig(
+      mode="step", policy="gumbel", num_simulations=8, num_children=3,
+      step_length=2, max_depth=3, keep_logits=True, reserve_tokens=2)
+  out = tsearch.lm_search(g, st, ENV, prompt, lengths, jax.random.key(5),
+                          config=config)
+  # Commit the most visited non-terminal root child.
+  t = out.search_tree
+  child = np.asarray(t.children_index[:, 0])
+  live = (child > 0) & ~np.take_along_axis(np.asarray(t.node_terminal),
+                                           np.maximum(child, 0), axis=1)
+  assert live.any(-1).all()
+  visits = np.where(live, np.asarray(t.children_visits[:, 0]), -1)
+  slot = jnp.asarray(visits.argmax(-1), jnp.int32)
+  acts = np.asarray(out.search_tree.children_actions)
+  committed = [[int(x) for x in acts[b, 0, int(slot[b])] if x >= 0]
+               for b in range(2)]
+  tree, cache = jax.jit(tsearch.lm_reroot)(out.search_tree, out.prompt_cache,
+                                           slot)
+  assert (np.asarray(tree.embeddings["kv"]["length"][:, 0]) == 0).all()
+  np.testing.assert_array_equal(cache.num_used,
+                                prompt.shape[1] + np.array(
+                                    [len(c) for c in committed]))
+  assert not cache.overflowed.any()
+  assert_tree_exact(g, st, tree, prompt, lengths, committed, mode="step")
+  kept = np.asarray(tree.num_nodes)
+  more = tsearch.lm_search(g, st, ENV, prompt, lengths, jax.random.key(6),
+                           config=config, tree=tree, prompt_cache=cache)
+  assert (np.asarray(more.search_tree.num_nodes) > kept).all()
+  assert_tree_exact(g, st, more.search_tree, prompt, lengths, committed,
+                    mode="step")
+
+
+def assert_terminal_rewards(tree, env):
+  """Terminal edges carry the verifier's reward and discount 0."""
+  t = jax.device_get(tree)
+  term = np.asarray(t.node_terminal)
+  for b, n in zip(*np.nonzero(term)):
+    p, a = int(t.parents[b, n]), int(t.action_from_parent[b, n])
+    seq, m = [], n
+    while t.parents[b, m] >= 0:
+      pm, am = t.parents[b, m], t.action_from_parent[b, m]
+      seq = [int(x) for x in t.children_actions[b, pm, am] if x >= 0] + seq
+      m = pm
+    assert seq[-1] == env.eos_id or len(seq) >= env.max_len
+    want = 1.0 if sum(seq[:env.max_len]) % 3 == 0 else 0.0
+    assert float(t.children_rewards[b, p, a]) == want
+    assert float(t.children_discounts[b, p, a]) == 0.0
+    assert not t.children_mask[b, n].any()
+  return int(term.sum())
+
+
+def test_terminal_nodes_earn_env_reward():
+  g, st = make_model(num_layers=1)
+  prompt, lengths = prompts()
+  env = ToyEnv(vocab_size=16, max_len=2)
+  config = tsearch.LMSearchConfig(mode="token", num_simulations=12,
+                                  num_children=3, max_depth=3)
+  tree = tsearch.lm_search(g, st, env, prompt, lengths, jax.random.key(0),
+                           config=config).search_tree
+  assert assert_terminal_rewards(tree, env) >= 2
+
+
+def test_bad_inputs():
+  g, st = make_model()  # max_seq_len 48, vocab 20
+  prompt, lengths = prompts()
+  cfg = tsearch.LMSearchConfig(num_simulations=4, num_children=3, max_depth=4)
+  key = jax.random.key(0)
+  with pytest.raises(ValueError, match="longer than the model's context"):
+    tsearch.lm_search(g, st, ENV, jnp.ones((2, 49), jnp.int32), lengths, key,
+                      config=cfg)
+  with pytest.raises(ValueError, match="outside the vocabulary"):
+    tsearch.lm_search(g, st, ENV, prompt.at[1, 2].set(20), lengths, key,
+                      config=cfg)
+  with pytest.raises(ValueError, match="larger than the vocabulary"):
+    tsearch.lm_search(g, st, ENV, prompt, lengths, key,
+                      config=tsearch.LMSearchConfig(num_children=21))
+  with pytest.raises(ValueError, match="step_length"):
+    tsearch.LMSearchConfig(mode="step", step_length=0)
+  with pytest.raises(ValueError, match="deeper than the KV arena"):
+    tsearch.lm_search(g, st, ENV, prompt, lengths, key,
+                      config=tsearch.LMSearchConfig(mode="step", step_length=5,
+                                                    max_depth=9))
+  with pytest.raises(ValueError, match="prompt_lengths"):
+    tsearch.lm_search(g, st, ENV, prompt, jnp.array([0, 3]), key, config=cfg)
