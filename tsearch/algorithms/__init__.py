@@ -3,6 +3,7 @@ from tsearch.algorithms.family import (AGGREGATES, SearchOutput, beam,
                                        best_of_n, check_budget, choose, dvts,
                                        greedy, particle_filter, sampling,
                                        systematic_resample)
+from tsearch.algorithms.mcts import gumbel, mcts
 
 ALGORITHMS = {
     "greedy": greedy,
@@ -11,6 +12,8 @@ ALGORITHMS = {
     "beam": beam,
     "dvts": dvts,
     "particle_filter": particle_filter,
+    "mcts": mcts,
+    "gumbel": gumbel,
 }
 
 

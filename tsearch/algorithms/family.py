@@ -26,8 +26,12 @@ particle_filter  ``N = budget`` particles, one step each per round, weighted
                  explicit key) every round
 ===============  ============================================================
 
-The value head only ever guides the search; the task's exact verifier is
-never consulted (it is what evaluation scores the answers with).
+By default the value head alone guides the search and chooses answers
+(``terminal_score='value'``). With ``terminal_score='verifier'`` a finished
+sequence is scored by the task's verifier instead (reward 1 -> the top of the
+model's value range, 0 -> the bottom), as MCTS does at terminal nodes; use it
+only where the verifier needs no reference answer (every task in
+``tsearch.tasks`` checks an answer from its prompt alone).
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ from tsearch.algorithms import rows as rows_lib
 
 Array = chex.Array
 AGGREGATES = ("majority", "weighted", "best_value")
+TERMINAL_SCORES = ("value", "verifier")
 
 
 @chex.dataclass(frozen=True)
@@ -55,10 +60,10 @@ class SearchOutput:
   """
   answers: Array  # [B, T] int32 chosen answer, PAD after its end
   answer_lengths: Array  # [B] int32
-  answer_values: Array  # [B] float32 value head after the chosen answer
+  answer_scores: Array  # [B] float32 score of the chosen answer
   candidates: Array  # [B, M, T] int32
   candidate_lengths: Array  # [B, M] int32
-  candidate_values: Array  # [B, M] float32
+  candidate_scores: Array  # [B, M] float32 value head (see terminal_score)
   candidate_finished: Array  # [B, M] bool, ended by EOS / the task
   model_calls: Array  # [B] int32 sequential forward passes
   tokens_forwarded: Array  # [B] int32 tokens through the model
@@ -96,6 +101,25 @@ def _check_temperature(temperature):
   if not temperature > 0:
     raise ValueError(f"temperature must be > 0 (use greedy=True for argmax); "
                      f"got {temperature}.")
+
+
+def _check_terminal_score(terminal_score):
+  if terminal_score not in TERMINAL_SCORES:
+    raise ValueError(f"terminal_score must be one of {TERMINAL_SCORES}; got "
+                     f"{terminal_score!r}.")
+
+
+def score_rows(task, rows, *, terminal_score: str,
+               value_range: tuple[float, float]) -> Array:
+  """``[R]`` score of each row: the value head, or for finished rows with
+  ``terminal_score='verifier'`` the verifier's reward mapped onto the value
+  range."""
+  if terminal_score == "value":
+    return rows.value
+  lo, hi = value_range
+  done = task.is_terminal(rows.task_state)
+  return jnp.where(done, lo + task.reward(rows.task_state) * (hi - lo),
+                   rows.value)
 
 
 def _check_aggregate(aggregate):
@@ -140,19 +164,21 @@ def choose(candidates: Array, lengths: Array, values: Array, finished: Array,
   return jnp.argmax(score, axis=-1).astype(jnp.int32)
 
 
-def _output(task, rows, counters, b, *, aggregate, value_range):
+def _output(task, rows, counters, b, *, aggregate, value_range,
+            terminal_score):
   m = rows.length.shape[0] // b
   cand = rows.tokens.reshape(b, m, -1)
   lengths = rows.length.reshape(b, m)
-  values = rows.value.reshape(b, m)
+  values = score_rows(task, rows, terminal_score=terminal_score,
+                      value_range=value_range).reshape(b, m)
   finished = task.is_terminal(rows.task_state).reshape(b, m)
   idx = choose(cand, lengths, values, finished, aggregate=aggregate,
                value_range=value_range)
   rb = jnp.arange(b)
   return SearchOutput(
       answers=cand[rb, idx], answer_lengths=lengths[rb, idx],
-      answer_values=values[rb, idx], candidates=cand,
-      candidate_lengths=lengths, candidate_values=values,
+      answer_scores=values[rb, idx], candidates=cand,
+      candidate_lengths=lengths, candidate_scores=values,
       candidate_finished=finished, model_calls=counters.model_calls,
       tokens_forwarded=counters.tokens_forwarded)
 
@@ -165,9 +191,10 @@ def _value_range(graphdef, state):
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "graphdef", "task", "num_samples", "greedy", "temperature", "aggregate"))
+    "graphdef", "task", "num_samples", "greedy", "temperature", "aggregate", "terminal_score"))
 def _independent(graphdef, state, task, prompt_tokens, prompt_lengths,
-                 rng_key, *, num_samples, greedy, temperature, aggregate):
+                 rng_key, *, num_samples, greedy, temperature, aggregate,
+                 terminal_score):
   b = prompt_tokens.shape[0]
   sample_key, _ = jax.random.split(rng_key)
   rows, counters = rows_lib.prefill(graphdef, state, task, prompt_tokens,
@@ -179,7 +206,8 @@ def _independent(graphdef, state, task, prompt_tokens, prompt_lengths,
       max_tokens=task.max_answer_length, stop_at_step=False, greedy=greedy,
       temperature=temperature)
   return _output(task, rows, counters, b, aggregate=aggregate,
-                 value_range=_value_range(graphdef, state))
+                 value_range=_value_range(graphdef, state),
+                 terminal_score=terminal_score)
 
 
 def greedy(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
@@ -191,7 +219,7 @@ def greedy(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
                                                 prompt_tokens, prompt_lengths)
   return _independent(graphdef, state, task, prompt_tokens, prompt_lengths,
                       rng_key, num_samples=1, greedy=True, temperature=1.0,
-                      aggregate="best_value")
+                      aggregate="best_value", terminal_score="value")
 
 
 def sampling(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
@@ -203,12 +231,14 @@ def sampling(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
                                                 prompt_tokens, prompt_lengths)
   return _independent(graphdef, state, task, prompt_tokens, prompt_lengths,
                       rng_key, num_samples=1, greedy=False,
-                      temperature=float(temperature), aggregate="best_value")
+                      temperature=float(temperature), aggregate="best_value",
+                      terminal_score="value")
 
 
 def best_of_n(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key,
               *, budget: int, aggregate: str = "weighted",
-              temperature: float = 1.0) -> SearchOutput:
+              temperature: float = 1.0,
+              terminal_score: str = "value") -> SearchOutput:
   """``budget`` independent samples; one chosen by ``aggregate``.
 
   With ``budget=1`` it is :func:`sampling` with the same key.
@@ -229,12 +259,14 @@ def best_of_n(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key,
   """
   n = check_budget(budget)
   _check_aggregate(aggregate)
+  _check_terminal_score(terminal_score)
   _check_temperature(temperature)
   prompt_tokens, prompt_lengths = _check_inputs(graphdef, state, task,
                                                 prompt_tokens, prompt_lengths)
   return _independent(graphdef, state, task, prompt_tokens, prompt_lengths,
                       rng_key, num_samples=n, greedy=False,
-                      temperature=float(temperature), aggregate=aggregate)
+                      temperature=float(temperature), aggregate=aggregate,
+                      terminal_score=terminal_score)
 
 
 # ------------------------------------------------------- step-level beams
@@ -242,10 +274,10 @@ def best_of_n(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key,
 
 @functools.partial(jax.jit, static_argnames=(
     "graphdef", "task", "groups", "width", "expansions", "greedy",
-    "temperature", "max_step_tokens", "aggregate"))
+    "temperature", "max_step_tokens", "aggregate", "terminal_score"))
 def _grouped_beam(graphdef, state, task, prompt_tokens, prompt_lengths,
                   rng_key, *, groups, width, expansions, greedy, temperature,
-                  max_step_tokens, aggregate):
+                  max_step_tokens, aggregate, terminal_score):
   """``groups`` independent beam searches of ``width`` beams per problem."""
   b = prompt_tokens.shape[0]
   g, w, k = groups, width, expansions
@@ -269,7 +301,9 @@ def _grouped_beam(graphdef, state, task, prompt_tokens, prompt_lengths,
         max_tokens=max_step_tokens, stop_at_step=True, greedy=greedy,
         temperature=temperature)
     # A finished beam stays a candidate once, not K times.
-    score = jnp.where(was_done & (slot_k > 0), -jnp.inf, rows.value)
+    score = score_rows(task, rows, terminal_score=terminal_score,
+                       value_range=_value_range(graphdef, state))
+    score = jnp.where(was_done & (slot_k > 0), -jnp.inf, score)
     _, top = jax.lax.top_k(score.reshape(b, g, w * k), w)  # [B, G, W]
     base = (jnp.arange(b)[:, None, None] * m
             + jnp.arange(g)[None, :, None] * (w * k))
@@ -280,7 +314,8 @@ def _grouped_beam(graphdef, state, task, prompt_tokens, prompt_lengths,
                                          (jnp.int32(0), rows, counters))
   beams = rows_lib.take_rows(rows, jnp.arange(0, b * m, k))  # one per beam
   return _output(task, beams, counters, b, aggregate=aggregate,
-                 value_range=_value_range(graphdef, state))
+                 value_range=_value_range(graphdef, state),
+                 terminal_score=terminal_score)
 
 
 def _step_tokens(task, max_step_tokens):
@@ -296,7 +331,8 @@ def beam(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
          budget: int, beam_width: int | None = None,
          capacity: int | None = None, aggregate: str = "best_value",
          temperature: float = 1.0, greedy_tokens: bool = False,
-         max_step_tokens: int | None = None) -> SearchOutput:
+         max_step_tokens: int | None = None,
+         terminal_score: str = "value") -> SearchOutput:
   """Step-level beam search guided by the value head (AlphaMath).
 
   Each round expands each of the ``W`` beams into ``K = budget // W`` steps
@@ -339,6 +375,7 @@ def beam(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
   if n > cap:
     raise ValueError(f"budget={n} candidates per round exceed capacity={cap}.")
   _check_aggregate(aggregate)
+  _check_terminal_score(terminal_score)
   _check_temperature(temperature)
   prompt_tokens, prompt_lengths = _check_inputs(graphdef, state, task,
                                                 prompt_tokens, prompt_lengths)
@@ -347,13 +384,14 @@ def beam(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
                        greedy=bool(greedy_tokens),
                        temperature=float(temperature),
                        max_step_tokens=_step_tokens(task, max_step_tokens),
-                       aggregate=aggregate)
+                       aggregate=aggregate, terminal_score=terminal_score)
 
 
 def dvts(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
          budget: int, expansions: int = 4, capacity: int | None = None,
          aggregate: str = "weighted", temperature: float = 1.0,
-         max_step_tokens: int | None = None) -> SearchOutput:
+         max_step_tokens: int | None = None,
+         terminal_score: str = "value") -> SearchOutput:
   """Diverse verifier tree search (Beeching et al., search-and-learn).
 
   ``budget // expansions`` independent subtrees; each round every subtree
@@ -376,6 +414,7 @@ def dvts(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
     raise ValueError(f"budget={n} must be a multiple of expansions="
                      f"{expansions} (one subtree per {expansions} candidates).")
   _check_aggregate(aggregate)
+  _check_terminal_score(terminal_score)
   _check_temperature(temperature)
   prompt_tokens, prompt_lengths = _check_inputs(graphdef, state, task,
                                                 prompt_tokens, prompt_lengths)
@@ -384,7 +423,7 @@ def dvts(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
                        expansions=int(expansions), greedy=False,
                        temperature=float(temperature),
                        max_step_tokens=_step_tokens(task, max_step_tokens),
-                       aggregate=aggregate)
+                       aggregate=aggregate, terminal_score=terminal_score)
 
 
 # ------------------------------------------------------ particle filtering
@@ -408,10 +447,10 @@ def systematic_resample(key: Array, log_weights: Array) -> Array:
 
 @functools.partial(jax.jit, static_argnames=(
     "graphdef", "task", "num_particles", "temperature", "value_temperature",
-    "max_step_tokens", "aggregate"))
+    "max_step_tokens", "aggregate", "terminal_score"))
 def _particles(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key,
                *, num_particles, temperature, value_temperature,
-               max_step_tokens, aggregate):
+               max_step_tokens, aggregate, terminal_score):
   b, n = prompt_tokens.shape[0], num_particles
   sample_key, select_key = jax.random.split(rng_key)
   rows, counters = rows_lib.prefill(graphdef, state, task, prompt_tokens,
@@ -430,7 +469,9 @@ def _particles(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key,
         graphdef, state, task, rows, counters, row_keys,
         max_tokens=max_step_tokens, stop_at_step=True,
         temperature=temperature)
-    log_w = rows.value.reshape(b, n) / value_temperature
+    log_w = score_rows(task, rows, terminal_score=terminal_score,
+                       value_range=_value_range(graphdef, state))
+    log_w = log_w.reshape(b, n) / value_temperature
     anc = systematic_resample(jax.random.fold_in(select_key, r), log_w)
     index = (jnp.arange(b)[:, None] * n + anc).reshape(-1)
     return r + 1, rows_lib.take_rows(rows, index), counters
@@ -438,14 +479,16 @@ def _particles(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key,
   _, rows, counters = jax.lax.while_loop(cond, body,
                                          (jnp.int32(0), rows, counters))
   return _output(task, rows, counters, b, aggregate=aggregate,
-                 value_range=_value_range(graphdef, state))
+                 value_range=_value_range(graphdef, state),
+                 terminal_score=terminal_score)
 
 
 def particle_filter(graphdef, state, task, prompt_tokens, prompt_lengths,
                     rng_key, *, budget: int, value_temperature: float = 0.1,
                     temperature: float = 1.0, aggregate: str = "weighted",
                     capacity: int | None = None,
-                    max_step_tokens: int | None = None) -> SearchOutput:
+                    max_step_tokens: int | None = None,
+                    terminal_score: str = "value") -> SearchOutput:
   """Particle filtering over steps (Puri et al. 2025), value-head weights.
 
   Each round every unfinished particle samples one step; every particle
@@ -468,6 +511,7 @@ def particle_filter(graphdef, state, task, prompt_tokens, prompt_lengths,
     raise ValueError(f"value_temperature must be > 0 (inf for equal "
                      f"weights); got {value_temperature}.")
   _check_aggregate(aggregate)
+  _check_terminal_score(terminal_score)
   _check_temperature(temperature)
   prompt_tokens, prompt_lengths = _check_inputs(graphdef, state, task,
                                                 prompt_tokens, prompt_lengths)
@@ -475,4 +519,4 @@ def particle_filter(graphdef, state, task, prompt_tokens, prompt_lengths,
                     rng_key, num_particles=n, temperature=float(temperature),
                     value_temperature=float(value_temperature),
                     max_step_tokens=_step_tokens(task, max_step_tokens),
-                    aggregate=aggregate)
+                    aggregate=aggregate, terminal_score=terminal_score)
