@@ -32,6 +32,7 @@ from typing import Any
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from models import KVContext, ModelConfig
 from tsearch.tree import NO_PARENT, ROOT_INDEX, Tree, path_to_root
@@ -144,14 +145,19 @@ def commit_root_tokens(prompt: PromptCache, tree: Tree) -> tuple[PromptCache,
   return prompt, tree.replace(embeddings=emb)
 
 
+def _nbytes(x) -> int:  # arrays and jax.ShapeDtypeStruct alike
+  return int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize
+
+
 def arena_bytes(tree: Tree) -> int:
   """Bytes of keys/values the tree's arena holds (from array shapes)."""
   kv = tree.embeddings["kv"]
-  return int(kv["keys"].nbytes + kv["values"].nbytes)
+  return _nbytes(kv["keys"]) + _nbytes(kv["values"])
 
 
 def prompt_cache_bytes(prompt: PromptCache) -> int:
-  return int(prompt.keys.nbytes + prompt.values.nbytes)
+  """Bytes of keys/values of the prompt caches (from array shapes)."""
+  return _nbytes(prompt.keys) + _nbytes(prompt.values)
 
 
 def tree_num_token_slots(tree: Tree) -> int:
