@@ -1,0 +1,114 @@
+"""Tree contracts: empty_tree, path_to_root, reroot (+ search after reroot)."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tsearch
+from tsearch import _toy_mdp as toy
+
+B, K, SIMS = 3, 3, 10
+
+
+def _empty(b=B, n=SIMS + 1):
+  return tsearch.empty_tree(batch_size=b, capacity=n, num_children=K,
+                            action_length=1,
+                            embedding_example=jnp.zeros(b, jnp.int32))
+
+
+def test_empty_tree_fill_values_and_errors():
+  t = _empty()
+  assert (t.batch_size, t.capacity, t.num_children, t.action_length) == (
+      B, SIMS + 1, K, 1)
+  assert np.all(np.asarray(t.parents) == tsearch.NO_PARENT)
+  assert np.all(np.asarray(t.children_index) == tsearch.UNVISITED)
+  assert t.embeddings.shape == (B, SIMS + 1)
+  assert not np.any(np.asarray(t.nonfinite))
+  with pytest.raises(ValueError, match="must be positive"):
+    tsearch.empty_tree(batch_size=1, capacity=0, num_children=1,
+                       action_length=1, embedding_example=jnp.zeros(1))
+  with pytest.raises(ValueError, match="leading batch dimension 2"):
+    tsearch.empty_tree(batch_size=2, capacity=3, num_children=1,
+                       action_length=1, embedding_example=jnp.zeros(3))
+
+
+@jax.jit
+def _search(mdp, key, tree):
+  return tsearch.puct_search(mdp, key, toy.root(mdp, jnp.arange(B)),
+                             toy.expand_fn, num_simulations=SIMS, tree=tree,
+                             dirichlet_fraction=0.0)
+
+
+def _mdp():
+  return toy.make_toy_mdp(jax.random.key(0), 25, K)
+
+
+def _first_search(mdp):
+  return _search(mdp, jax.random.key(1), _empty(n=2 * SIMS + 1))
+
+
+def test_path_to_root():
+  t = _first_search(_mdp()).search_tree
+  deepest = jnp.argmax(t.node_depth, axis=1)
+  path = np.asarray(tsearch.path_to_root(t, deepest, max_depth=SIMS))
+  for b in range(B):
+    depth = int(t.node_depth[b, deepest[b]])
+    assert path[b, depth] == 0 and np.all(path[b, depth + 1:] == -1)
+    for i in range(depth):
+      assert path[b, i + 1] == int(t.parents[b, path[b, i]])
+
+
+def test_reroot_then_continue_search():
+  mdp = _mdp()
+  first = _first_search(mdp)
+  old = first.search_tree
+  slots = jnp.argmax(old.children_visits[:, 0], axis=1)  # Expanded slots.
+  rerooted = jax.jit(tsearch.reroot)(old, slots)
+  b = np.arange(B)
+  child = np.asarray(old.children_index)[b, 0, np.asarray(slots)]
+  np.testing.assert_array_equal(rerooted.node_visits[:, 0],
+                                np.asarray(old.node_visits)[b, child])
+  np.testing.assert_array_equal(rerooted.embeddings[:, 0],
+                                np.asarray(old.embeddings)[b, child])
+  assert np.all(np.asarray(rerooted.node_depth[:, 0]) == 0)
+  assert np.all(np.asarray(rerooted.parents[:, 0]) == tsearch.NO_PARENT)
+  # A continued search adds SIMS visits to the kept root's children.
+  kept = np.asarray(rerooted.children_visits[:, 0]).sum(-1)
+  more = _search(mdp, jax.random.key(2), rerooted).search_tree
+  np.testing.assert_array_equal(
+      np.asarray(more.children_visits[:, 0]).sum(-1), kept + SIMS)
+  assert np.all(np.asarray(more.num_nodes)
+                == np.asarray(rerooted.num_nodes) + SIMS)
+  # The new root's embedding is the committed child's state, not a root's.
+  np.testing.assert_array_equal(more.embeddings[:, 0],
+                                np.asarray(old.embeddings)[b, child])
+
+
+def test_reroot_unexpanded_child_gives_empty_tree_and_search_restarts():
+  mdp = _mdp()
+  old = _first_search(mdp).search_tree
+  visits = np.asarray(old.children_visits[:, 0])
+  # Row 0: an expanded slot; rows 1, 2: an unvisited slot or out of range.
+  slots = np.argmax(visits, axis=1)
+  unvisited = np.flatnonzero(visits[1] == 0)
+  slots[1] = unvisited[0] if unvisited.size else K
+  slots[2] = -1
+  t = jax.jit(tsearch.reroot)(old, jnp.asarray(slots))
+  empty = _empty(n=2 * SIMS + 1)
+  assert int(t.num_nodes[0]) > 0
+  for row in (1, 2):
+    assert int(t.num_nodes[row]) == 0
+    chex.assert_trees_all_equal(jax.tree.map(lambda x: x[row], t),
+                                jax.tree.map(lambda x: x[row], empty))
+  # Searching again starts rows 1 and 2 from the given roots.
+  more = _search(mdp, jax.random.key(3), t).search_tree
+  np.testing.assert_array_equal(more.embeddings[1:, 0], [1, 2])
+  np.testing.assert_array_equal(
+      np.asarray(more.children_visits[1:, 0]).sum(-1), [SIMS, SIMS])
+  assert np.all(np.asarray(more.num_nodes[1:]) == SIMS + 1)
+
+
+def test_reroot_bad_slot_shape():
+  with pytest.raises(ValueError, match=r"action_slot must have shape"):
+    tsearch.reroot(_empty(), jnp.zeros((B, 1), jnp.int32))
