@@ -16,7 +16,9 @@ Invariants (checked by the property tests):
   always larger than its parent's.
 * ``children_index[b, n, k] == UNVISITED`` until slot ``k`` is expanded.
 * ``node_visits[b, n] == 1 + sum_k children_visits[b, n, k]`` for every
-  expanded node after a search (the first visit is the expansion itself), and
+  non-terminal node after a search (the first visit is the expansion itself;
+  terminal nodes, and leaves at ``max_depth``, count every time a simulation
+  ends on them), and
   ``children_visits[b, n, k] == node_visits[b, children_index[b, n, k]]``.
 * ``node_values`` is the running mean of the backed-up returns at the node;
   ``children_values[b, n, k] == node_values[b, children_index[b, n, k]]``.
