@@ -12,3 +12,5 @@ from tsearch.visualize import display_tree, tree_to_dot, tree_to_html
 from tsearch.kv_arena import PromptCache, arena_bytes, commit_root_tokens, path_context
 from tsearch.lm_search import (LMSearchConfig, LMSearchOutput, lm_reroot, lm_search,
                                make_lm_expand_fn, make_lm_root)
+from tsearch import algorithms
+from tsearch.algorithms import ALGORITHMS, SearchOutput, get_algorithm

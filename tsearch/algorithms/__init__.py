@@ -3,6 +3,7 @@ from tsearch.algorithms.family import (AGGREGATES, SearchOutput, beam,
                                        best_of_n, check_budget, choose, dvts,
                                        greedy, particle_filter, sampling,
                                        systematic_resample)
+from tsearch.algorithms import mcts as mcts_lib
 from tsearch.algorithms.mcts import gumbel, mcts
 
 ALGORITHMS = {

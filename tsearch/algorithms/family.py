@@ -473,6 +473,8 @@ def _particles(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key,
                        value_range=_value_range(graphdef, state))
     log_w = log_w.reshape(b, n) / value_temperature
     anc = systematic_resample(jax.random.fold_in(select_key, r), log_w)
+    # No resampling after the last round: the candidates stay the particles.
+    anc = jnp.where(jnp.all(rows_lib.is_done(task, rows)), jnp.arange(n), anc)
     index = (jnp.arange(b)[:, None] * n + anc).reshape(-1)
     return r + 1, rows_lib.take_rows(rows, index), counters
 
@@ -493,7 +495,8 @@ def particle_filter(graphdef, state, task, prompt_tokens, prompt_lengths,
 
   Each round every unfinished particle samples one step; every particle
   (finished ones too) is weighted by ``exp(value / value_temperature)`` and
-  all are resampled systematically with ``fold_in(select_key, round)``.
+  all are resampled systematically with ``fold_in(select_key, round)``
+  (except after the last round).
   With ``value_temperature=inf`` the weights are equal, resampling is the
   identity, and the particles are exactly :func:`best_of_n`'s samples for
   the same key.

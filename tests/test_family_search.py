@@ -1,0 +1,117 @@
+"""The search family: equivalences, budgets and exact compute counts."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import models
+import tsearch
+from tests.test_family_helpers import FixedSteps, model_for
+from tsearch import algorithms as A
+
+TASK = FixedSteps(steps=3, step_tokens=3)  # T = 9 answer tokens
+GD, ST = model_for(TASK)
+PROBLEMS = [7, 42, 913]  # prompt lengths 3, 4, 5 (BOS + digits + ":")
+PT, PL = TASK.encode_prompts(PROBLEMS)
+KEY = jax.random.key(3)
+T = TASK.max_answer_length
+
+
+def run(name, budget, key=KEY, task=TASK, pt=PT, pl=PL, model=None, **kw):
+  gd, st = model or (GD, ST)
+  return jax.device_get(A.get_algorithm(name)(gd, st, task, pt, pl, key,
+                                              budget=budget, **kw))
+
+
+def test_greedy_equals_models_generate_and_width_one_beam():
+  out = run("greedy", 1)
+  ref = models.generate(
+      GD, ST, PT, PL, KEY, max_new_tokens=T, greedy=True, eos_id=TASK.eos_id,
+      logits_mask_fn=lambda gen, t: TASK.mask_at(jnp.full((len(PL),), t)))
+  np.testing.assert_array_equal(out.answers, np.asarray(ref.tokens))
+  # Step-level beam search of width 1 with one greedy step per round is
+  # greedy decoding, although it stops at every step delimiter.
+  beam = run("beam", 1, beam_width=1, greedy_tokens=True)
+  np.testing.assert_array_equal(beam.answers, out.answers)
+  np.testing.assert_allclose(beam.answer_scores, out.answer_scores, rtol=1e-6)
+  assert len({tuple(a) for a in out.answers}) > 1  # not a degenerate model
+
+
+def test_best_of_one_is_sampling_with_the_same_key():
+  s = run("sampling", 1)
+  b = run("best_of_n", 1, aggregate="best_value")  # same compiled program
+  np.testing.assert_array_equal(b.answers, s.answers)
+  other = run("sampling", 1, key=jax.random.key(4))
+  assert not np.array_equal(other.answers, s.answers)
+
+
+def test_particle_filter_with_equal_weights_is_independent_sampling():
+  n = 4
+  bon = run("best_of_n", n)
+  pf = run("particle_filter", n, value_temperature=float("inf"))
+  np.testing.assert_array_equal(pf.candidates, bon.candidates)
+  # With value weights, resampling changes the particles.
+  pf_v = run("particle_filter", n, value_temperature=0.01)
+  assert not np.array_equal(pf_v.candidates, bon.candidates)
+  # ... and duplicates some (resampled ancestors share their first steps).
+  firsts = {tuple(c[:3]) for c in pf_v.candidates.reshape(-1, T)}
+  assert len(firsts) < len({tuple(c[:3]) for c in bon.candidates.reshape(
+      -1, T)})
+
+
+@pytest.mark.parametrize("name,budget,kw,num_candidates", [
+    ("greedy", 1, {}, 1),
+    ("sampling", 1, {}, 1),
+    ("best_of_n", 4, {}, 4),
+    ("beam", 8, dict(beam_width=2), 2),
+    ("dvts", 8, dict(expansions=2), 4),
+    ("particle_filter", 4, {}, 4),
+])
+def test_token_counts_follow_from_the_configuration(name, budget, kw,
+                                                    num_candidates):
+  out = run(name, budget, **kw)
+  live = 1 if name in ("greedy", "sampling") else budget  # sequences / round
+  # Prompt once + every live sequence forwards each of its T answer tokens;
+  # one batched call per token position plus the prefill.
+  np.testing.assert_array_equal(out.tokens_forwarded, PL + live * T)
+  np.testing.assert_array_equal(out.model_calls, np.full(len(PL), 1 + T))
+  assert out.candidates.shape == (len(PL), num_candidates, T)
+  assert out.candidate_finished.all()
+  np.testing.assert_array_equal(out.candidate_lengths, T)
+
+
+def test_counts_skip_finished_sequences():
+  task = tsearch.get_task("arithmetic", max_digits=2)  # variable lengths
+  gd, st = model_for(task)
+  pt, pl = task.encode_prompts(task.sample_problems(seed=1, num=3))
+  for name, kw in [("best_of_n", {}), ("beam", dict(beam_width=4)),
+                   ("particle_filter", {})]:
+    out = run(name, 4, task=task, pt=pt, pl=pl, model=(gd, st), **kw)
+    lengths = out.candidate_lengths
+    assert len(np.unique(lengths)) > 1, name
+    np.testing.assert_array_equal(out.tokens_forwarded, pl + lengths.sum(-1))
+    np.testing.assert_array_equal(out.model_calls, 1 + lengths.max(-1))
+    # The chosen answer is a candidate and scored as one.
+    idx = [np.flatnonzero((c == a).all(-1))[0]
+           for c, a in zip(out.candidates, out.answers)]
+    np.testing.assert_allclose(out.answer_scores, out.candidate_scores[
+        np.arange(3), idx])
+
+
+def test_mcts_budget_and_counts():
+  k, s = 3, TASK.step_tokens
+  out = run("mcts", 1, num_children=k)
+  # Root: prefill + K sampled steps (s - 1 forwarded tokens each); the one
+  # simulation expands one child (its s tokens) and samples K steps below
+  # it; the answer follows that child and is completed greedily.
+  tokens = PL + k * (s - 1) + s + k * (s - 1) + (T - s)
+  np.testing.assert_array_equal(out.tokens_forwarded, tokens)
+  calls = 1 + (s - 1) + 1 + (s - 1) + (T - s)
+  np.testing.assert_array_equal(out.model_calls, calls)
+  assert out.candidate_finished.all()
+
+
+def test_same_key_same_answers():
+  a = run("beam", 8, beam_width=2)
+  b = run("beam", 8, beam_width=2)
+  np.testing.assert_array_equal(a.answers, b.answers)
