@@ -82,6 +82,26 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return out["state"], out["meta"]
 
+  def restore_params(self, step: int, target: PyTree) -> tuple[PyTree, dict]:
+    """Like :meth:`restore`, for a ``target`` that may lack the saved replay
+    buffer (e.g. evaluation): the buffer is read as saved and dropped."""
+    tree = self._saved_tree(step)
+    if "replay" in tree and "replay" not in target:
+      replay = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(
+              tuple(m.shape), m.dtype,
+              sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])),
+          tree["replay"], is_leaf=lambda m: hasattr(m, "shape"))
+      out, meta = self.restore(step, dict(target, replay=replay))
+      out = dict(out)
+      out.pop("replay")
+      return out, meta
+    return self.restore(step, target)
+
+  def _saved_tree(self, step: int):
+    metadata = self._manager.item_metadata(step)["state"]
+    return getattr(metadata, "tree", metadata)
+
   def check_shapes(self, step: int, target: PyTree) -> None:
     metadata = self._manager.item_metadata(step)["state"]
     tree = getattr(metadata, "tree", metadata)

@@ -62,8 +62,7 @@ def build(config: ml_collections.ConfigDict, workdir: str):
         f"--config.model.max_seq_len to at least {max_len}.")
   fns, params = model_lib.create_model(
       model_lib.model_config(config, task.vocab.size), seed=config.seed)
-  total = config.warm_start.steps + config.search.steps
-  optimizer = step_lib.make_optimizer(config.optim, total)
+  optimizer = step_lib.make_optimizer(config.optim, optimizer_steps(config))
   mesh = step_lib.make_mesh()
   if config.batch_size % mesh.shape[step_lib.DATA]:
     raise ValueError(
@@ -74,9 +73,24 @@ def build(config: ml_collections.ConfigDict, workdir: str):
   return task, fns, state, optimizer, mesh, max_len
 
 
-def state_to_tree(state: step_lib.TrainState) -> dict:
-  return dict(step=state.step, params=state.params, opt_state=state.opt_state,
+def optimizer_steps(config: ml_collections.ConfigDict, loop_steps=None
+                    ) -> int:
+  """Optimizer updates after ``loop_steps`` loop steps (default: all):
+  one per warm-start step, ``search.updates_per_search`` per search step
+  when a replay buffer is used."""
+  if loop_steps is None:
+    loop_steps = config.warm_start.steps + config.search.steps
+  warm = min(loop_steps, config.warm_start.steps)
+  per = config.search.updates_per_search if config.search.replay_size else 1
+  return warm + (loop_steps - warm) * per
+
+
+def state_to_tree(state: step_lib.TrainState, replay=None) -> dict:
+  tree = dict(step=state.step, params=state.params, opt_state=state.opt_state,
               rng=state.rng)
+  if replay is not None:
+    tree["replay"] = replay
+  return tree
 
 
 def tree_to_state(tree: dict) -> step_lib.TrainState:
@@ -108,15 +122,26 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   warm, total = config.warm_start.steps, (config.warm_start.steps
                                           + config.search.steps)
 
+  search_learn = None
+  if config.search.steps:
+    from train import search_learn as sl  # pylint: disable=import-outside-toplevel
+    search_learn = sl.SearchLearn(config, task, fns, optimizer, mesh,
+                                  max_len=max_len)
+  replay = search_learn.replay if search_learn is not None else None
+
   ckpt = checkpointer(config, workdir)
   start = ckpt.latest_step()
   if start is not None:
-    tree, meta = ckpt.restore(start, state_to_tree(state))
+    tree, meta = ckpt.restore(start, state_to_tree(state, replay))
     state = tree_to_state(tree)
+    if replay is not None:
+      search_learn.replay = tree["replay"]
     stream.restore(meta["data_position"])
-    if int(state.step) != start:
+    if int(state.step) != optimizer_steps(config, start):
       raise ValueError(f"Checkpoint {start} holds optimizer step "
-                       f"{int(state.step)}; the checkpoint is inconsistent.")
+                       f"{int(state.step)}, expected "
+                       f"{optimizer_steps(config, start)}; the checkpoint is "
+                       "inconsistent with this config.")
     if primary:
       print(f"Resumed from step {start} (data position "
             f"{meta.get('data_position')}).", flush=True)
@@ -124,6 +149,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
   state = step_lib.replicate(state, mesh)
+
+  def current_tree(state):
+    return state_to_tree(
+        state, search_learn.replay if search_learn is not None else None)
 
   writer = metrics_lib.MetricWriter(workdir, enabled=primary,
                                     resume_step=start)
@@ -133,12 +162,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       step_lib.supervised_loss_fn(fns.apply), optimizer, mesh,
       loss_weights={"policy": config.warm_start.policy_weight,
                     "value": config.warm_start.value_weight})
-  search_learn = None
-  if config.search.steps:
-    from train import search_learn as sl  # pylint: disable=import-outside-toplevel
-    search_learn = sl.SearchLearn(config, task, fns, optimizer, mesh,
-                                  max_len=max_len)
-  schedule = step_lib.learning_rate_schedule(config.optim, total)
+  schedule = step_lib.learning_rate_schedule(config.optim,
+                                             optimizer_steps(config))
   verify = jax.jit(task.verify)
   base_key = jax.random.wrap_key_data(jax.device_get(state.rng))
 
@@ -169,13 +194,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       steps_timed += 1
       if done % config.log_every_steps == 0 or done == total:
         values = dict(jax.device_get(metrics))
-        values["learning_rate"] = float(schedule(step))
+        values["learning_rate"] = float(schedule(optimizer_steps(config,
+                                                                 step)))
         values["steps_per_second"] = steps_timed / max(time.time() - t0, 1e-9)
         last = writer.write(done, values)
         t0, steps_timed = time.time(), 0
       progress.update(1, **({"loss": last["loss"]} if "loss" in last else {}))
       if ckpt.should_save(done) or done == total or stop.requested:
-        ckpt.save(done, state_to_tree(state), meta(done))
+        ckpt.save(done, current_tree(state), meta(done))
       if stop.requested:
         logging.warning("Signal %s: saved step %d, stopping.", stop.signal,
                         done)
@@ -197,6 +223,6 @@ def latest_params(config: ml_collections.ConfigDict, workdir: str):
     raise FileNotFoundError(
         f"No checkpoint in {os.path.join(workdir, 'checkpoints')}; train "
         f"first with python -m train --config ... --workdir {workdir}.")
-  tree, _ = ckpt.restore(step, state_to_tree(state))
+  tree, _ = ckpt.restore_params(step, state_to_tree(state))
   ckpt.close()
   return task, fns, tree["params"], step

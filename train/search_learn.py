@@ -1,24 +1,35 @@
 """Search-and-learn: search, commit moves, score, build targets, train — in
 one jitted, data-parallel step.
 
-On each device's share of prompts, :func:`rollout` runs a token-level tree
-search (``tsearch.puct_search`` or ``tsearch.gumbel_search``) at the current
-position, commits the chosen token, keeps the subtree below it
-(``tsearch.reroot``) and repeats until every trajectory has ended. The task's
-verifier scores each trajectory. The targets are, per committed position:
+On each device's share of prompts, :func:`rollout` runs MCTS over the model
+with the tree as its KV cache (``tsearch.make_lm_root`` /
+``tsearch.make_lm_expand_fn``: every node forwards only its own tokens
+against the prompt cache and its ancestors' arena entries, so no prefix is
+ever encoded twice), commits the chosen action, keeps the subtree below it
+and moves the committed tokens into the prompt cache (``tsearch.lm_reroot``)
+and repeats until every trajectory has ended. An action is one token
+(``search.level='token'``, children = top-K legal tokens) or one step
+(``'step'``: K steps sampled up to the task's step delimiter, e.g. one
+``a op b = c`` line). The task's verifier scores each trajectory. The
+targets are, per committed node:
 
 * policy: the search's action weights (visit distribution for PUCT, improved
-  policy for Gumbel) over the K children; the loss is the cross-entropy of
-  the model's distribution over those K tokens (renormalised);
-* value: the outcome, the tree's value at the node, or a mix (AlphaMath);
+  policy for Gumbel) over the K children. Token level: cross-entropy of the
+  model's distribution over the K tokens (renormalised). Step level: the
+  weighted negative log-likelihood of the K sampled steps
+  (:func:`train.losses.weighted_step_nll`);
+* value: the outcome, the tree's value at the node, or a mix (AlphaMath).
+  For two-player games (discount -1) the outcome is seen from the player to
+  move at each node: its sign flips every move;
 * optional SFT: the LM loss on the answer tokens of solved trajectories.
 
-Node evaluation here recomputes the whole (short) prefix with the model for
-each new node; it is exact and simple, and fine for the small tasks it is
-used on. ``tsearch.lm_search`` (the tree as KV cache) is the fast path.
+With ``search.replay_size > 0`` the targets go into an on-device replay
+buffer and each search is followed by ``search.updates_per_search`` updates
+on batches drawn from it (:func:`train.step.make_replay_train_step`).
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import chex
@@ -28,16 +39,24 @@ import ml_collections
 import numpy as np
 
 import tsearch
+
 from train import losses as losses_lib
 from train import step as step_lib
 from train import targets as targets_lib
 
 Array = chex.Array
+# The module (``tsearch.lm_search`` is also the name of its entry function).
+lm = importlib.import_module("tsearch.lm_search")
+
+
+# ---------------------------------------------------------------------------
+# Plain decoding helpers (full-prefix forward; used by train.evaluate's
+# greedy/sampling baselines).
 
 
 @chex.dataclass(frozen=True)
 class Position:
-  """Where each row of a rollout stands."""
+  """Where each row of a decode stands."""
   seq: Array  # [B, L] int32, prompt then answer tokens, PAD after length
   length: Array  # [B] int32, tokens in seq
   task_state: Any  # the task's state, leaves [B, ...]
@@ -71,93 +90,262 @@ def _advance(task, pos: Position, token: Array) -> Position:
                   task_state=task.step(pos.task_state, token))
 
 
-def rollout(task, apply_fn, params, prompt: Array, prompt_length: Array,
-            key: Array, *, seq_len: int, algorithm: str, num_simulations: int,
-            num_children: int, capacity: int, temperature: float = 1.0):
-  """Searches and commits tokens until every answer ends.
+# ---------------------------------------------------------------------------
+# Search configuration.
+
+
+def num_moves(search: ml_collections.ConfigDict, task) -> int:
+  """Moves a rollout makes: ``search.max_moves``, else one per answer token
+  (token level / one-token steps) or one per step of a Countdown-style task
+  (``num_numbers - 1``), else one per answer token."""
+  if search.get("max_moves", 0):
+    return int(search.max_moves)
+  if (search.level == "step" and task.step_delimiter >= 0
+      and hasattr(task, "num_numbers")):
+    return int(task.num_numbers) - 1
+  return int(task.max_answer_length)
+
+
+def lm_search_config(search: ml_collections.ConfigDict, task, *,
+                     num_simulations: int | None = None,
+                     acting_temperature: float | None = None,
+                     noise: bool = True) -> lm.LMSearchConfig:
+  """The :class:`tsearch.LMSearchConfig` of a run's ``search`` section.
 
   Args:
-    task: a one-player task (``num_players == 1``).
-    apply_fn: ``(params, tokens, positions, token_mask) -> ModelOutput``.
-    params: model parameters.
+    search: the config's ``search`` section.
+    task: the task (sets the reserve for committed tokens).
+    num_simulations: overrides ``search.num_simulations`` (evaluation).
+    acting_temperature: overrides ``search.temperature`` (0: act on the most
+      visited child).
+    noise: Dirichlet noise at the root (PUCT); off for evaluation.
+  """
+  step = search.level == "step"
+  s = int(search.get("step_length", 16)) if step else 1
+  moves = num_moves(search, task)
+  sims = int(search.num_simulations if num_simulations is None
+             else num_simulations)
+  depth = int(search.get("max_depth", 0)) or (moves if step else
+                                               min(moves, sims))
+  capacity = max(int(search.capacity), sims + 1)
+  return lm.LMSearchConfig(
+      mode=search.level, policy=search.algorithm, num_simulations=sims,
+      num_children=int(search.num_children), step_length=s,
+      max_depth=max(depth, 1), capacity=capacity,
+      reserve_tokens=int(task.max_answer_length),
+      step_temperature=float(search.get("step_temperature", 1.0)),
+      dirichlet_fraction=(float(search.get("dirichlet_fraction", 0.25))
+                          if noise else 0.0),
+      temperature=float(search.temperature if acting_temperature is None
+                        else acting_temperature),
+      max_num_considered_actions=int(search.num_children))
+
+
+def _select(cond, new, old):
+  def sel(n, o):
+    return jnp.where(cond.reshape(cond.shape + (1,) * (n.ndim - 1)), n, o)
+  return jax.tree.map(sel, new, old)
+
+
+def _used_sum(tree, x):
+  used = jnp.arange(tree.capacity)[None] < tree.num_nodes[:, None]
+  return jnp.sum(jnp.where(used, x, 0), axis=1).astype(jnp.int32)
+
+
+# ---------------------------------------------------------------------------
+# Rollout.
+
+
+def rollout(graphdef, task, model_state, prompt: Array, prompt_length: Array,
+            key: Array, *, config: lm.LMSearchConfig, num_moves: int):
+  """Searches and commits actions until every answer ends.
+
+  Jittable (``graphdef``, ``task`` and ``config`` static). Each move runs
+  ``config.num_simulations`` simulations on the kept subtree, commits the
+  chosen root slot with :func:`tsearch.lm_reroot` (its tokens join the
+  prompt cache) and steps the task. Rows that ended stay put.
+
+  Args:
+    graphdef, model_state: a split :class:`models.Transformer`.
+    task: the environment (a ``tsearch.tasks`` task).
     prompt: ``[B, P]`` prompt tokens; ``prompt_length`` ``[B]``.
     key: random key.
-    seq_len: ``L >= P + task.max_answer_length``.
+    config: :class:`tsearch.LMSearchConfig`; ``reserve_tokens`` must hold
+      every committed token (``task.max_answer_length``).
+    num_moves: ``M``, moves made (enough for the longest answer).
 
   Returns:
-    A dict: ``seq [B, L]``, ``length [B]``, ``outcome [B]``, and per move
-    ``M = task.max_answer_length``: ``weights``, ``children_tokens``,
-    ``children_mask`` ``[B, M, K]``, ``root_value [B, M]`` (tree value at the
-    committed node), ``active [B, M]``; and ``overflowed [B]``.
+    A dict: ``seq [B, P + T]`` (prompt, then the committed answer),
+    ``length [B]``, ``answer_length [B]``, ``outcome [B]`` (the verifier's
+    reward, for the player who made the last move), ``model_calls [B]``,
+    ``tokens_forwarded [B]``, ``overflowed [B]``, and per move
+    ``weights``, ``children_mask`` ``[B, M, K]``, ``children_actions
+    [B, M, K, S]``, ``root_value [B, M]`` (tree value at the node where the
+    move was chosen, for its player to move), ``offset [B, M]`` (answer
+    tokens before the move) and ``active [B, M]``.
   """
+  prompt = jnp.asarray(prompt, jnp.int32)
+  prompt_length = jnp.asarray(prompt_length, jnp.int32)
   b, p = prompt.shape
-  m = task.max_answer_length
-  seq = jnp.zeros((b, seq_len), jnp.int32).at[:, :p].set(prompt)
-  pos = Position(seq=seq, length=prompt_length.astype(jnp.int32),
-                 task_state=task.init_state(prompt))
-
-  def root_of(params, pos):
-    prior, value, tokens, mask, _ = _evaluate(task, apply_fn, params, pos,
-                                              num_children)
-    return tsearch.RootOutput(prior_logits=prior, value=value, embedding=pos,
-                              children_actions=tokens[..., None],
-                              children_mask=mask)
-
-  def expand_fn(params, key, tree, parent, slot):
-    del key
-    rows = jnp.arange(b)
-    parent_pos = jax.tree.map(lambda x: x[rows, parent], tree.embeddings)
-    token = tree.children_actions[rows, parent, slot, 0]
-    child = _advance(task, parent_pos, token)
-    prior, value, tokens, mask, terminal = _evaluate(task, apply_fn, params,
-                                                     child, num_children)
-    reward = jnp.where(terminal, task.reward(child.task_state), 0.0)
-    return tsearch.ExpandOutput(
-        reward=reward, discount=task.discount(child.task_state),
-        prior_logits=prior, value=jnp.where(terminal, 0.0, value),
-        terminal=terminal, children_actions=tokens[..., None],
-        children_mask=mask, embedding=child)
-
-  def search(key, root, tree):
-    kw = dict(num_simulations=num_simulations, tree=tree)
-    if algorithm == "gumbel":
-      return tsearch.gumbel_search(params, key, root, expand_fn,
-                                   max_num_considered_actions=num_children,
-                                   **kw)
-    return tsearch.puct_search(params, key, root, expand_fn,
-                               temperature=temperature, **kw)
-
-  tree = tsearch.empty_tree(batch_size=b, capacity=capacity,
-                            num_children=num_children, action_length=1,
-                            embedding_example=pos)
+  t = task.max_answer_length
+  if config.reserve_tokens < t:
+    raise ValueError(f"config.reserve_tokens={config.reserve_tokens} cannot "
+                     f"hold the {t} answer tokens a rollout commits.")
+  root_key, key = jax.random.split(key)
+  root, cache = lm.make_lm_root(graphdef, model_state, task, prompt,
+                                prompt_length, root_key, config=config)
+  expand_fn = lm.make_lm_expand_fn(graphdef, task, config=config)
+  tree = tsearch.empty_tree(batch_size=b, capacity=config.capacity,
+                            num_children=config.num_children,
+                            action_length=config.step_length,
+                            embedding_example=root.embedding)
   tree = tree.replace(nonfinite=jnp.zeros((b,), bool))
+  env_state = task.init_state(prompt)
+  k = config.num_children
+
+  def search(key, tree, cache):
+    kw = dict(num_simulations=config.num_simulations,
+              max_depth=config.max_depth, tree=tree)
+    if config.policy == "gumbel":
+      out = tsearch.gumbel_search(
+          (model_state, cache), key, root, expand_fn,
+          max_num_considered_actions=config.max_num_considered_actions,
+          gumbel_scale=config.gumbel_scale, **kw)
+    else:
+      out = tsearch.puct_search(
+          (model_state, cache), key, root, expand_fn,
+          dirichlet_fraction=config.dirichlet_fraction,
+          dirichlet_alpha=config.dirichlet_alpha, pb_c_init=config.pb_c_init,
+          temperature=config.temperature, **kw)
+    return (out.action.astype(jnp.int32),
+            out.action_weights.astype(jnp.float32), out.search_tree)
+
+  def skip(key, tree, cache):
+    del key, cache
+    return jnp.zeros((b,), jnp.int32), jnp.zeros((b, k), jnp.float32), tree
 
   def move(carry, key):
-    tree, pos, overflowed = carry
-    active = ~task.is_terminal(pos.task_state)
-    out = search(key, root_of(params, pos), tree)
-    t = out.search_tree
-    token = t.children_actions[:, tsearch.ROOT_INDEX, :, 0][
-        jnp.arange(b), out.action]
-    record = dict(weights=out.action_weights,
-                  children_tokens=t.children_actions[:, tsearch.ROOT_INDEX,
-                                                     :, 0],
-                  children_mask=t.children_mask[:, tsearch.ROOT_INDEX],
-                  root_value=t.node_values[:, tsearch.ROOT_INDEX],
-                  active=active)
-    carry = (tsearch.reroot(t, out.action), _advance(task, pos, token),
-             overflowed | t.overflowed)
-    return carry, record
+    tree, cache, env_state, calls, toks, overflowed = carry
+    active = ~task.is_terminal(env_state)
+    before_c = _used_sum(tree, tree.embeddings["model_calls"])
+    before_t = _used_sum(tree, tree.embeddings["tokens_forwarded"])
+    action, weights, tree = jax.lax.cond(jnp.any(active), search, skip, key,
+                                         tree, cache)
+    calls = calls + _used_sum(tree, tree.embeddings["model_calls"]) - before_c
+    toks = toks + (_used_sum(tree, tree.embeddings["tokens_forwarded"])
+                   - before_t)
+    rows = jnp.arange(b)
+    children = tree.children_actions[:, tsearch.ROOT_INDEX]  # [B, K, S]
+    mask = tree.children_mask[:, tsearch.ROOT_INDEX] & active[:, None]
+    record = dict(weights=jnp.where(mask, weights, 0.0),
+                  children_actions=children, children_mask=mask,
+                  root_value=tree.node_values[:, tsearch.ROOT_INDEX],
+                  offset=env_state.length.astype(jnp.int32), active=active)
+    tokens = jnp.where(active[:, None], children[rows, action], -1)
+    env_state = lm._step_tokens(task, env_state, tokens)  # pylint: disable=protected-access
+    overflowed = overflowed | (active & tree.overflowed)
+    new_tree, new_cache = lm.lm_reroot(tree, cache, action)
+    tree = _select(active, new_tree, tree)
+    cache = cache.replace(  # keys/values are [L, B, C, H, Dh]
+        keys=jnp.where(active[None, :, None, None, None], new_cache.keys,
+                       cache.keys),
+        values=jnp.where(active[None, :, None, None, None], new_cache.values,
+                         cache.values),
+        mask=_select(active, new_cache.mask, cache.mask),
+        num_used=_select(active, new_cache.num_used, cache.num_used),
+        overflowed=_select(active, new_cache.overflowed, cache.overflowed))
+    return (tree, cache, env_state, calls, toks, overflowed), record
 
-  (_, pos, overflowed), records = jax.lax.scan(
-      move, (tree, pos, jnp.zeros((b,), bool)), jax.random.split(key, m))
+  zeros = jnp.zeros((b,), jnp.int32)
+  carry = (tree, cache, env_state, zeros, zeros, jnp.zeros((b,), bool))
+  (tree, cache, env_state, calls, toks, overflowed), records = jax.lax.scan(
+      move, carry, jax.random.split(key, num_moves))
   records = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), records)
-  outcome = task.reward(pos.task_state)
-  return dict(seq=pos.seq, length=pos.length, outcome=outcome,
-              overflowed=overflowed, **records)
+  answer_length = jnp.minimum(env_state.length, t).astype(jnp.int32)
+  seq = answer_sequence(prompt, prompt_length, env_state.tokens,
+                        answer_length, pad_id=task.pad_id)
+  return dict(seq=seq, length=prompt_length + answer_length,
+              answer_length=answer_length,
+              outcome=task.reward(env_state).astype(jnp.float32),
+              model_calls=calls, tokens_forwarded=toks,
+              overflowed=overflowed | cache.overflowed, **records)
 
 
-def search_loss_fn(apply_fn, *, value_target: str, outcome_weight: float):
+def answer_sequence(prompt, prompt_length, answer, answer_length, *, pad_id):
+  """``[B, P + T]``: each row's prompt then its answer, PAD after."""
+  b, p = prompt.shape
+  t = answer.shape[1]
+  pos = jnp.arange(p + t)[None, :]
+  rel = pos - prompt_length[:, None]
+  from_answer = jnp.take_along_axis(
+      answer, jnp.clip(rel, 0, t - 1), axis=1)
+  from_prompt = jnp.pad(prompt, ((0, 0), (0, t)))
+  seq = jnp.where(rel < 0, from_prompt,
+                  jnp.where(rel < answer_length[:, None], from_answer, pad_id))
+  return seq.astype(jnp.int32)
+
+
+def value_outcomes(outcome: Array, active: Array, *, two_player: bool
+                   ) -> Array:
+  """``[B, M]`` outcome seen from the player to move at each committed node.
+
+  One player: the outcome at every node. Two players: ``outcome`` is the
+  result for the player who made the last move (``tsearch.tasks``
+  convention), so node ``j`` of a game of ``n`` moves gets it with sign
+  ``(-1) ** (n - 1 - j)``.
+  """
+  m = active.shape[1]
+  outcome = jnp.broadcast_to(outcome[:, None], (outcome.shape[0], m))
+  if not two_player:
+    return outcome.astype(jnp.float32)
+  n = jnp.sum(active, axis=1, keepdims=True)
+  sign = jnp.where((n - 1 - jnp.arange(m)[None]) % 2 == 0, 1.0, -1.0)
+  return (outcome * sign).astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------
+# Loss.
+
+
+def step_logprobs(apply_fn, params, seq: Array, start: Array, steps: Array,
+                  *, pad_id: int) -> Array:
+  """Log-likelihood of candidate steps after a committed prefix.
+
+  Args:
+    apply_fn: ``(params, tokens, positions, token_mask) -> ModelOutput``.
+    params: model parameters.
+    seq: ``[B, L]`` committed sequences (prompt + answer).
+    start: ``[B, M]`` position of each node's first new token (its prefix
+      is ``seq[:, :start]``).
+    steps: ``[B, M, K, S]`` candidate steps, ``-1`` padded.
+
+  Returns:
+    ``[B, M, K]`` sum of the model's token log-probabilities of each step
+    (one forward over ``B * M * K`` sequences of ``L + S`` tokens).
+  """
+  b, l = seq.shape
+  _, m, k, s = steps.shape
+  lc = l + s
+  pos = jnp.arange(lc)
+  rel = pos[None, None, None, :] - start[:, :, None, None]  # [B, M, 1, Lc]
+  rel = jnp.broadcast_to(rel, (b, m, k, lc))
+  step_tok = jnp.take_along_axis(steps, jnp.clip(rel, 0, s - 1), axis=-1)
+  in_step = (rel >= 0) & (rel < s) & (step_tok >= 0)
+  base = jnp.pad(seq, ((0, 0), (0, s)), constant_values=pad_id)
+  base = jnp.broadcast_to(base[:, None, None, :], (b, m, k, lc))
+  tokens = jnp.where(rel < 0, base, jnp.where(in_step, step_tok, pad_id))
+  valid = (rel < 0) | in_step
+  flat = lambda x: x.reshape(b * m * k, lc)  # noqa: E731
+  positions = jnp.broadcast_to(pos.astype(jnp.int32), (b * m * k, lc))
+  out = apply_fn(params, flat(tokens), positions, flat(valid))
+  logp = jax.nn.log_softmax(out.logits[:, :-1].astype(jnp.float32), -1)
+  tok_lp = jnp.take_along_axis(logp, flat(tokens)[:, 1:, None], -1)[..., 0]
+  tok_lp = jnp.where(flat(in_step)[:, 1:], tok_lp, 0.0)
+  return tok_lp.sum(-1).reshape(b, m, k)
+
+
+def search_loss_fn(apply_fn, *, level: str, value_target: str,
+                   outcome_weight: float, two_player: bool, pad_id: int):
   """Loss on a rollout's targets (see the module docstring)."""
   def loss_fn(params, batch, key):
     del key
@@ -166,20 +354,31 @@ def search_loss_fn(apply_fn, *, value_target: str, outcome_weight: float):
     positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
     out = apply_fn(params, seq, positions,
                    jnp.arange(l)[None, :] < length[:, None])
-    m = batch["weights"].shape[1]
-    # Move j was chosen at the node whose last token sits at P_len - 1 + j.
-    at = batch["prompt_length"][:, None] - 1 + jnp.arange(m)[None, :]
-    at = jnp.minimum(at, l - 1)
-    vocab_logits = jnp.take_along_axis(out.logits, at[..., None], axis=1)
-    child_logits = losses_lib.children_logits(vocab_logits,
-                                              batch["children_tokens"])
-    active = batch["active"] & jnp.any(batch["children_mask"], -1)
-    policy = losses_lib.policy_loss(child_logits, batch["weights"],
-                                    batch["children_mask"], active)
+    start = batch["prompt_length"][:, None] + batch["offset"]  # [B, M]
+    at = jnp.minimum(start - 1, l - 1)  # last token of each node's prefix
+    legal = batch["children_mask"]
+    active = batch["active"] & jnp.any(legal, -1)
+    if level == "token":
+      vocab_logits = jnp.take_along_axis(out.logits, at[..., None], axis=1)
+      child_logits = losses_lib.children_logits(
+          vocab_logits, jnp.maximum(batch["children_actions"][..., 0], 0))
+      policy = losses_lib.policy_loss(child_logits, batch["weights"], legal,
+                                      active)
+    else:
+      lps = step_logprobs(apply_fn, params, seq, start,
+                          batch["children_actions"], pad_id=pad_id)
+      policy = losses_lib.weighted_step_nll(lps, batch["weights"], legal,
+                                            active)
     values = jnp.take_along_axis(out.value, at, axis=1)
-    target = targets_lib.value_targets(
-        batch["outcome"], batch["root_value"], mode=value_target,
-        outcome_weight=outcome_weight)
+    outcome = value_outcomes(batch["outcome"], batch["active"],
+                             two_player=two_player)
+    if value_target == "outcome":
+      target = outcome
+    elif value_target == "q":
+      target = batch["root_value"]
+    else:
+      target = outcome_weight * outcome + (1 - outcome_weight) * batch[
+          "root_value"]
     value = losses_lib.value_loss(values, target, batch["active"])
     answer = ((jnp.arange(l)[None] >= batch["prompt_length"][:, None])
               & (jnp.arange(l)[None] < length[:, None]))
@@ -190,49 +389,91 @@ def search_loss_fn(apply_fn, *, value_target: str, outcome_weight: float):
   return loss_fn
 
 
+_KEEP = ("seq", "length", "prompt_length", "outcome", "weights",
+         "children_actions", "children_mask", "root_value", "offset",
+         "active")
+
+
 class SearchLearn:
-  """The jitted search-and-learn step of a run (used by :mod:`train.loop`)."""
+  """The jitted search-and-learn step of a run (used by :mod:`train.loop`).
+
+  ``step(state, examples, key) -> (state, metrics)``; with a replay buffer
+  (``search.replay_size > 0``) the buffer is :attr:`replay`, a pytree that
+  the loop checkpoints and restores.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, task, fns, optimizer,
                mesh, *, max_len: int):
+    del max_len  # rollouts use P + T, the task's own bound
     s = config.search
-    if s.level != "token":
-      raise ValueError(
-          "search.level='step' needs tsearch.lm_search (step-level search), "
-          "which this trainer does not use yet; use --config.search.level="
-          "token.")
-    if task.num_players != 1:
-      raise ValueError(
-          f"Search-and-learn supports one-player tasks; {task.name} has "
-          f"{task.num_players} players. Set --config.search.steps=0.")
     if s.capacity < s.num_simulations + 1:
       raise ValueError(
           f"search.capacity={s.capacity} must be >= search.num_simulations+1"
           f"={s.num_simulations + 1}.")
-    self.task = task
+    if task.num_players not in (1, 2):
+      raise ValueError(f"{task.name} has {task.num_players} players; "
+                       "search-and-learn supports 1 or 2.")
+    two_player = task.num_players == 2
+    self.task, self.mesh = task, mesh
+    self.search_config = lm_search_config(s, task)
+    self.moves = num_moves(s, task)
+    mcfg = fns.config
+    need = (task.max_prompt_length + self.search_config.reserve_tokens
+            + self.search_config.max_depth * self.search_config.step_length)
+    if need > mcfg.max_seq_len:
+      raise ValueError(
+          f"Search needs {need} positions (prompt {task.max_prompt_length} + "
+          f"{self.search_config.reserve_tokens} committed + max_depth "
+          f"{self.search_config.max_depth} x step_length "
+          f"{self.search_config.step_length}) but model.max_seq_len="
+          f"{mcfg.max_seq_len}; raise --config.model.max_seq_len to {need}.")
+    cfg, moves = self.search_config, self.moves
 
     def prepare(params, batch, key):
-      r = rollout(task, fns.apply, params, batch["prompt"],
-                  batch["prompt_length"], key, seq_len=max_len,
-                  algorithm=s.algorithm, num_simulations=s.num_simulations,
-                  num_children=s.num_children, capacity=s.capacity,
-                  temperature=s.temperature)
+      r = rollout(fns.graphdef, task, fns.state(params), batch["prompt"],
+                  batch["prompt_length"], key, config=cfg, num_moves=moves)
       r["prompt_length"] = batch["prompt_length"]
       active = r["active"].astype(jnp.float32)
       stats = {"search/solve_rate": jnp.mean(r["outcome"] > 0.5),
+               "search/mean_outcome": jnp.mean(r["outcome"]),
                "search/overflow_rate": jnp.mean(r["overflowed"]),
-               "search/answer_tokens": jnp.mean(jnp.sum(active, -1))}
-      return r, stats
+               "search/moves": jnp.mean(jnp.sum(active, -1)),
+               "search/answer_tokens": jnp.mean(r["answer_length"]),
+               "search/model_calls": jnp.mean(r["model_calls"])}
+      return {k: r[k] for k in _KEEP}, stats
 
-    self._step = step_lib.make_train_step(
-        search_loss_fn(fns.apply, value_target=s.value_target,
-                       outcome_weight=s.value_mix),
-        optimizer, mesh, prepare_fn=prepare,
-        loss_weights={"policy": s.policy_weight, "value": s.value_weight,
-                      "sft": s.sft_weight})
-    self.mesh = mesh
+    loss_fn = search_loss_fn(
+        fns.apply, level=s.level, value_target=s.value_target,
+        outcome_weight=s.value_mix, two_player=two_player, pad_id=task.pad_id)
+    weights = {"policy": s.policy_weight, "value": s.value_weight,
+               "sft": s.sft_weight}
+    self.replay = None
+    if s.replay_size:
+      self._step = step_lib.make_replay_train_step(
+          loss_fn, optimizer, mesh, prepare_fn=prepare, loss_weights=weights,
+          updates=s.updates_per_search)
+      local = config.batch_size // jax.process_count()
+      example = {"prompt": np.zeros((local, task.max_prompt_length),
+                                    np.int32),
+                 "prompt_length": np.ones((local,), np.int32)}
+      self.replay = step_lib.init_replay(
+          prepare, fns_params_example(fns), example, mesh,
+          size=s.replay_size)
+    else:
+      self._step = step_lib.make_train_step(
+          loss_fn, optimizer, mesh, prepare_fn=prepare, loss_weights=weights)
 
   def step(self, state, examples, key):
     batch = {"prompt": np.asarray(examples["prompt"], np.int32),
              "prompt_length": np.asarray(examples["prompt_length"], np.int32)}
-    return self._step(state, step_lib.shard_batch(batch, self.mesh), key)
+    batch = step_lib.shard_batch(batch, self.mesh)
+    if self.replay is None:
+      return self._step(state, batch, key)
+    state, self.replay, metrics = self._step(state, self.replay, batch, key)
+    return state, metrics
+
+
+def fns_params_example(fns):
+  """Abstract parameters (``ShapeDtypeStruct`` pure dict) of a model."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  return nnx.to_pure_dict(fns.abstract_state)

@@ -79,6 +79,39 @@ def init_state(params: PyTree, optimizer: optax.GradientTransformation,
                     rng=jax.random.key_data(jax.random.key(seed)))
 
 
+def _update_fn(loss_fn: LossFn, optimizer, loss_weights, num_devices):
+  """One optimizer update on this device's batch (inside ``shard_map``)."""
+
+  def update(state: TrainState, batch, key):
+    def total_loss(params):
+      terms = loss_fn(params, batch, key)
+      means = {}
+      for name, term in terms.items():
+        count = lax.psum(lax.stop_gradient(term.count), DATA)
+        # pmean over devices of (n * local_sum / global_count) is the mean.
+        means[name] = num_devices * term.total / jnp.maximum(count, 1.0)
+      loss = sum(loss_weights.get(name, 0.0) * m for name, m in means.items())
+      return loss, means
+
+    # check_vma=False (below): each device's gradient is its own, with no
+    # implicit psum in the transpose; the explicit pmean averages them.
+    (loss, means), grads = jax.value_and_grad(total_loss, has_aux=True)(
+        state.params)
+    grads = lax.pmean(grads, DATA)
+    loss = lax.pmean(loss, DATA)
+    means = lax.pmean(means, DATA)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+               "param_norm": optax.tree.norm(params)}
+    metrics.update({f"loss/{k}": v for k, v in means.items()})
+    new_state = state.replace(step=state.step + 1, params=params,
+                              opt_state=opt_state)
+    return new_state, metrics
+
+  return update
+
+
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
                     mesh: jax.sharding.Mesh, *,
                     loss_weights: Mapping[str, float],
@@ -102,7 +135,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     The jitted step. ``metrics`` holds ``loss``, each term's global mean
     (``loss/<name>``), ``grad_norm`` and ``param_norm``, replicated scalars.
   """
-  num_devices = mesh.shape[DATA]
+  update = _update_fn(loss_fn, optimizer, loss_weights, mesh.shape[DATA])
 
   def per_device(state: TrainState, batch, key):
     key = jax.random.fold_in(key, lax.axis_index(DATA))
@@ -111,32 +144,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
       prepare_key, key = jax.random.split(key)
       batch, stats = prepare_fn(state.params, batch, prepare_key)
       batch = lax.stop_gradient(batch)
-
-    def total_loss(params):
-      terms = loss_fn(params, batch, key)
-      means = {}
-      for name, term in terms.items():
-        count = lax.psum(lax.stop_gradient(term.count), DATA)
-        # pmean over devices of (n * local_sum / global_count) is the mean.
-        means[name] = num_devices * term.total / jnp.maximum(count, 1.0)
-      loss = sum(loss_weights.get(name, 0.0) * m for name, m in means.items())
-      return loss, means
-
-    # check_vma=False (below): each device's gradient is its own, with no
-    # implicit psum in the transpose; the explicit pmean averages them.
-    (loss, means), grads = jax.value_and_grad(total_loss, has_aux=True)(
-        state.params)
-    grads = lax.pmean(grads, DATA)
-    loss = lax.pmean(loss, DATA)
-    means = lax.pmean(means, DATA)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-               "param_norm": optax.tree.norm(params)}
-    metrics.update({f"loss/{k}": v for k, v in means.items()})
+    new_state, metrics = update(state, batch, key)
     metrics.update(lax.pmean(stats, DATA))
-    new_state = state.replace(step=state.step + 1, params=params,
-                              opt_state=opt_state)
     return new_state, metrics
 
   sharded = jax.shard_map(per_device, mesh=mesh,
@@ -145,6 +154,108 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
                           # varying-axis annotations.
                           check_vma=False)
   return jax.jit(sharded, donate_argnums=(0,))
+
+
+# ---------------------------------------------------------------------------
+# Replay buffer.
+
+
+def _replay_specs():
+  return {"data": P(DATA), "size": P(), "next": P()}
+
+
+def init_replay(prepare_fn: Callable, params: PyTree,
+                example_batch: Mapping[str, np.ndarray],
+                mesh: jax.sharding.Mesh, *, size: int) -> dict:
+  """An empty on-device replay buffer for the rows ``prepare_fn`` makes.
+
+  The buffer is ``{'data': rows [size, ...] split over the 'data' axis,
+  'size': rows filled per device, 'next': next slot per device}``; each
+  device fills and samples its own ``size / num_devices`` rows (a circular
+  buffer: the oldest rows are overwritten first). It is an ordinary pytree
+  of arrays, saved in checkpoints with the train state.
+
+  Args:
+    prepare_fn: ``prepare_fn(params, batch, key) -> (rows, stats)`` on one
+      device's shard.
+    params: parameters (arrays or ``ShapeDtypeStruct``) for shapes only.
+    example_batch: this process's batch (numpy, for shapes only).
+    mesh: mesh with a ``data`` axis.
+    size: global rows; a multiple of the number of devices and at least the
+      global batch size.
+  """
+  n = mesh.shape[DATA]
+  global_rows = next(iter(example_batch.values())).shape[0] * \
+      jax.process_count()
+  if size % n or size < global_rows:
+    raise ValueError(
+        f"search.replay_size={size} must be a multiple of the {n} devices "
+        f"and at least the batch size {global_rows}.")
+  local = {k: jax.ShapeDtypeStruct((v.shape[0] * jax.process_count() // n,)
+                                   + v.shape[1:], v.dtype)
+           for k, v in example_batch.items()}
+  rows, _ = jax.eval_shape(prepare_fn, params, local,
+                           jax.random.key(0))
+  sharding = NamedSharding(mesh, P(DATA))
+
+  def zeros(x):
+    shape = (size,) + x.shape[1:]
+    return jax.jit(lambda: jnp.zeros(shape, x.dtype),
+                   out_shardings=sharding)()
+  data = jax.tree.map(zeros, rows)
+  return {"data": data,
+          "size": replicate(jnp.zeros((), jnp.int32), mesh),
+          "next": replicate(jnp.zeros((), jnp.int32), mesh)}
+
+
+def make_replay_train_step(loss_fn: LossFn,
+                           optimizer: optax.GradientTransformation,
+                           mesh: jax.sharding.Mesh, *,
+                           loss_weights: Mapping[str, float],
+                           prepare_fn: Callable, updates: int):
+  """``step(state, replay, batch, key) -> (state, replay, metrics)``, jitted.
+
+  ``prepare_fn`` (the search) turns each device's share of ``batch`` into
+  rows that are written into its part of the replay buffer (see
+  :func:`init_replay`); then ``updates`` optimizer updates each train on as
+  many rows as the device's share of the batch, drawn uniformly with
+  replacement from the filled part of its buffer. Metrics are the mean over
+  the updates (plus ``prepare_fn``'s stats and ``replay/size``).
+  """
+  if updates < 1:
+    raise ValueError(f"search.updates_per_search={updates} must be >= 1.")
+  update = _update_fn(loss_fn, optimizer, loss_weights, mesh.shape[DATA])
+
+  def per_device(state: TrainState, replay, batch, key):
+    key = jax.random.fold_in(key, lax.axis_index(DATA))
+    prepare_key, key = jax.random.split(key)
+    rows, stats = prepare_fn(state.params, batch, prepare_key)
+    rows = lax.stop_gradient(rows)
+    n_new = next(iter(jax.tree.leaves(rows))).shape[0]
+    cap = next(iter(jax.tree.leaves(replay["data"]))).shape[0]
+    slots = (replay["next"] + jnp.arange(n_new)) % cap
+    data = jax.tree.map(lambda buf, x: buf.at[slots].set(x), replay["data"],
+                        rows)
+    filled = jnp.minimum(replay["size"] + n_new, cap)
+    replay = {"data": data, "size": filled,
+              "next": (replay["next"] + n_new) % cap}
+
+    def one(state, key):
+      sample_key, loss_key = jax.random.split(key)
+      idx = jax.random.randint(sample_key, (n_new,), 0, filled)
+      return update(state, jax.tree.map(lambda x: x[idx], data), loss_key)
+
+    state, metrics = lax.scan(one, state, jax.random.split(key, updates))
+    metrics = jax.tree.map(lambda m: jnp.mean(m, 0), metrics)
+    metrics.update(lax.pmean(stats, DATA))
+    metrics["replay/size"] = lax.psum(filled, DATA).astype(jnp.float32)
+    return state, replay, metrics
+
+  sharded = jax.shard_map(
+      per_device, mesh=mesh,
+      in_specs=(P(), _replay_specs(), P(DATA), P()),
+      out_specs=(P(), _replay_specs(), P()), check_vma=False)
+  return jax.jit(sharded, donate_argnums=(0, 1))
 
 
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh
