@@ -2,6 +2,12 @@
 
   python -m train.evaluate --config configs/<name>.py --workdir <dir>
 
+  python -m train.evaluate --config ... --workdir ... \
+      --algos greedy,best_of_n,beam,mcts --budgets 4,16,64
+
+With ``--algos`` it runs the search family (:mod:`tsearch.evaluation`) at
+each budget and writes ``compare_step<step>.json|png``; otherwise:
+
 Methods: greedy decoding, sampling, best-of-N (solved if any of N samples is
 accepted by the verifier, i.e. pass@N with the exact verifier) and MCTS
 (PUCT, acting on the most visited child) at each budget in
@@ -105,13 +111,54 @@ def evaluate(config, workdir: str, *, seed: int = 0) -> dict:
   return results
 
 
+def compare(config, workdir: str, algos: str, budgets: str, *,
+            seed: int = 0) -> list:
+  """``--algos/--budgets``: the search family, compute-matched (see
+  :mod:`tsearch.evaluation`); writes ``compare_step<step>.json|png``."""
+  from tsearch import evaluation  # pylint: disable=import-outside-toplevel
+  algo_list = evaluation.parse_list(algos)
+  budget_list = evaluation.parse_list(budgets or "1", int)
+  task, fns, params, step = loop.latest_params(config, workdir)
+  e = config.eval
+  stream = data_lib.ExampleStream(
+      task, e.num_examples, source=config.data.source, seed=seed,
+      split=e.split, data_dir=config.data.data_dir or os.path.join(
+          workdir, "data"), auto_build=config.data.auto_build)
+  ex = stream.next()
+  rows = evaluation.run_algorithms(
+      fns.graphdef, fns.state(params), task, ex["prompt"][:e.num_examples],
+      ex["prompt_length"][:e.num_examples], jax.random.key(seed),
+      algos=algo_list, budgets=budget_list, batch_size=e.batch_size,
+      progress=True)
+  print(evaluation.format_table(rows))
+  if jax.process_index() == 0:
+    paths = evaluation.write_comparison(
+        rows, workdir, f"compare_step{step}",
+        meta=dict(task=task.name, split=e.split, step=int(step)),
+        title=f"{task.name} ({e.split} split, step {step})")
+    print("wrote", *paths)
+  return rows
+
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
+_ALGOS = flags.DEFINE_string(
+    "algos", None, "Comma-separated tsearch.ALGORITHMS to compare at equal "
+    "compute (e.g. greedy,best_of_n,beam,mcts); unset: the default table.")
+_BUDGETS = flags.DEFINE_string("budgets", "4,16,64",
+                               "Comma-separated budgets for --algos.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   del argv
+  if _ALGOS.value:
+    try:
+      compare(_CONFIG.value, _WORKDIR.value, _ALGOS.value, _BUDGETS.value)
+    except (ValueError, FileNotFoundError) as err:
+      print(f"FATAL: {type(err).__name__}: {err}", file=sys.stderr)
+      sys.exit(1)
+    return
   try:
     results = evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, FileNotFoundError) as err:
