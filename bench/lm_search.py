@@ -133,14 +133,17 @@ def run_mctx_kv(g, s, prompt, lengths, sims, k, cache_len):
 
   def recurrent_fn(params, key, action, emb):
     tok = emb["child_tokens"][jnp.arange(b), action]
-    ctx = models.KVContext(keys=emb["keys"], values=emb["values"],
+    # mctx embeddings are batch-first: [B, L, C, Hkv, Dh].
+    ctx = models.KVContext(keys=jnp.moveaxis(emb["keys"], 1, 0),
+                           values=jnp.moveaxis(emb["values"], 1, 0),
                            mask=jnp.arange(cache_len)[None] < emb["length"][:, None])
     ctx = ctx.replace(mask=ctx.mask & emb["valid"])
     out = models.forward(g, params, tok[:, None], emb["pos"][:, None], ctx)
     slot = emb["length"]
     rows = jnp.arange(b)
-    keys = emb["keys"].at[:, rows, slot].set(out.keys[:, :, 0])
-    values = emb["values"].at[:, rows, slot].set(out.values[:, :, 0])
+    keys = emb["keys"].at[rows, :, slot].set(jnp.moveaxis(out.keys[:, :, 0], 0, 1))
+    values = emb["values"].at[rows, :, slot].set(
+        jnp.moveaxis(out.values[:, :, 0], 0, 1))
     prior, toks = top_k_children(out.logits[:, 0], k)
     new = dict(keys=keys, values=values, length=slot + 1, pos=emb["pos"] + 1,
                valid=emb["valid"].at[rows, slot].set(True), child_tokens=toks)
@@ -151,7 +154,8 @@ def run_mctx_kv(g, s, prompt, lengths, sims, k, cache_len):
   def search(params, prompt, lengths, key):
     out, prior, toks, value, valid = _root(g, params, prompt, lengths, k,
                                            cache_len)
-    emb = dict(keys=jnp.pad(out.keys, pad), values=jnp.pad(out.values, pad),
+    emb = dict(keys=jnp.moveaxis(jnp.pad(out.keys, pad), 0, 1),
+               values=jnp.moveaxis(jnp.pad(out.values, pad), 0, 1),
                length=jnp.full((b,), p, jnp.int32), pos=lengths,
                valid=jnp.pad(valid, ((0, 0), (0, cache_len - p))),
                child_tokens=toks)

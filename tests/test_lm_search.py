@@ -73,7 +73,44 @@ def assert_tree_exact(graphdef, state, tree, prompt, lengths, committed=None,
             ref_logits[ids][legal], atol=1e-4)
   assert worst_logit <= 1e-4, worst_logit
   assert worst_value <= 1e-4, worst_value
+  if mode == "step":
+    assert_step_priors(graphdef, state, tree, seqs, lengths, committed)
   return len(seqs)
+
+
+def assert_step_priors(graphdef, state, tree, seqs, lengths, committed):
+  """A sampled step's prior is the sum of its tokens' log-probs under the
+  legal-masked policy (ToyEnv: no PAD, no repeat of the previous answer
+  token), recomputed by a full forward over prefix + step."""
+  rows, want = [], []
+  for b, n, seq in seqs:
+    if tree.node_terminal[b, n] or n == 0:  # the search may noise roots
+      continue
+    head = int(lengths[b])  # the answer starts after the prompt
+    for k in np.nonzero(np.asarray(tree.children_mask[b, n]))[0]:
+      step = [int(x) for x in tree.children_actions[b, n, k] if x >= 0]
+      rows.append(seq + step)
+      want.append((b, n, k, len(seq), step, seq[head:]))
+  if not rows:
+    return
+  batch = np.zeros((len(rows), 48), np.int32)
+  for i, r in enumerate(rows):
+    batch[i, :len(r)] = r
+  out = _fwd(graphdef, state, jnp.asarray(batch),
+             jnp.broadcast_to(jnp.arange(48), batch.shape))
+  logits = np.asarray(out.logits)
+  for i, (b, n, k, start, step, answer) in enumerate(want):
+    total = 0.0
+    for j, tok in enumerate(step):
+      ans = answer + step[:j]
+      legal = np.arange(ENV.vocab_size) != 0
+      if ans:
+        legal &= np.arange(ENV.vocab_size) != ans[-1]
+      x = logits[i, start + j - 1, :ENV.vocab_size]
+      x = np.where(legal, x, -np.inf)
+      total += x[tok] - (x.max() + np.log(np.exp(x - x.max()).sum()))
+    np.testing.assert_allclose(float(tree.children_prior_logits[b, n, k]),
+                               total, atol=1e-4)
 
 
 CASES = [
@@ -125,7 +162,7 @@ def test_search_matches_full_forward(model_kw, mode, policy, s):
 
 
 def test_search_after_reroot_matches_full_forward():
-  g, st = make_model()  # 2 layers
+  g, st = make_model(num_layers=1)
   prompt, lengths = prompts()
   config = tsearch.LMSearchConfig(
       mode="step", policy="gumbel", num_simulations=8, num_children=3,
