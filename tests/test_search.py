@@ -11,6 +11,7 @@ import pytest
 
 import tsearch
 from tsearch import _toy_mdp as toy
+from tsearch import search
 
 _ACTIONS_K2 = jnp.zeros((1, 2, 1), jnp.int32).at[0, 1, 0].set(1)
 
@@ -261,9 +262,10 @@ def test_nan_in_concrete_root_is_rejected():
       prior_logits=root.prior_logits.at[0, 1].set(-jnp.inf).at[1, 2].set(
           jnp.nan),
       children_mask=root.children_mask.at[1, 2].set(False))
+  search._check_root(ok)  # No error when concrete.
   expand = lambda p, k, t, i, a: toy.expand_fn(_mdp(), k, t, i, a)
-  out = tsearch.puct_search(None, jax.random.key(0), ok, expand,
-                            num_simulations=4)
+  out = jax.jit(lambda r: tsearch.puct_search(
+      None, jax.random.key(0), r, expand, num_simulations=4))(ok)
   assert np.all(np.isfinite(np.asarray(out.action_weights)))
   assert float(out.action_weights[1, 2]) == 0.0
 
