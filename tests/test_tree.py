@@ -112,3 +112,16 @@ def test_reroot_unexpanded_child_gives_empty_tree_and_search_restarts():
 def test_reroot_bad_slot_shape():
   with pytest.raises(ValueError, match=r"action_slot must have shape"):
     tsearch.reroot(_empty(), jnp.zeros((B, 1), jnp.int32))
+
+
+def test_terminal_root_after_reroot_is_not_searched():
+  mdp = toy.make_toy_mdp(jax.random.key(0), 25, K, terminal_fraction=1.0)
+  old = _search(mdp, jax.random.key(1), _empty(n=2 * SIMS + 1)).search_tree
+  slots = jnp.argmax(old.children_visits[:, 0], axis=1)
+  rerooted = jax.jit(tsearch.reroot)(old, slots)
+  assert np.all(np.asarray(rerooted.node_terminal[:, 0]))
+  more = _search(mdp, jax.random.key(2), rerooted).search_tree
+  # Only the root prior is rewritten (PUCT stores it as noised log-probs).
+  chex.assert_trees_all_equal(
+      more.replace(children_prior_logits=rerooted.children_prior_logits),
+      rerooted)

@@ -22,6 +22,8 @@ Deliberate differences from mctx, which matter only off mctx's own problems:
   existing node and backs up its stored value without calling ``expand_fn``
   again (mctx re-evaluates that node; for a deterministic model the result is
   the same).
+* A row whose root has no legal slot or is terminal (possible after
+  :func:`tsearch.reroot`) is not searched (mctx would expand slot 0 anyway).
 * A row whose tree is full (only possible with ``tree=`` given) or whose
   ``expand_fn`` output holds a NaN/inf drops that simulation and sets
   ``Tree.overflowed`` / ``Tree.nonfinite``; nothing is written out of bounds
@@ -380,8 +382,11 @@ def _run(params, rng_key, tree: Tree, expand_fn: ExpandFn, *,
   root_ok = _root_ok(tree)
   tree = tree.replace(nonfinite=tree.nonfinite | (~root_ok & (
       tree.num_nodes > 0)))
+  # Rows with no tree, a terminal root (possible after a reroot) or no legal
+  # root slot are not searched.
   active = root_ok & (tree.num_nodes > 0) & jnp.any(
-      tree.children_mask[:, ROOT_INDEX], axis=-1)
+      tree.children_mask[:, ROOT_INDEX], axis=-1) & ~tree.node_terminal[
+          :, ROOT_INDEX]
   b = jnp.arange(batch)
 
   def body(sim, state):
