@@ -22,7 +22,7 @@ arena) can store them.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 import chex
 import jax
@@ -194,7 +194,8 @@ class Attention(nnx.Module):
     self.o_proj = _linear(h * dh, d, cfg, rngs)
     self.cfg = cfg
 
-  def __call__(self, x, positions, self_mask, ctx_k, ctx_v, ctx_mask):
+  def __call__(self, x, positions, self_mask, contexts):
+    """``contexts``: sequence of ``(keys, values, mask)`` for this layer."""
     cfg = self.cfg
     b, t, _ = x.shape
     h, hkv, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -205,21 +206,28 @@ class Attention(nnx.Module):
     q = q.reshape(b, t, hkv, g, dh)
     scale = dh ** -0.5
     dt = cfg.compute_dtype
+    # Scores against each context separately, then one softmax over all of
+    # them: the contexts' keys/values are read in place, never concatenated
+    # (a concatenation would copy e.g. the whole prompt cache per call).
+    scores, vals = [], []
+    for ck, cv, cm in contexts:
+      sc = jnp.einsum("btkgd,bskd->bkgts", q, ck.astype(dt),
+                      preferred_element_type=jnp.float32) * scale
+      if cm.ndim == 2:
+        cm = cm[:, None, :]  # same slots for every new token
+      scores.append(jnp.where(cm[:, None, None], sc, _MASK_VALUE))
+      vals.append(cv)
     s_self = jnp.einsum("btkgd,bskd->bkgts", q, k,
                         preferred_element_type=jnp.float32) * scale
-    s_self = jnp.where(self_mask[:, None, None], s_self, _MASK_VALUE)
-    if ctx_k is not None:
-      s_ctx = jnp.einsum("btkgd,bskd->bkgts", q, ctx_k.astype(dt),
-                         preferred_element_type=jnp.float32) * scale
-      if ctx_mask.ndim == 2:
-        ctx_mask = ctx_mask[:, None, :]  # same slots for every new token
-      s_ctx = jnp.where(ctx_mask[:, None, None], s_ctx, _MASK_VALUE)
-      scores = jnp.concatenate([s_ctx, s_self], axis=-1)
-      vals = jnp.concatenate([ctx_v.astype(dt), v], axis=1)
-    else:
-      scores, vals = s_self, v
-    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, vals)
+    scores.append(jnp.where(self_mask[:, None, None], s_self, _MASK_VALUE))
+    vals.append(v)
+    probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1).astype(dt)
+    out, offset = 0, 0
+    for val in vals:
+      n = val.shape[1]
+      out = out + jnp.einsum("bkgts,bskd->btkgd", probs[..., offset:offset + n],
+                             val.astype(dt))
+      offset += n
     return self.o_proj(out.reshape(b, t, h * dh)), k, v
 
 
@@ -244,9 +252,9 @@ class DecoderLayer(nnx.Module):
     self.post_attention_layernorm = RMSNorm(cfg.d_model, **kw)
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x, positions, self_mask, ctx_k, ctx_v, ctx_mask):
+  def __call__(self, x, positions, self_mask, contexts):
     a, k, v = self.self_attn(self.input_layernorm(x), positions, self_mask,
-                             ctx_k, ctx_v, ctx_mask)
+                             contexts)
     x = x + a
     x = x + self.mlp(self.post_attention_layernorm(x))
     return x, k, v
@@ -274,7 +282,7 @@ class Transformer(nnx.Module):
                                  rngs=rngs)
 
   def __call__(self, tokens: Array, positions: Array,
-               kv_context: KVContext | None = None,
+               kv_context: KVContext | Sequence[KVContext] | None = None,
                token_mask: Array | None = None,
                attention_mask: Array | None = None) -> ModelOutput:
     """Forward over ``T`` new tokens.
@@ -284,7 +292,8 @@ class Transformer(nnx.Module):
         checked; traced out-of-range ids give NaN outputs (never clamped).
       positions: ``[B, T]`` int positions in ``[0, max_seq_len)``, used for RoPE.
       kv_context: optional earlier keys/values every new token may attend to
-        where ``kv_context.mask`` is True.
+        where ``kv_context.mask`` is True; or a sequence of them (e.g. prompt
+        cache, tree path), attended together without being concatenated.
       token_mask: optional ``[B, T]`` bool; False marks padding among the new
         tokens: no other token attends to it. Outputs at padded positions are
         finite but meaningless.
@@ -309,15 +318,21 @@ class Transformer(nnx.Module):
             f"positions must lie in [0, max_seq_len={cfg.max_seq_len}); got "
             f"range [{p.min()}, {p.max()}]. The sequence is longer than the "
             f"model's context.")
-    if kv_context is not None:
-      c = kv_context.mask.shape[-1]
+    if kv_context is None:
+      contexts = ()
+    elif isinstance(kv_context, KVContext):
+      contexts = (kv_context,)
+    else:
+      contexts = tuple(kv_context)
+    for ctx in contexts:
+      c = ctx.mask.shape[-1]
       shape = (cfg.num_layers, b, c, cfg.num_kv_heads, cfg.head_dim)
-      if kv_context.mask.shape not in ((b, c), (b, t, c)):
+      if ctx.mask.shape not in ((b, c), (b, t, c)):
         raise ValueError(f"kv_context.mask must be [B, C] or [B, T, C]; got "
-                         f"{kv_context.mask.shape} for B={b}, T={t}.")
-      if kv_context.keys.shape != shape or kv_context.values.shape != shape:
+                         f"{ctx.mask.shape} for B={b}, T={t}.")
+      if ctx.keys.shape != shape or ctx.values.shape != shape:
         raise ValueError(f"kv_context keys/values must be {shape} "
-                         f"[L, B, C, Hkv, Dh]; got {kv_context.keys.shape}.")
+                         f"[L, B, C, Hkv, Dh]; got {ctx.keys.shape}.")
     if attention_mask is not None:
       self_mask = jnp.asarray(attention_mask, bool)
       if self_mask.shape != (b, t, t):
@@ -337,10 +352,8 @@ class Transformer(nnx.Module):
     x = x.astype(cfg.compute_dtype)
     new_k, new_v = [], []
     for i, layer in enumerate(self.layers):
-      ck = cv = cm = None
-      if kv_context is not None:
-        ck, cv, cm = kv_context.keys[i], kv_context.values[i], kv_context.mask
-      x, k, v = layer(x, positions, self_mask, ck, cv, cm)
+      layer_ctx = [(c.keys[i], c.values[i], c.mask) for c in contexts]
+      x, k, v = layer(x, positions, self_mask, layer_ctx)
       new_k.append(k)
       new_v.append(v)
     x = self.norm(x)
@@ -358,7 +371,8 @@ class Transformer(nnx.Module):
 
 
 def forward(graphdef: nnx.GraphDef, state: nnx.State, tokens: Array,
-            positions: Array, kv_context: KVContext | None = None,
+            positions: Array,
+            kv_context: KVContext | Sequence[KVContext] | None = None,
             token_mask: Array | None = None,
             attention_mask: Array | None = None) -> ModelOutput:
   """Pure-function forward: ``nnx.merge(graphdef, state)(tokens, ...)``.

@@ -69,11 +69,13 @@ def node_kv_example(config: ModelConfig, batch_size: int,
 
 
 def path_context(tree: Tree, node_index: Array, max_depth: int,
-                 prompt: PromptCache) -> KVContext:
-  """The KV context of ``node_index``'s tokens' successors.
+                 prompt: PromptCache) -> tuple[KVContext, KVContext]:
+  """What a successor of ``node_index``'s tokens attends to.
 
-  Prompt slots plus the own tokens of every node on the path root ->
-  ``node_index`` (inclusive).
+  The prompt slots, and the own tokens of every node on the path root ->
+  ``node_index`` (inclusive), gathered along the parent pointers. They are
+  returned as two contexts that the model attends together, so the prompt
+  cache is read in place and never copied.
 
   Args:
     tree: the tree; ``tree.embeddings['kv']`` is the arena.
@@ -82,7 +84,8 @@ def path_context(tree: Tree, node_index: Array, max_depth: int,
     prompt: the rows' prompt caches.
 
   Returns:
-    :class:`models.KVContext` with ``C = prompt.capacity + (max_depth+1) * S``.
+    ``(prompt_context, path_context)``: :class:`models.KVContext` with
+    ``C = prompt capacity`` and ``C = (max_depth + 1) * S``.
   """
   kv = tree.embeddings["kv"]
   b = jnp.arange(tree.batch_size)[:, None]
@@ -96,11 +99,9 @@ def path_context(tree: Tree, node_index: Array, max_depth: int,
     x = jnp.moveaxis(x[b, safe], 2, 0)
     return x.reshape(x.shape[:2] + (-1,) + x.shape[4:])
 
-  return KVContext(
-      keys=jnp.concatenate([prompt.keys, to_ctx(kv["keys"])], axis=2),
-      values=jnp.concatenate([prompt.values, to_ctx(kv["values"])], axis=2),
-      mask=jnp.concatenate([prompt.mask, mask.reshape(mask.shape[0], -1)],
-                           axis=1))
+  return prompt.context(), KVContext(keys=to_ctx(kv["keys"]),
+                                     values=to_ctx(kv["values"]),
+                                     mask=mask.reshape(mask.shape[0], -1))
 
 
 def commit_root_tokens(prompt: PromptCache, tree: Tree) -> tuple[PromptCache,

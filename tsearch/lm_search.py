@@ -206,7 +206,7 @@ def _sample_steps(graphdef, mstate, env, config: LMSearchConfig, ctx: KVContext,
   """
   b, v = logits.shape
   k, s = config.num_children, config.step_length
-  lcfg = ctx.keys.shape
+  lcfg = ctx[0].keys.shape  # ctx: a tuple of contexts shared by the K samples
   rep = lambda x: jnp.repeat(x, k, axis=0)  # noqa: E731  [B,...] -> [B*K,...]
   st = jax.tree.map(rep, state)
   done = jnp.repeat(terminal, k)  # [B*K]
@@ -233,14 +233,11 @@ def _sample_steps(graphdef, mstate, env, config: LMSearchConfig, ctx: KVContext,
   keys = jax.random.split(key, s)
   tok0, lp0, st, done = sample(0, rep(logits), st, done, keys[0])
   cache_shape = (lcfg[0], b, k, s) + lcfg[3:]
-  cache_k = jnp.zeros(cache_shape, ctx.keys.dtype)
-  cache_v = jnp.zeros(cache_shape, ctx.values.dtype)
+  cache_k = jnp.zeros(cache_shape, ctx[0].keys.dtype)
+  cache_v = jnp.zeros(cache_shape, ctx[0].values.dtype)
   owner = jnp.arange(k * s) // s
   slot_j = jnp.arange(k * s) % s
   mine = owner[None, :] == jnp.arange(k)[:, None]  # [K, K*S]
-  shared_mask = jnp.broadcast_to(
-      ctx.mask[:, None, :] if ctx.mask.ndim == 2 else ctx.mask,
-      (b, k, ctx.mask.shape[-1]))
   eye = jnp.broadcast_to(jnp.eye(k, dtype=bool), (b, k, k))
 
   def body(carry, inp):
@@ -248,13 +245,12 @@ def _sample_steps(graphdef, mstate, env, config: LMSearchConfig, ctx: KVContext,
     j, key = inp  # forward token j, sample token j + 1
     pos = jnp.broadcast_to((child_start + j)[:, None], (b, k))
     step_mask = mine[None] & (slot_j < j)[None, None]  # [1, K, K*S]
-    full_ctx = KVContext(
-        keys=jnp.concatenate([ctx.keys, cache_k.reshape(
-            lcfg[:2] + (k * s,) + lcfg[3:])], axis=2),
-        values=jnp.concatenate([ctx.values, cache_v.reshape(
-            lcfg[:2] + (k * s,) + lcfg[3:])], axis=2),
-        mask=jnp.concatenate([shared_mask, jnp.broadcast_to(
-            step_mask, (b, k, k * s))], axis=2))
+    # Shared contexts ([B, C] masks, read once for all K samples) plus each
+    # sample's own step so far (a [B, K, K*S] per-sample mask).
+    full_ctx = tuple(ctx) + (KVContext(
+        keys=cache_k.reshape(lcfg[:2] + (k * s,) + lcfg[3:]),
+        values=cache_v.reshape(lcfg[:2] + (k * s,) + lcfg[3:]),
+        mask=jnp.broadcast_to(step_mask, (b, k, k * s))),)
     out = models.forward(graphdef, mstate, jnp.maximum(tok, 0).reshape(b, k),
                          pos, full_ctx, attention_mask=eye)
     cache_k = cache_k.at[:, :, :, j].set(out.keys)
@@ -348,7 +344,7 @@ def make_lm_root(graphdef: nnx.GraphDef, state: nnx.State, env: Any,
       num_used=jnp.full((b,), p, jnp.int32), overflowed=jnp.zeros((b,), bool))
   terminal = jnp.asarray(env.is_terminal(env_state), bool)
   actions, prior, mask, calls, toks = _children(
-      graphdef, state, env, config, prompt.context(), logits, env_state,
+      graphdef, state, env, config, (prompt.context(),), logits, env_state,
       terminal, prompt_lengths, rng_key)
   kv = kv_arena.node_kv_example(mcfg, b, config.step_length)
   kv["start"] = prompt_lengths
@@ -394,10 +390,7 @@ def make_lm_expand_fn(graphdef: nnx.GraphDef, env: Any, *,
     terminal = jnp.asarray(env.is_terminal(env_state), bool)
     reward = jnp.where(terminal, env.reward(env_state), 0.0)
     discount = jnp.asarray(env.discount(env_state), jnp.float32)
-    node_ctx = KVContext(
-        keys=jnp.concatenate([ctx.keys, out.keys], axis=2),
-        values=jnp.concatenate([ctx.values, out.values], axis=2),
-        mask=jnp.concatenate([ctx.mask, valid], axis=1))
+    node_ctx = ctx + (KVContext(keys=out.keys, values=out.values, mask=valid),)
     actions, prior, mask, calls, toks = _children(
         graphdef, mstate, env, config, node_ctx, logits, env_state, terminal,
         start + n_tok, rng_key)
