@@ -76,10 +76,9 @@ def test_path_context_gathers_ancestors_only():
       keys=jnp.full(shape, 9.0), values=jnp.full(shape, -9.0),
       mask=jnp.array([[True, True, False]]), num_used=jnp.array([3]),
       overflowed=jnp.array([False]))
-  prompt_ctx, path_ctx = tsearch.path_context(tree, jnp.array([2]), 3, prompt)
+  prompt_ctx, _ = kv_arena.path_contexts(tree, jnp.array([2]), 3, prompt)
   assert prompt_ctx.keys is prompt.keys  # read in place, not copied
-  ctx = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=-1 if a.ndim == 2
-                                                  else 2), prompt_ctx, path_ctx)
+  ctx = tsearch.path_context(tree, jnp.array([2]), 3, prompt)
   # 3 prompt slots + (max_depth + 1) * S arena slots.
   assert ctx.keys.shape == (CFG.num_layers, 1, 3 + 4 * 2, CFG.num_kv_heads,
                             CFG.head_dim)

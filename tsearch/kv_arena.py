@@ -68,8 +68,8 @@ def node_kv_example(config: ModelConfig, batch_size: int,
               length=jnp.zeros((batch_size,), jnp.int32))
 
 
-def path_context(tree: Tree, node_index: Array, max_depth: int,
-                 prompt: PromptCache) -> tuple[KVContext, KVContext]:
+def path_contexts(tree: Tree, node_index: Array, max_depth: int,
+                  prompt: PromptCache) -> tuple[KVContext, KVContext]:
   """What a successor of ``node_index``'s tokens attends to.
 
   The prompt slots, and the own tokens of every node on the path root ->
@@ -102,6 +102,20 @@ def path_context(tree: Tree, node_index: Array, max_depth: int,
   return prompt.context(), KVContext(keys=to_ctx(kv["keys"]),
                                      values=to_ctx(kv["values"]),
                                      mask=mask.reshape(mask.shape[0], -1))
+
+
+def path_context(tree: Tree, node_index: Array, max_depth: int,
+                 prompt: PromptCache) -> KVContext:
+  """:func:`path_contexts` as one concatenated context.
+
+  ``C = prompt capacity + (max_depth + 1) * S``. Copies the prompt cache;
+  inside search prefer :func:`path_contexts`, which the model attends
+  without concatenating.
+  """
+  a, b = path_contexts(tree, node_index, max_depth, prompt)
+  return KVContext(keys=jnp.concatenate([a.keys, b.keys], axis=2),
+                   values=jnp.concatenate([a.values, b.values], axis=2),
+                   mask=jnp.concatenate([a.mask, b.mask], axis=1))
 
 
 def commit_root_tokens(prompt: PromptCache, tree: Tree) -> tuple[PromptCache,

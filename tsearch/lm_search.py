@@ -379,7 +379,7 @@ def make_lm_expand_fn(graphdef: nnx.GraphDef, env: Any, *,
     start = kv["start"][b, parent_index] + kv["length"][b, parent_index]
     positions = start[:, None] + jnp.arange(tokens.shape[1])[None]
     # The parent is at depth <= max_depth - 1.
-    ctx = kv_arena.path_context(tree, parent_index, max_depth - 1, prompt)
+    ctx = kv_arena.path_contexts(tree, parent_index, max_depth - 1, prompt)
     out = models.forward(graphdef, mstate, jnp.maximum(tokens, 0), positions,
                          ctx, token_mask=valid)
     last = jnp.maximum(n_tok - 1, 0)
