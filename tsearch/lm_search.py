@@ -13,7 +13,10 @@ Two granularities share one expansion function:
 
 Every node is evaluated by one forward of its own tokens against the prompt
 cache and its ancestors' arena entries (see :mod:`tsearch.kv_arena`); no
-prefix is encoded twice. Values come from the value head; a terminal node
+prefix is encoded twice. (In step mode a chosen step's own <= S tokens are
+forwarded a second time, in one parallel call, when its child is expanded:
+keeping every sampled candidate's keys/values would cost K x S arena slots per
+node instead of S.) Values come from the value head; a terminal node
 (EOS / the environment's end) earns the environment's reward.
 
 The environment is any object with the methods of :class:`tsearch.tasks.Task`
