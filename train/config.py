@@ -23,7 +23,11 @@ def default_config() -> ConfigDict:
   c = ConfigDict()
   c.seed = 0
   # Task and data.
-  c.task = ConfigDict(dict(name="arithmetic", options=ConfigDict()))
+  c.task = ConfigDict(dict(
+      name="arithmetic", options=ConfigDict(),
+      strict=False,  # Countdown/Game24: legal mask = the game's rules
+                     # (train.strict.StrictCountdown).
+  ))
   c.data = ConfigDict(dict(
       source="generated",  # "tfds" (built by tsearch.data) or "generated"
                            # (the task's seeded sampler, no files).
@@ -46,6 +50,9 @@ def default_config() -> ConfigDict:
       value_weight=0.5,
       corrupt_fraction=0.0,  # share of the batch made of corrupted traces
                              # (value target 0, no policy loss).
+      data="reference",  # "reference": the task's reference solutions;
+                         # "solver": train.puzzle_data (Countdown/Game24).
+      negative_fraction=0.5,  # "solver": share of random derivations.
   ))
   # Search-and-learn iterations after the warm start.
   c.search = ConfigDict(dict(
@@ -62,7 +69,12 @@ def default_config() -> ConfigDict:
       value_target="outcome",  # "outcome", "q" or "mix" (AlphaMath-style).
       value_mix=0.5,  # weight of the outcome in "mix".
       replay_size=0,  # 0 disables the replay buffer.
-      updates_per_search=1,
+      updates_per_search=1,  # updates per search (with a replay buffer).
+      step_length=16,  # "step": most tokens per step (S).
+      step_temperature=1.0,  # "step": sampling temperature of steps.
+      max_moves=0,  # moves per rollout; 0: see search_learn.num_moves.
+      max_depth=0,  # tree depth bound; 0: see search_learn.lm_search_config.
+      dirichlet_fraction=0.25,  # PUCT root noise while training.
   ))
   c.checkpoint = ConfigDict(dict(every_steps=50, keep=3))
   c.log_every_steps = 10
@@ -95,6 +107,15 @@ def validate_config(config: ConfigDict) -> None:
        "use 'token' or 'step'.")
   need(config.search.value_target in ("outcome", "q", "mix"),
        "search.value_target", "use 'outcome', 'q' or 'mix'.")
+  need(config.warm_start.data in ("reference", "solver"), "warm_start.data",
+       "use 'reference' or 'solver'.")
+  need(config.search.replay_size >= 0, "search.replay_size", "must be >= 0.")
+  need(config.search.updates_per_search >= 1, "search.updates_per_search",
+       "must be >= 1.")
+  need(not config.search.replay_size or config.search.replay_size
+       >= config.batch_size, "search.replay_size",
+       f"must be 0 (off) or >= batch_size={config.batch_size}.")
+  need(config.search.step_length >= 1, "search.step_length", "must be >= 1.")
   need(0.0 <= config.warm_start.corrupt_fraction < 1.0,
        "warm_start.corrupt_fraction", "must be in [0, 1).")
   need(config.data.max_len <= config.model.max_seq_len, "data.max_len",

@@ -48,7 +48,11 @@ def maybe_initialize_distributed(num_processes: int | None = None) -> None:
 
 def setup_task(config: ml_collections.ConfigDict):
   from tsearch.tasks import get_task  # pylint: disable=import-outside-toplevel
-  return get_task(config.task.name, **config.task.options.to_dict())
+  task = get_task(config.task.name, **config.task.options.to_dict())
+  if config.task.get("strict", False):
+    from train.strict import StrictCountdown  # pylint: disable=import-outside-toplevel
+    task = StrictCountdown(task)
+  return task
 
 
 def build(config: ml_collections.ConfigDict, workdir: str):
@@ -180,7 +184,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for step in range(start or 0, total):
       key = jax.random.fold_in(base_key, step)
       examples = stream.next()
-      if step < warm:
+      if step < warm and config.warm_start.data == "solver":
+        from train import puzzle_data  # pylint: disable=import-outside-toplevel
+        batch = puzzle_data.solver_batch(
+            task, data_lib._step_seed(config.seed, step, jax.process_index()),  # pylint: disable=protected-access
+            examples["prompt"].shape[0], max_len=max_len,
+            negative_fraction=config.warm_start.negative_fraction)
+        state, metrics = supervised_step(
+            state, step_lib.shard_batch(batch, mesh), key)
+      elif step < warm:
         batch = data_lib.supervised_batch(
             task, examples, max_len=max_len,
             corrupt_fraction=config.warm_start.corrupt_fraction,

@@ -33,11 +33,13 @@ class ModelFns:
     nnx.replace_by_pure_dict(state, params)
     return state
 
-  def apply(self, params: PyTree, tokens, positions, token_mask=None
-            ) -> models.ModelOutput:
-    """``models.forward`` on pure parameters; tokens/positions ``[B, T]``."""
+  def apply(self, params: PyTree, tokens, positions, token_mask=None,
+            attention_mask=None) -> models.ModelOutput:
+    """``models.forward`` on pure parameters; tokens/positions ``[B, T]``,
+    optional ``attention_mask [B, T, T]`` (default causal)."""
     return models.forward(self.graphdef, self.state(params), tokens,
-                          positions, token_mask=token_mask)
+                          positions, token_mask=token_mask,
+                          attention_mask=attention_mask)
 
   def param_shapes(self) -> dict[str, tuple[int, ...]]:
     """Flat ``{'a/b/c': shape}`` of every parameter."""

@@ -344,17 +344,85 @@ def step_logprobs(apply_fn, params, seq: Array, start: Array, steps: Array,
   return tok_lp.sum(-1).reshape(b, m, k)
 
 
+def packed_forward(apply_fn, params, seq: Array, length: Array,
+                   start: Array, steps: Array, *, pad_id: int,
+                   max_seq_len: int):
+  """One forward over each committed sequence and all its candidate steps.
+
+  Row ``b`` packs ``seq[b]`` (causal) followed by the ``M * K`` candidate
+  steps, each attending to the committed prefix before its node
+  (``seq[b, :start[b, m]]``) and to its own earlier tokens, at the positions
+  it would have after that prefix. So the committed sequence and every
+  sibling step are forwarded once, with no prefix repeated.
+
+  Args:
+    apply_fn: ``(params, tokens, positions, token_mask, attention_mask)``.
+    params: model parameters.
+    seq: ``[B, L]`` committed sequences; ``length [B]`` their lengths.
+    start: ``[B, M]`` first position after each node's prefix.
+    steps: ``[B, M, K, S]`` candidate steps, ``-1`` padded.
+
+  Returns:
+    ``(out, step_logprobs)``: the model output on the ``L`` committed
+    positions (``logits [B, L, V]``, ``value [B, L]``) and ``[B, M, K]``
+    summed token log-probabilities of each step (as :func:`step_logprobs`).
+  """
+  b, l = seq.shape
+  _, m, k, s = steps.shape
+  n = m * k * s
+  flat = steps.reshape(b, n)
+  tokens = jnp.concatenate([seq, jnp.where(flat >= 0, flat, pad_id)], 1)
+  j = jnp.arange(n)
+  group, sj = j // s, j % s  # [n]
+  node = group // k  # [n] move of each step token
+  step_start = start[:, node]  # [B, n]
+  positions = jnp.concatenate([
+      jnp.broadcast_to(jnp.arange(l), (b, l)),
+      jnp.minimum(step_start + sj[None], max_seq_len - 1)], 1)
+  valid = jnp.concatenate([jnp.arange(l)[None] < length[:, None],
+                           flat >= 0], 1)
+  # Attention: committed part causal; a step sees its prefix and itself.
+  i_seq = jnp.arange(l)
+  seq_q = jnp.concatenate([
+      jnp.broadcast_to(i_seq[:, None] >= i_seq[None, :], (l, l)),
+      jnp.zeros((l, n), bool)], 1)  # [L, L + n]
+  step_to_seq = i_seq[None, None, :] < step_start[:, :, None]  # [B, n, L]
+  step_to_step = (group[:, None] == group[None, :]) & (
+      sj[None, :] <= sj[:, None])  # [n, n]
+  step_q = jnp.concatenate([step_to_seq, jnp.broadcast_to(
+      step_to_step, (b, n, n))], 2)  # [B, n, L + n]
+  attn = jnp.concatenate([jnp.broadcast_to(seq_q, (b, l, l + n)), step_q], 1)
+  out = apply_fn(params, tokens, positions.astype(jnp.int32), valid, attn)
+  logp = jax.nn.log_softmax(out.logits.astype(jnp.float32), -1)
+  # Token sj of a step is predicted at its previous token, or for sj == 0
+  # at the last token of its prefix (in the committed part).
+  pred = jnp.where(sj[None] == 0, step_start - 1, l + j[None] - 1)  # [B, n]
+  pred = jnp.clip(pred, 0, l + n - 1)
+  lp = jnp.take_along_axis(
+      jnp.take_along_axis(logp, pred[..., None], 1),
+      jnp.maximum(flat, 0)[..., None], -1)[..., 0]
+  lp = jnp.where(flat >= 0, lp, 0.0).reshape(b, m, k, s).sum(-1)
+  committed = out.replace(logits=out.logits[:, :l], value=out.value[:, :l])
+  return committed, lp
+
+
 def search_loss_fn(apply_fn, *, level: str, value_target: str,
-                   outcome_weight: float, two_player: bool, pad_id: int):
+                   outcome_weight: float, two_player: bool, pad_id: int,
+                   max_seq_len: int = 0):
   """Loss on a rollout's targets (see the module docstring)."""
   def loss_fn(params, batch, key):
     del key
     seq, length = batch["seq"], batch["length"]
     b, l = seq.shape
-    positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
-    out = apply_fn(params, seq, positions,
-                   jnp.arange(l)[None, :] < length[:, None])
     start = batch["prompt_length"][:, None] + batch["offset"]  # [B, M]
+    if level == "token":
+      positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+      out = apply_fn(params, seq, positions,
+                     jnp.arange(l)[None, :] < length[:, None])
+    else:
+      out, lps = packed_forward(apply_fn, params, seq, length, start,
+                                batch["children_actions"], pad_id=pad_id,
+                                max_seq_len=max_seq_len)
     at = jnp.minimum(start - 1, l - 1)  # last token of each node's prefix
     legal = batch["children_mask"]
     active = batch["active"] & jnp.any(legal, -1)
@@ -365,8 +433,6 @@ def search_loss_fn(apply_fn, *, level: str, value_target: str,
       policy = losses_lib.policy_loss(child_logits, batch["weights"], legal,
                                       active)
     else:
-      lps = step_logprobs(apply_fn, params, seq, start,
-                          batch["children_actions"], pad_id=pad_id)
       policy = losses_lib.weighted_step_nll(lps, batch["weights"], legal,
                                             active)
     values = jnp.take_along_axis(out.value, at, axis=1)
@@ -427,6 +493,16 @@ class SearchLearn:
           f"{self.search_config.max_depth} x step_length "
           f"{self.search_config.step_length}) but model.max_seq_len="
           f"{mcfg.max_seq_len}; raise --config.model.max_seq_len to {need}.")
+    if s.level == "step":
+      packed = (task.max_prompt_length + task.max_answer_length + self.moves
+                * s.num_children * self.search_config.step_length)
+      if packed > mcfg.max_seq_len:
+        raise ValueError(
+            f"Step-level training packs each trajectory with its {self.moves}"
+            f" x {s.num_children} candidate steps of {s.step_length} tokens "
+            f"into {packed} positions, more than model.max_seq_len="
+            f"{mcfg.max_seq_len}; raise --config.model.max_seq_len to "
+            f"{packed} (RoPE: no parameters change).")
     cfg, moves = self.search_config, self.moves
 
     def prepare(params, batch, key):
@@ -444,7 +520,8 @@ class SearchLearn:
 
     loss_fn = search_loss_fn(
         fns.apply, level=s.level, value_target=s.value_target,
-        outcome_weight=s.value_mix, two_player=two_player, pad_id=task.pad_id)
+        outcome_weight=s.value_mix, two_player=two_player, pad_id=task.pad_id,
+        max_seq_len=mcfg.max_seq_len)
     weights = {"policy": s.policy_weight, "value": s.value_weight,
                "sft": s.sft_weight}
     self.replay = None

@@ -294,7 +294,8 @@ def supervised_loss_fn(apply_fn) -> LossFn:
   ``apply_fn(params, tokens, positions, token_mask) -> ModelOutput``. The batch
   holds ``tokens [B, T]`` int32, ``token_mask [B, T]`` (1 on real tokens),
   ``loss_mask [B, T]`` (1 on answer tokens to predict), ``value_mask [B, T]``
-  (positions whose value is regressed), ``value_target [B]`` and
+  (positions whose value is regressed), ``value_target [B]`` (or per
+  token, ``[B, T]``) and
   ``policy_weight [B]`` (0 for corrupted traces that only teach the value).
   """
   def loss_fn(params, batch, key):
@@ -305,8 +306,9 @@ def supervised_loss_fn(apply_fn) -> LossFn:
     out = apply_fn(params, tokens, positions, batch["token_mask"] > 0)
     lm_mask = batch["loss_mask"][:, 1:] * batch["policy_weight"][:, None]
     policy = losses_lib.lm_loss(out.logits[:, :-1], tokens[:, 1:], lm_mask)
-    value = losses_lib.value_loss(
-        out.value, jnp.broadcast_to(batch["value_target"][:, None], (b, t)),
-        batch["value_mask"])
+    target = batch["value_target"]
+    if target.ndim == 1:  # one target per trace
+      target = jnp.broadcast_to(target[:, None], (b, t))
+    value = losses_lib.value_loss(out.value, target, batch["value_mask"])
     return {"policy": policy, "value": value}
   return loss_fn

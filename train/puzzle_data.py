@@ -1,0 +1,131 @@
+"""Warm-start traces for Countdown-style puzzles from the exact solver.
+
+``warm_start.data = "solver"`` (Countdown, Game of 24): each batch row is a
+training problem with its numbers in a random order (the task's
+``sample_problems``; :class:`train.strict.StrictCountdown` shuffles them),
+and either
+
+* one of *all* its solutions, drawn at random (:func:`all_solutions`): a
+  policy target (LM loss on the answer) whose every step boundary has value
+  target 1; or
+* a random legal derivation (random available pair, random operator with a
+  writable result, ``num_numbers - 1`` steps): no policy loss; the value
+  target at each step boundary is whether the numbers left can still reach
+  the target (the reference solver decides; exact).
+
+Values are trained at the boundaries the step-level search reads: the last
+prompt token and the token that ends each step. Every row is a function of
+(seed, step), so a resumed run sees the same data.
+"""
+from __future__ import annotations
+
+import functools
+from fractions import Fraction
+
+import numpy as np
+
+from tsearch.tasks import countdown as cd
+
+
+@functools.lru_cache(maxsize=100_000)
+def _derivations(pool: tuple, target: Fraction) -> tuple:
+  """All step lists ``((a, op, b, c), ...)`` from sorted ``pool`` to target."""
+  if len(pool) == 1:
+    return ((),) if pool[0] == target else ()
+  out = []
+  n = len(pool)
+  for i in range(n):
+    for j in range(n):
+      if i == j or (j < i and pool[i] == pool[j]):
+        continue
+      a, b = pool[i], pool[j]
+      rest = tuple(p for k, p in enumerate(pool) if k not in (i, j))
+      for op in "+-*/":
+        c = cd._apply(a, op, b)  # pylint: disable=protected-access
+        if not cd._writable(c):  # pylint: disable=protected-access
+          continue
+        for tail in _derivations(tuple(sorted(rest + (c,))), target):
+          out.append(((a, op, b, c),) + tail)
+  return tuple(out)
+
+
+def all_solutions(numbers, target) -> list[str]:
+  """Answer texts (no EOS) of every derivation of ``target``; a step's
+  operands appear in both orders where the result is the same number."""
+  pool = tuple(sorted(Fraction(x) for x in numbers))
+  return [cd.steps_text(steps) for steps in _derivations(pool,
+                                                         Fraction(target))]
+
+
+@functools.lru_cache(maxsize=200_000)
+def solvable(pool: tuple, target: Fraction) -> bool:
+  return cd._solve(pool, target, False) is not None  # pylint: disable=protected-access
+
+
+def random_derivation(numbers, target, rng):
+  """A random legal derivation: ``(text, [solvable after each step])``."""
+  pool = [Fraction(x) for x in numbers]
+  steps, labels = [], []
+  while len(pool) > 1:
+    choices = []
+    for i in range(len(pool)):
+      for j in range(len(pool)):
+        if i == j:
+          continue
+        for op in "+-*/":
+          c = cd._apply(pool[i], op, pool[j])  # pylint: disable=protected-access
+          if cd._writable(c):  # pylint: disable=protected-access
+            choices.append((i, j, op, c))
+    i, j, op, c = choices[rng.integers(len(choices))]
+    steps.append((pool[i], op, pool[j], c))
+    pool = [p for k, p in enumerate(pool) if k not in (i, j)] + [c]
+    labels.append(solvable(tuple(sorted(pool)), Fraction(target)))
+  return cd.steps_text(steps), labels
+
+
+def solver_batch(task, seed: int, batch_size: int, *, max_len: int,
+                 negative_fraction: float = 0.5) -> dict[str, np.ndarray]:
+  """A warm-start batch (the format of :func:`train.data.supervised_batch`,
+  with a per-token ``value_target [B, T]``); see the module docstring."""
+  rng = np.random.default_rng(seed)
+  problems = task.sample_problems(int(rng.integers(2 ** 31)), batch_size)
+  prompts, prompt_lengths = task.encode_prompts(problems)
+  tokens = np.full((batch_size, max_len), task.pad_id, np.int32)
+  token_mask = np.zeros((batch_size, max_len), np.float32)
+  loss_mask = np.zeros_like(token_mask)
+  value_mask = np.zeros_like(token_mask)
+  value_target = np.zeros_like(token_mask)
+  policy_weight = np.zeros((batch_size,), np.float32)
+  boundary = (task.step_delimiter, task.eos_id)
+  fits = lambda text: len(task.encode(text)) < task.max_answer_length  # noqa: E731
+  for r, (numbers, target) in enumerate(problems):
+    if rng.random() < negative_fraction:
+      text, labels = random_derivation(numbers, target, rng)
+      while not fits(text):
+        text, labels = random_derivation(numbers, target, rng)
+      solved = labels[-1]
+      labels = [solvable(tuple(sorted(Fraction(x) for x in numbers)),
+                         Fraction(target))] + labels
+    else:
+      sols = [t for t in all_solutions(numbers, target) if fits(t)]
+      if not sols:
+        raise ValueError(f"Problem {(numbers, target)} has no solution.")
+      text = sols[rng.integers(len(sols))]
+      solved, labels = True, [True] * task.num_numbers
+    answer = task.encode(text) + [task.eos_id]
+    pl, al = int(prompt_lengths[r]), len(answer)
+    if pl + al > max_len:
+      raise ValueError(f"Trace of {pl + al} tokens > max_len={max_len}.")
+    tokens[r, :pl] = prompts[r, :pl]
+    tokens[r, pl:pl + al] = answer
+    token_mask[r, :pl + al] = 1.0
+    if solved:
+      loss_mask[r, pl:pl + al] = 1.0
+      policy_weight[r] = 1.0
+    ends = [pl - 1] + [pl + i for i, t in enumerate(answer) if t in boundary]
+    for pos, label in zip(ends, labels):
+      value_mask[r, pos] = 1.0
+      value_target[r, pos] = float(label)
+  return dict(tokens=tokens, token_mask=token_mask, loss_mask=loss_mask,
+              value_mask=value_mask, value_target=value_target,
+              policy_weight=policy_weight)

@@ -1,0 +1,235 @@
+"""A Countdown / Game of 24 environment whose legal mask is the game's rules.
+
+:class:`StrictCountdown` wraps a ``tsearch.tasks`` Countdown or Game24 task.
+Its ``legal_mask`` allows, token by token, only answers that follow the
+rules of the game, not just the syntax of ``a op b = c`` lines:
+
+* an operand is one of the numbers still available (inputs not used yet and
+  results of earlier steps; the second operand is not the first one again);
+* an operator is allowed only if some available second operand gives a
+  result the notation can write (non-negative, no division by zero, parts
+  of at most ``MAX_NUMBER_DIGITS`` digits);
+* the result is the exact value of ``a op b`` (so a step can never be
+  wrong arithmetic), then ``\\n`` (or EOS after the last step).
+
+So an answer is always a valid derivation and only the final value decides
+the reward (the verifier is the wrapped task's). A state where no token is
+legal (possible only if no operator fits) is terminal with reward 0. The
+wrapper is a drop-in environment for ``tsearch.lm_search``, the search
+family and the trainer; everything else (tokenizer, prompts, problems,
+reference solutions) is the wrapped task's. ``sample_problems`` shuffles
+the order of the input numbers (augmentation).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tsearch.tasks import countdown as cd
+from tsearch.tasks import vocab as V
+
+Array = chex.Array
+W = 2 * cd.MAX_NUMBER_DIGITS + 3  # tokens of "(nnnn/dddd)"
+_OPS = jnp.array([V.PLUS, V.MINUS, V.TIMES, V.DIVIDE], jnp.int32)
+
+
+@chex.dataclass(frozen=True)
+class StrictState:
+  inner: Any  # the wrapped task's CountdownState, leaves [B, ...]
+  buf: Array  # [B, W] int32 tokens of the number being written
+  blen: Array  # [B] int32 tokens in buf
+
+  # The trainer and the search family read these two.
+  @property
+  def length(self):
+    return self.inner.length
+
+  @property
+  def tokens(self):
+    return self.inner.tokens
+
+
+def _int_tokens(x):
+  """Digits of ``x`` in ``[0, 9999]``: tokens ``[..., 4]`` and count."""
+  nd = (1 + (x >= 10) + (x >= 100) + (x >= 1000)).astype(jnp.int32)
+  i = jnp.arange(cd.MAX_NUMBER_DIGITS)
+  power = 10 ** jnp.clip(nd[..., None] - 1 - i, 0, cd.MAX_NUMBER_DIGITS)
+  digit = (x[..., None] // power) % 10
+  return (V.DIGIT0 + digit).astype(jnp.int32), nd
+
+
+def number_tokens(n, d):
+  """Tokens ``[..., W]`` (PAD after) and length of ``n/d`` in the task's
+  notation (``n``, or ``(n/d)`` with ``d >= 2``); ``n, d`` in lowest terms."""
+  dn, ln = _int_tokens(n)
+  dd, ld = _int_tokens(d)
+  w = jnp.arange(W)
+  frac = d != 1
+  lnx, ldx = ln[..., None], ld[..., None]
+  def take(digits, j):
+    j = jnp.broadcast_to(j, lnx.shape[:-1] + (W,))
+    return jnp.take_along_axis(
+        digits, jnp.clip(j, 0, cd.MAX_NUMBER_DIGITS - 1), axis=-1)
+  int_tok = jnp.where(w < lnx, take(dn, w), V.PAD)
+  frac_tok = jnp.select(
+      [w == 0, w <= lnx, w == lnx + 1, w <= lnx + ldx + 1,
+       w == lnx + ldx + 2],
+      [V.LPAREN, take(dn, w - 1), V.DIVIDE, take(dd, w - lnx - 2), V.RPAREN],
+      V.PAD)
+  tokens = jnp.where(frac[..., None], frac_tok, int_tok).astype(jnp.int32)
+  return tokens, jnp.where(frac, ln + ld + 3, ln).astype(jnp.int32)
+
+
+def _combine(an, ad, op, bn, bd):
+  """Exact ``a op b`` in lowest terms and whether the notation can write it."""
+  rn = jnp.select([op == V.PLUS, op == V.MINUS, op == V.TIMES],
+                  [an * bd + bn * ad, an * bd - bn * ad, an * bn], an * bd)
+  rd = jnp.where(op == V.DIVIDE, ad * bn, ad * bd)
+  g = jnp.maximum(cd.gcd(rn, rd), 1)
+  rn, rd = rn // g, rd // g
+  ok = (rd > 0) & (rn >= 0) & (rn <= cd.MAX_NUMBER) & (rd <= cd.MAX_NUMBER)
+  return jnp.where(ok, rn, 0), jnp.where(ok, rd, 1), ok
+
+
+class StrictCountdown:
+  """See the module docstring. ``task``: a Countdown or Game24 task."""
+
+  def __init__(self, task):
+    if not isinstance(task, cd.Countdown):
+      raise ValueError(f"StrictCountdown wraps a Countdown or Game24 task, "
+                       f"got {task!r}; set task.strict=False for other tasks.")
+    self.base = task
+
+  def __getattr__(self, name):  # tokenizer, sizes, problems, ...
+    if name == "base":
+      raise AttributeError(name)
+    return getattr(self.base, name)
+
+  def __hash__(self):
+    return hash(("strict", self.base))
+
+  def __eq__(self, other):
+    return isinstance(other, StrictCountdown) and self.base == other.base
+
+  def __repr__(self):
+    return f"StrictCountdown({self.base!r})"
+
+  # ---------------------------------------------------------------- host side
+  def sample_problems(self, seed: int, num: int) -> list:
+    problems = self.base.sample_problems(seed, num)
+    rng = np.random.default_rng([int(seed), 7])
+    return [(tuple(int(x) for x in rng.permutation(nums)), t)
+            for nums, t in problems]
+
+  # --------------------------------------------------------------- device side
+  def init_state(self, prompt_tokens):
+    inner = self.base.init_state(prompt_tokens)
+    b = inner.length.shape[0]
+    return StrictState(inner=inner, buf=jnp.zeros((b, W), jnp.int32),
+                       blen=jnp.zeros((b,), jnp.int32))
+
+  def _rules_mask(self, state: StrictState) -> Array:
+    """``[B, V]`` tokens the rules allow (ignoring terminal states)."""
+    s = state.inner
+    b, m = s.num_n.shape
+    vsize = self.base.vocab.size
+    rows = jnp.arange(b)
+    cand_tok, cand_len = number_tokens(s.num_n, s.num_d)  # [B, M, W], [B, M]
+    # Candidates whose string extends what was typed.
+    w = jnp.arange(W)
+    typed = w[None, None] < state.blen[:, None, None]
+    prefix = jnp.all(~typed | (cand_tok == state.buf[:, None]), -1) & (
+        state.blen[:, None] <= cand_len)
+    # Operand candidates: field 0 any available slot; field 1 available
+    # slots without the first slot holding a's value (as the verifier).
+    hit = s.avail & (s.num_n == s.a_n[:, None]) & (s.num_d == s.a_d[:, None])
+    first = jax.nn.one_hot(jnp.argmax(hit, 1), m, dtype=bool) & jnp.any(
+        hit, 1, keepdims=True)
+    field = s.field[:, None]
+    cands = jnp.where(field == 0, s.avail, s.avail & ~first)  # [B, M]
+    # b-side results: a (field 0: each candidate slot) op b (each slot).
+    an = jnp.where(field == 0, s.num_n, s.a_n[:, None])  # [B, Ma]
+    ad = jnp.where(field == 0, s.num_d, s.a_d[:, None])
+    res_ok = _combine(an[:, :, None, None], ad[:, :, None, None],
+                      _OPS[None, None, :, None], s.num_n[:, None, None],
+                      s.num_d[:, None, None])[2]  # [B, Ma, 4, Mb]
+    pair = s.avail[:, :, None] & s.avail[:, None, :] & ~jnp.eye(
+        m, dtype=bool)[None]  # [B, Ma, Mb]
+    op_ok = jnp.any(res_ok & pair[:, :, None, :], -1)  # [B, Ma, 4]
+    # Field 2: the one exact result.
+    rn, rd, r_ok = _combine(s.a_n, s.a_d, s.op, s.b_n, s.b_d)
+    res_tok, res_len = number_tokens(rn, rd)
+    res_prefix = jnp.all((w[None] >= state.blen[:, None])
+                         | (res_tok == state.buf), -1) & (
+                             state.blen <= res_len) & r_ok
+    # Next digit/paren of a number.
+    in_num = jnp.where(field == 2, False, cands & prefix) & (
+        state.blen[:, None] < cand_len)
+    nxt = jnp.take_along_axis(cand_tok, jnp.minimum(
+        state.blen, W - 1)[:, None, None], -1)[..., 0]  # [B, M]
+    mask = jnp.zeros((b, vsize), bool)
+    mask = mask.at[rows[:, None], jnp.where(in_num, nxt, 0)].max(in_num)
+    res_more = (s.field == 2) & res_prefix & (state.blen < res_len)
+    res_next = res_tok[rows, jnp.minimum(state.blen, W - 1)]
+    mask = mask.at[rows, jnp.where(res_more, res_next, 0)].max(res_more)
+    # Terminators of a complete number.
+    full = cands & prefix & (state.blen[:, None] == cand_len)  # [B, M]
+    ops_allowed = jnp.any(full[:, :, None] & op_ok, 1) & (field == 0)  # [B,4]
+    mask = mask.at[:, _OPS].max(ops_allowed)
+    b_res_ok = _combine(s.a_n[:, None], s.a_d[:, None], s.op[:, None],
+                        s.num_n, s.num_d)[2]  # [B, M]
+    eq = (s.field == 1) & jnp.any(full & b_res_ok, 1)
+    mask = mask.at[:, V.EQUALS].max(eq)
+    end = (s.field == 2) & res_prefix & (state.blen == res_len)
+    last = s.steps + 1 == self.base.num_numbers - 1
+    mask = mask.at[:, V.EOS].max(end & last)
+    mask = mask.at[:, V.NEWLINE].max(end & ~last)
+    return mask
+
+  def is_terminal(self, state: StrictState) -> Array:
+    dead = ~jnp.any(self._rules_mask(state), -1) | ~state.inner.valid
+    return self.base.is_terminal(state.inner) | dead
+
+  def legal_mask(self, state: StrictState) -> Array:
+    mask = self._rules_mask(state)
+    terminal = self.base.is_terminal(state.inner) | ~jnp.any(mask, -1) | \
+        ~state.inner.valid
+    pad_only = jax.nn.one_hot(self.base.pad_id, self.base.vocab.size,
+                              dtype=bool)
+    return jnp.where(terminal[:, None], pad_only[None], mask)
+
+  def step(self, state: StrictState, token: Array) -> StrictState:
+    token = jnp.asarray(token, jnp.int32)
+    active = ~self.is_terminal(state)
+    old = state.inner
+    new = self.base.step(old, token)
+    moved = (new.field != old.field) | (new.steps != old.steps)
+    rows = jnp.arange(token.shape[0])
+    at = jnp.minimum(state.blen, W - 1)
+    buf = jnp.where(moved[:, None], 0, state.buf.at[rows, at].set(token))
+    blen = jnp.where(moved, 0, jnp.minimum(state.blen + 1, W))
+    out = StrictState(inner=new, buf=buf, blen=blen)
+    return jax.tree.map(
+        lambda n, o: jnp.where(active.reshape(active.shape + (1,) * (
+            n.ndim - 1)), n, o), out, state)
+
+  def reward(self, state: StrictState) -> Array:
+    return self.base.reward(state.inner)
+
+  def discount(self, state: StrictState) -> Array:
+    return jnp.where(self.is_terminal(state), 0.0, 1.0).astype(jnp.float32)
+
+  def run(self, prompt_tokens, answer_tokens):
+    answer_tokens = jnp.asarray(answer_tokens, jnp.int32)
+    state = self.init_state(prompt_tokens)
+    state, _ = jax.lax.scan(lambda s, t: (self.step(s, t), None), state,
+                            answer_tokens.T)
+    return state
+
+  def verify(self, prompt_tokens, answer_tokens) -> Array:
+    """The wrapped task's verifier (the rules only restrict answers)."""
+    return self.base.verify(prompt_tokens, answer_tokens)
