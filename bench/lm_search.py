@@ -93,11 +93,12 @@ def compiled_bytes(fn, *args) -> int:
     return -1
 
 
-def matmul_flops_per_s(n=1024, repeats=5) -> float:
+def matmul_flops_per_s(n=1024, repeats=5, trials=3) -> float:
+  """Best of ``trials`` timings of a jitted float32 ``n x n`` matmul."""
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   f = jax.jit(lambda x: x @ x)
-  _, dt = timed(f, a, repeats=repeats)
-  return 2 * n ** 3 / dt
+  best = min(timed(f, a, repeats=repeats)[1] for _ in range(trials))
+  return 2 * n ** 3 / best
 
 
 def run_tsearch(g, s, env, prompt, lengths, sims, k, max_depth):
@@ -317,6 +318,15 @@ def main(argv=None):
             f"{r['tree_bytes'] / 2**20:>9.2f} {r['peak'] / 2**20:>9.1f} "
             f"{r['mfu']:>7.2f}")
     results[p] = res
+  # The machine is shared: take the best matmul rate seen (start or end) so
+  # that MFU is not inflated by a slow reference measurement.
+  end_flops = matmul_flops_per_s()
+  if end_flops > peak_flops:
+    for res in results.values():
+      for r in res.values():
+        r["mfu"] *= peak_flops / end_flops
+    print(f"float32 matmul at the end: {end_flops / 1e9:.1f} GFLOP/s; MFU "
+          f"rescaled to it")
   last = results[prompt_lens[-1]]
   x = last["tsearch"]["sims_per_s"] / last["mctx_recomp"]["sims_per_s"]
   y = last["tsearch"]["sims_per_s"] / last["pyloop"]["sims_per_s"]
