@@ -80,7 +80,10 @@ def default_config() -> ConfigDict:
   c.log_every_steps = 10
   c.progress_bar = True
   # Sleep after each step: only for tests that kill a run mid-way.
-  c.debug = ConfigDict(dict(step_delay_s=0.0))
+  c.debug = ConfigDict(dict(
+      step_delay_s=0.0,
+      stop_after_steps=0,  # > 0: save and stop there, as on SIGTERM.
+  ))
   c.eval = ConfigDict(dict(
       split="test", num_examples=64, batch_size=32, max_new_tokens=16,
       best_of_n=(4,), mcts_budgets=(8,), temperature=1.0))

@@ -212,9 +212,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         last = writer.write(done, values)
         t0, steps_timed = time.time(), 0
       progress.update(1, **({"loss": last["loss"]} if "loss" in last else {}))
-      if ckpt.should_save(done) or done == total or stop.requested:
+      halt = stop.requested or done == config.debug.stop_after_steps
+      if ckpt.should_save(done) or done == total or halt:
         ckpt.save(done, current_tree(state), meta(done))
-      if stop.requested:
+      if halt:
         logging.warning("Signal %s: saved step %d, stopping.", stop.signal,
                         done)
         break

@@ -1,0 +1,187 @@
+"""Solve rates of a trained checkpoint for the results tables.
+
+  python -m train.solve_rates --config configs/game24.py --workdir <dir> \\
+      --stage warm_start --step 1000 --out results/game24.json
+
+Problems: Game of 24 — the Tree-of-Thoughts test split (ranks 901-1000, 100
+puzzles, numbers in the file's order); other tasks — ``--num_problems``
+problems from the task's sampler with a seed no training step uses.
+Methods (all under the run's environment, e.g. ``train.strict``):
+
+* ``greedy``: ``tsearch.algorithms.greedy`` (KV-cached argmax decoding);
+* ``best_of_n``: ``tsearch.algorithms.best_of_n`` with ``budget=N`` samples,
+  the answer picked by the value head (no verifier);
+* ``mcts``: the trainer's rollout (:func:`train.search_learn.rollout`):
+  PUCT without root noise, ``simulations`` per move, acting on the most
+  visited child, the kept subtree reused after each move. Terminal nodes
+  inside the tree earn the verifier's reward (as in ``tsearch.lm_search``).
+
+``model_calls`` is the mean number of sequential model forward calls per
+problem (each call runs a batch of tokens; the search's step sampler counts
+one call per sampled token position). Rows are merged into ``--out``
+(replacing rows with the same stage/algo/simulations/budget).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from train import config as config_lib
+from train import loop
+from train import search_learn
+
+TEST_SEED = 987_654_321  # no training step's seed (those come from SeedSequence)
+
+
+def test_problems(task, num_problems: int):
+  """The evaluation problems of a task (see the module docstring)."""
+  base = getattr(task, "base", task)
+  if base.name == "game24":
+    from tsearch.tasks import game24_splits  # pylint: disable=import-outside-toplevel
+    return [(nums, 24) for _, nums in game24_splits()["test"]]
+  return base.sample_problems(TEST_SEED, num_problems)
+
+
+def load(config, workdir: str, step: int | None):
+  """``(task, fns, params, step)`` of checkpoint ``step`` (default latest)."""
+  task, fns, state, _, _, _ = loop.build(config, workdir)
+  ckpt = loop.checkpointer(config, workdir)
+  step = ckpt.latest_step() if step is None else step
+  if step is None or step not in ckpt.all_steps():
+    raise FileNotFoundError(f"No checkpoint {step} in {workdir}; have "
+                            f"{ckpt.all_steps()}.")
+  tree, _ = ckpt.restore_params(step, loop.state_to_tree(state))
+  ckpt.close()
+  return task, fns, tree["params"], step
+
+
+_JITTED = {}
+
+
+def _method_fn(config, task, fns, algo: str, n: int):
+  """Jitted ``(model_state, prompts, lengths, key) -> (reward, calls)``,
+  built once per method (so several checkpoints share the compile)."""
+  if (algo, n) in _JITTED:
+    return _JITTED[(algo, n)]
+  from tsearch import algorithms  # pylint: disable=import-outside-toplevel
+  base = getattr(task, "base", task)
+  if algo in ("greedy", "best_of_n"):
+    fn = algorithms.get_algorithm(algo)
+
+    def run(s, p, l, k):
+      out = fn(fns.graphdef, s, task, p, l, k, budget=n)
+      return base.verify(p, out.answers), out.model_calls
+  elif algo == "mcts":
+    cfg = search_learn.lm_search_config(
+        config.search, task, num_simulations=n, acting_temperature=0.0,
+        noise=False)
+    cfg = cfg.__class__(**{**cfg.__dict__, "policy": "puct"})
+    moves = search_learn.num_moves(config.search, task)
+
+    def run(s, p, l, k):
+      r = search_learn.rollout(fns.graphdef, task, s, p, l, k, config=cfg,
+                               num_moves=moves)
+      return r["outcome"], r["model_calls"]
+  else:
+    raise ValueError(f"Unknown method {algo!r}; use greedy, best_of_n or "
+                     "mcts.")
+  _JITTED[(algo, n)] = jax.jit(run)
+  return _JITTED[(algo, n)]
+
+
+def evaluate(config, task, fns, params, problems, *, methods, seed: int = 0
+             ) -> list[dict]:
+  """One row per method: ``algo, simulations, budget, solve_rate,
+  model_calls, seconds``."""
+  base = getattr(task, "base", task)
+  prompts, plen = base.encode_prompts(problems)
+  state = fns.state(params)
+  rows = []
+  for algo, n in methods:
+    key = jax.random.key(seed)
+    t0 = time.time()
+    reward, calls = _method_fn(config, task, fns, algo, n)(state, prompts,
+                                                           plen, key)
+    reward = np.asarray(jax.device_get(reward))
+    rows.append(dict(
+        algo=algo, simulations=n if algo == "mcts" else None,
+        budget=n if algo == "best_of_n" else None,
+        solve_rate=float(np.mean(reward > 0.5)),
+        model_calls=float(np.mean(jax.device_get(calls))),
+        seconds=round(time.time() - t0, 1)))
+    print(f"{algo:<10} n={n:<4} solve_rate={rows[-1]['solve_rate']:.3f} "
+          f"model_calls={rows[-1]['model_calls']:.1f} "
+          f"({rows[-1]['seconds']}s)", flush=True)
+  return rows
+
+
+def merge_rows(path: str, new: list[dict]) -> dict:
+  """Writes ``{"rows": [...]}`` to ``path``, replacing same-keyed rows."""
+  key = lambda r: (r["stage"], r["algo"], r.get("simulations"),  # noqa: E731
+                   r.get("budget"))
+  old = []
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f).get("rows", [])
+  keys = {key(r) for r in new}
+  rows = [r for r in old if key(r) not in keys] + new
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump({"rows": rows}, f, indent=1)
+  return {"rows": rows}
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default latest).")
+_STAGE = flags.DEFINE_string("stage", "search_and_learn",
+                             "Label of the checkpoint in the rows.")
+_OUT = flags.DEFINE_string("out", None, "JSON file to merge the rows into.")
+_METHODS = flags.DEFINE_list(
+    "methods", ["greedy:1", "best_of_n:8", "mcts:8", "mcts:16", "mcts:32",
+                "mcts:64"], "algo:N list (N: samples or simulations/move).")
+_STAGES = flags.DEFINE_list(
+    "stages", [], "stage:step list (step 'latest' allowed); overrides "
+    "--stage/--step, all checkpoints share one compile per method.")
+_NUM = flags.DEFINE_integer("num_problems", 100, "Problems (non-game24).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  jax.config.update("jax_compilation_cache_dir",
+                    os.path.join(_WORKDIR.value, "jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  methods = [(m.split(":")[0], int(m.split(":")[1])) for m in _METHODS.value]
+  stages = _STAGES.value or [f"{_STAGE.value}:{_STEP.value or 'latest'}"]
+  for item in stages:
+    stage, step = item.split(":")
+    try:
+      task, fns, params, step = load(
+          _CONFIG.value, _WORKDIR.value, None if step == "latest" else
+          int(step))
+    except (ValueError, FileNotFoundError) as err:
+      print(f"FATAL: {type(err).__name__}: {err}", file=sys.stderr)
+      sys.exit(1)
+    problems = test_problems(task, _NUM.value)
+    print(f"{stage} (checkpoint {step}), {len(problems)} problems:",
+          flush=True)
+    rows = evaluate(_CONFIG.value, task, fns, params, problems,
+                    methods=methods)
+    for r in rows:
+      r.update(stage=stage, step=int(step), num_problems=len(problems))
+    if _OUT.value:
+      merge_rows(_OUT.value, rows)
+      print(f"wrote {_OUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=config_lib.parse_flags)
