@@ -85,3 +85,45 @@ def test_kill_9_and_resume_matches_uninterrupted(tmp_path):
   assert m1 == m2
   # Training did something: the answer-token loss went down.
   assert m1[-1]["loss/policy"] < m1[0]["loss/policy"] - 0.3
+
+
+def test_sigterm_saves_current_step_and_resume_continues(tmp_path):
+  steps = 30
+  workdir = str(tmp_path / "term")
+  flags = ["--config", os.path.join(REPO, "configs", "tiny.py"), "--workdir",
+           workdir, f"--config.warm_start.steps={steps}",
+           "--config.checkpoint.every_steps=1000", "--config.log_every_steps=1",
+           "--config.progress_bar=False", "--config.search.steps=0"]
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "train", *flags, "--config.debug.step_delay_s=0.3"],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 240
+  try:
+    while time.time() < deadline:
+      if os.path.exists(metrics) and len(metrics_lib.read_metrics(workdir)) >= 3:
+        break
+      assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 0, err.decode()[-3000:]  # a clean exit
+  logged = max(m["step"] for m in metrics_lib.read_metrics(workdir))
+  ckpt = loop.checkpointer(_config(), workdir)
+  saved = ckpt.all_steps()
+  ckpt.close()
+  # Saved at the step it stopped at, which is no multiple of every_steps.
+  assert saved == [logged] and 3 <= logged < steps, (saved, logged)
+
+  out = subprocess.run([sys.executable, "-m", "train", *flags], cwd=REPO,
+                       capture_output=True, timeout=300)
+  assert out.returncode == 0, out.stderr.decode()[-3000:]
+  assert f"Resumed from step {logged}" in out.stdout.decode()
+  lines = metrics_lib.read_metrics(workdir)
+  assert [m["step"] for m in lines] == list(range(1, steps + 1))
+  ckpt = loop.checkpointer(_config(), workdir)
+  assert ckpt.latest_step() == steps
+  ckpt.close()

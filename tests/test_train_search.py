@@ -1,33 +1,49 @@
-"""Search-and-learn: rollouts commit legal tokens, targets are consistent,
-and a short run with search steps trains."""
+"""Search-and-learn over tsearch.lm_search: rollouts commit legal actions,
+targets are consistent, packed step log-probs match a plain forward, signs
+of two-player values, and short runs (with a replay buffer) train and
+resume exactly."""
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import models
 from train import config as config_lib
 from train import loop
 from train import model as model_lib
 from train import search_learn
+from train.strict import StrictCountdown
 from tsearch.tasks import get_task
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_rollout_commits_verified_trajectories():
-  task = get_task("arithmetic", max_digits=1)
+def _model(task, max_seq_len):
   cfg = models.ModelConfig(vocab_size=task.vocab.size, num_layers=1,
                            d_model=16, num_heads=2, num_kv_heads=1,
-                           head_dim=8, mlp_dim=32, max_seq_len=16)
-  fns, params = model_lib.create_model(cfg, seed=0)
+                           head_dim=8, mlp_dim=32, max_seq_len=max_seq_len)
+  return model_lib.create_model(cfg, seed=0)
+
+
+def _search(**kw):
+  s = config_lib.default_config().search
+  s.update(**kw)
+  return s
+
+
+def test_token_rollout_commits_verified_trajectories():
+  task = get_task("arithmetic", max_digits=1)
+  fns, params = _model(task, 48)
   problems = task.sample_problems(0, 4)
   prompt, plen = task.encode_prompts(problems)
-  seq_len = task.max_prompt_length + task.max_answer_length
+  s = _search(num_simulations=6, num_children=3, capacity=24)
+  cfg = search_learn.lm_search_config(s, task)
+  moves = search_learn.num_moves(s, task)
   run = jax.jit(lambda p, k: search_learn.rollout(
-      task, fns.apply, p, prompt, plen, k, seq_len=seq_len, algorithm="puct",
-      num_simulations=6, num_children=3, capacity=48))
+      fns.graphdef, task, fns.state(p), prompt, plen, k, config=cfg,
+      num_moves=moves))
   r = jax.device_get(run(params, jax.random.key(0)))
   again = jax.device_get(run(params, jax.random.key(0)))
   jax.tree.map(np.testing.assert_array_equal, r, again)  # same key, same run
@@ -37,36 +53,165 @@ def test_rollout_commits_verified_trajectories():
     pl, n = int(plen[i]), int(r["length"][i])
     np.testing.assert_array_equal(r["seq"][i, :pl], prompt[i, :pl])
     answer = r["seq"][i, pl:n]
-    moves = int(r["active"][i].sum())
-    assert moves == n - pl  # one committed token per active move
-    # The outcome is the verifier's score of the committed answer.
+    moves_i = int(r["active"][i].sum())
+    assert moves_i == n - pl  # one committed token per active move
+    np.testing.assert_array_equal(r["offset"][i, :moves_i], np.arange(moves_i))
     padded = np.zeros((1, m), np.int32)
     padded[0, :len(answer)] = answer
     assert r["outcome"][i] == float(task.verify(prompt[i:i + 1], padded)[0])
-    for j in range(moves):
+    for j in range(moves_i):
       w = r["weights"][i, j]
       np.testing.assert_allclose(w.sum(), 1.0, rtol=1e-5)
       assert np.all(w[~r["children_mask"][i, j]] == 0)
-      # The committed token is one of the searched children with weight > 0.
-      k = list(r["children_tokens"][i, j]).index(answer[j])
-      assert w[k] > 0
-  # Constrained decoding: every answer ends with EOS within the budget.
-  assert all(r["seq"][i, int(r["length"][i]) - 1] == task.eos_id
-             for i in range(4))
+      k = list(r["children_actions"][i, j, :, 0]).index(answer[j])
+      assert w[k] > 0  # the committed token was searched
+    assert r["seq"][i, n - 1] == task.eos_id
+  # Each model call is one node (the root, then one per simulation).
+  assert np.all(r["model_calls"] <= 1 + 6 * r["active"].sum(1))
+  assert np.all(r["model_calls"] >= 2)  # the root and the committed child
 
 
-def test_warm_start_then_search_steps(tmp_path):
+def test_step_rollout_on_strict_countdown():
+  task = StrictCountdown(get_task("countdown", num_numbers=3, max_number=9,
+                                  max_target=20))
+  fns, params = _model(task, 160)
+  problems = task.sample_problems(1, 3)
+  prompt, plen = task.encode_prompts(problems)
+  s = _search(level="step", num_simulations=5, num_children=3, capacity=16,
+              step_length=12)
+  cfg = search_learn.lm_search_config(s, task)
+  assert cfg.mode == "step" and cfg.max_depth == 2
+  r = jax.device_get(jax.jit(lambda p, k: search_learn.rollout(
+      fns.graphdef, task, fns.state(p), prompt, plen, k, config=cfg,
+      num_moves=2))(params, jax.random.key(3)))
+  assert r["children_actions"].shape == (3, 2, 3, 12)
+  for i in range(3):
+    pl, n = int(plen[i]), int(r["length"][i])
+    answer = r["seq"][i, pl:n]
+    text = task.decode(answer)
+    # Under the rules mask every committed step is correct arithmetic.
+    assert text.count("\n") == 1 and answer[-1] == task.eos_id, text
+    padded = np.zeros((1, task.max_answer_length), np.int32)
+    padded[0, :len(answer)] = answer
+    assert r["outcome"][i] == float(task.verify(prompt[i:i + 1], padded)[0])
+    for j in range(2):
+      acts = r["children_actions"][i, j]
+      start = int(r["offset"][i, j])
+      committed = [list(a[a >= 0]) for a in acts]
+      end = int(r["offset"][i, 1]) if j == 0 else n - pl
+      assert list(answer[start:end]) in committed  # one of the K steps
+      np.testing.assert_allclose(r["weights"][i, j].sum(), 1.0, rtol=1e-5)
+
+
+def test_packed_forward_matches_one_sequence_per_step():
+  task = get_task("arithmetic", max_digits=1)
+  fns, params = _model(task, 64)
+  rng = np.random.default_rng(0)
+  b, l, m, k, s = 2, 10, 2, 3, 4
+  seq = jnp.asarray(rng.integers(3, task.vocab.size, (b, l)), jnp.int32)
+  length = jnp.array([9, 10])
+  start = jnp.array([[4, 6], [5, 8]])
+  steps = rng.integers(3, task.vocab.size, (b, m, k, s))
+  steps[0, 0, 1, 2:] = -1
+  steps[1, 1, 2, 1:] = -1
+  steps = jnp.asarray(steps, jnp.int32)
+  out, lp = search_learn.packed_forward(fns.apply, params, seq, length, start,
+                                        steps, pad_id=0, max_seq_len=64)
+  ref = search_learn.step_logprobs(fns.apply, params, seq, start, steps,
+                                   pad_id=0)
+  np.testing.assert_allclose(lp, ref, rtol=1e-5, atol=1e-5)
+  assert np.all(np.asarray(lp) < 0)
+  plain = fns.apply(params, seq, jnp.broadcast_to(jnp.arange(l), (b, l)),
+                    jnp.arange(l)[None] < length[:, None])
+  np.testing.assert_allclose(out.value[0, :9], plain.value[0, :9], atol=1e-5)
+  np.testing.assert_allclose(out.logits[1], plain.logits[1], atol=1e-4)
+
+
+def test_value_outcomes_flip_sign_for_two_players():
+  active = jnp.array([[1, 1, 1, 0], [1, 1, 0, 0]], bool)
+  outcome = jnp.array([1.0, 1.0])  # for the player who moved last
+  np.testing.assert_array_equal(
+      search_learn.value_outcomes(outcome, active, two_player=True),
+      [[1, -1, 1, -1], [-1, 1, -1, 1]])
+  np.testing.assert_array_equal(
+      search_learn.value_outcomes(outcome, active, two_player=False),
+      np.ones((2, 4)))
+
+
+def test_connect_four_rollout_plays_legal_games():
+  task = get_task("connect_four", max_opening=2)
+  fns, params = _model(task, 96)
+  prompt, plen = task.encode_prompts([(3,), (0, 6)])
+  s = _search(num_simulations=4, num_children=7, capacity=16)
+  cfg = search_learn.lm_search_config(s, task)
+  r = jax.device_get(jax.jit(lambda p, k: search_learn.rollout(
+      fns.graphdef, task, fns.state(p), prompt, plen, k, config=cfg,
+      num_moves=task.max_answer_length))(params, jax.random.key(0)))
+  for i in range(2):
+    pl, n = int(plen[i]), int(r["length"][i])
+    answer = r["seq"][i, pl:n]
+    assert int(r["active"][i].sum()) == n - pl
+    padded = np.zeros((1, task.max_answer_length), np.int32)
+    padded[0, :len(answer)] = answer
+    # Games end (win or full board) with the mover's result: +1 or 0.
+    state = task.run(prompt[i:i + 1], padded)
+    assert bool(task.is_terminal(state)[0])
+    assert r["outcome"][i] == float(task.reward(state)[0])
+    assert r["outcome"][i] in (0.0, 1.0)
+
+
+def _tiny(tmp_path, **search):
   c = config_lib.load_config_file(os.path.join(REPO, "configs", "tiny.py"))
   c.warm_start.steps = 2
   c.search.update(steps=2, num_simulations=4, num_children=3, capacity=32,
                   algorithm="gumbel", value_target="mix", sft_weight=0.5)
+  c.search.update(**search)
   c.batch_size = 8
   c.log_every_steps = 1
+  c.checkpoint.every_steps = 100
   c.progress_bar = False
-  last = loop.train(c, str(tmp_path / "run"))
+  return c
+
+
+def test_warm_start_then_search_steps(tmp_path):
+  last = loop.train(_tiny(tmp_path), str(tmp_path / "run"))
   assert 0.0 <= last["search/solve_rate"] <= 1.0
   assert last["search/answer_tokens"] >= 2  # at least a digit and EOS
+  assert last["search/model_calls"] > 4  # root + simulations per move
   assert last["loss/policy"] > 0 and np.isfinite(last["loss"])
   np.testing.assert_allclose(
       last["loss"], last["loss/policy"] + 0.5 * last["loss/value"]
       + 0.5 * last["loss/sft"], rtol=1e-5)
+
+
+def test_replay_buffer_is_checkpointed_and_resumes_exactly(tmp_path):
+  kw = dict(steps=3, replay_size=16, updates_per_search=2)
+  straight = str(tmp_path / "straight")
+  loop.train(_tiny(tmp_path, **kw), straight)
+  stopped = str(tmp_path / "stopped")
+  c = _tiny(tmp_path, **kw)
+  c.debug.stop_after_steps = 4  # warm 2 + search 2, then stop
+  loop.train(c, stopped)
+  ckpt = loop.checkpointer(c, stopped)
+  assert ckpt.latest_step() == 4
+  assert "replay" in ckpt._saved_tree(4)  # pylint: disable=protected-access
+  ckpt.close()
+  loop.train(_tiny(tmp_path, **kw), stopped)  # resumes at 4
+  from train import metrics as metrics_lib
+  m1 = metrics_lib.read_metrics(straight)
+  m2 = metrics_lib.read_metrics(stopped)
+  drop = lambda ms: [{k: v for k, v in m.items() if k != "steps_per_second"}  # noqa: E731
+                     for m in ms]
+  assert drop(m1) == drop(m2)
+  assert m1[-1]["replay/size"] == 16.0  # 3 searches x 8 rows, capped at 16
+  assert m1[-2]["replay/size"] == 16.0 and m1[-3]["replay/size"] == 8.0
+  _, _, p1, s1 = loop.latest_params(_tiny(tmp_path, **kw), straight)
+  _, _, p2, s2 = loop.latest_params(_tiny(tmp_path, **kw), stopped)
+  assert s1 == s2 == 5
+  jax.tree.map(np.testing.assert_array_equal, p1, p2)
+
+
+def test_bad_replay_config_is_a_clear_error(tmp_path):
+  c = _tiny(tmp_path, replay_size=4)
+  with pytest.raises(ValueError, match="replay_size"):
+    config_lib.validate_config(c)
