@@ -1,11 +1,16 @@
-"""connect_four: supervised warm start on the task's reference move traces.
+"""connect_four: two-player search-and-learn from scratch (self-play).
 
-Run:
+There is no reference solution, so there is no warm start: every step is
+token-level Gumbel MCTS self-play over the tree KV cache (a token is a
+column), values from the point of view of the player to move (discount -1),
+value target the game's result with its sign flipped every move.
+
+Run, then matches against baselines:
   python -m train --config configs/connect_four.py --workdir /tmp/c4
+  python -m train.play --config configs/connect_four.py --workdir /tmp/c4 \\
+      --simulations 16,64 --out results/connect_four.json
 
-Search-and-learn for two-player games is not wired into the trainer yet
-(``search.steps = 0``): the value target needs the sign flip per move
-(``train.targets.two_player_outcome``). Expected results: not yet measured.
+Measured (a short CPU run): README and results/connect_four.json.
 """
 from train.config import default_config
 
@@ -13,12 +18,17 @@ from train.config import default_config
 def get_config():
   c = default_config()
   c.task.name = "connect_four"
-  c.task.options = dict()
-  c.data.source = "generated"
-  c.model.update(num_layers=4, d_model=256, num_heads=8, num_kv_heads=4,
-                 head_dim=32, mlp_dim=768, max_seq_len=64)
-  c.optim.update(learning_rate=1e-3, warmup_steps=200)
-  c.batch_size = 256
-  c.warm_start.update(steps=2000, value_weight=0.0)
-  c.search.steps = 0
+  c.task.options = dict(max_opening=8)
+  c.data.source = "generated"  # random legal openings of 0-8 moves
+  c.model.update(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2,
+                 head_dim=16, mlp_dim=192, max_seq_len=128)
+  c.optim.update(learning_rate=2e-3, warmup_steps=5)
+  c.batch_size = 32
+  c.warm_start.steps = 0
+  c.search.update(steps=30, level="token", algorithm="gumbel",
+                  num_simulations=16, num_children=7, capacity=64,
+                  value_target="outcome", replay_size=128,
+                  updates_per_search=4)
+  c.checkpoint.every_steps = 10
+  c.log_every_steps = 2
   return c
