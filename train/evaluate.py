@@ -83,13 +83,14 @@ def evaluate(config, workdir: str, *, seed: int = 0) -> dict:
       return jnp.max(r, 0)
     methods[f"best_of_{n}"] = best_of
   for budget in e.mcts_budgets:
-    methods[f"mcts_{budget}"] = lambda p, l, k, budget=budget: (
+    cfg = search_learn.lm_search_config(
+        config.search, task, num_simulations=budget, acting_temperature=0.0,
+        noise=False)
+    cfg = cfg.__class__(**{**cfg.__dict__, "policy": "puct"})
+    methods[f"mcts_{budget}"] = lambda p, l, k, cfg=cfg: (
         search_learn.rollout(
-            task, fns.apply, params, p, l, k, seq_len=max_len,
-            algorithm="puct", num_simulations=budget,
-            num_children=config.search.num_children,
-            capacity=max(config.search.capacity, budget + 1),
-            temperature=0.0)["outcome"])
+            fns.graphdef, task, fns.state(params), p, l, k, config=cfg,
+            num_moves=search_learn.num_moves(config.search, task))["outcome"])
   jitted = {name: jax.jit(f) for name, f in methods.items()}
   solved = {name: [] for name in methods}
   seconds = {name: 0.0 for name in methods}
