@@ -76,6 +76,8 @@ def random_derivation(numbers, target, rng):
           c = cd._apply(pool[i], op, pool[j])  # pylint: disable=protected-access
           if cd._writable(c):  # pylint: disable=protected-access
             choices.append((i, j, op, c))
+    if not choices:  # e.g. two fractions whose results cannot be written
+      return random_derivation(numbers, target, rng)
     i, j, op, c = choices[rng.integers(len(choices))]
     steps.append((pool[i], op, pool[j], c))
     pool = [p for k, p in enumerate(pool) if k not in (i, j)] + [c]
