@@ -53,8 +53,9 @@ def all_solutions(numbers, target) -> list[str]:
   """Answer texts (no EOS) of every derivation of ``target``; a step's
   operands appear in both orders where the result is the same number."""
   pool = tuple(sorted(Fraction(x) for x in numbers))
-  return [cd.steps_text(steps) for steps in _derivations(pool,
-                                                         Fraction(target))]
+  texts = [cd.steps_text(steps) for steps in _derivations(pool,
+                                                          Fraction(target))]
+  return list(dict.fromkeys(texts))  # equal numbers give equal texts
 
 
 @functools.lru_cache(maxsize=200_000)

@@ -1,0 +1,122 @@
+"""The rules environment for Countdown/Game 24 and the solver warm-start data."""
+from fractions import Fraction
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from train import puzzle_data
+from train.strict import StrictCountdown, number_tokens
+from tsearch.tasks import get_task
+from tsearch.tasks import vocab as V
+
+
+def test_number_tokens_match_the_task_notation():
+  n = jnp.array([0, 7, 24, 9999, 1, 24, 13])
+  d = jnp.array([1, 1, 1, 1, 4, 5, 1000])
+  toks, lens = number_tokens(n, d)
+  base = get_task("game24")
+  for i, text in enumerate(["0", "7", "24", "9999", "(1/4)", "(24/5)",
+                            "(13/1000)"]):
+    assert int(lens[i]) == len(text)
+    assert base.decode(np.asarray(toks[i, :lens[i]])) == text
+    assert np.all(np.asarray(toks[i, lens[i]:]) == V.PAD)
+
+
+@pytest.fixture(scope="module")
+def env():
+  return StrictCountdown(get_task("game24"))
+
+
+def _walk(env, prompts, answers):
+  @jax.jit
+  def run(prompts, answers):
+    s = env.init_state(prompts)
+
+    def body(s, t):
+      legal = env.legal_mask(s)
+      ok = jnp.where(t == V.PAD, True, legal[jnp.arange(t.shape[0]), t])
+      return env.step(s, t), (ok, legal)
+    s, (ok, legal) = jax.lax.scan(body, s, answers.T)
+    return ok.T, jnp.swapaxes(legal, 0, 1), env.reward(s), env.is_terminal(s)
+  return jax.device_get(run(prompts, answers))
+
+
+def test_every_solution_is_legal_and_only_the_rules_are(env):
+  base = env.base
+  problems = [((4, 9, 10, 13), 24), ((1, 5, 5, 5), 24), ((3, 3, 8, 8), 24)]
+  texts = [t for p in problems for t in puzzle_data.all_solutions(*p)[:6]]
+  probs = [p for p in problems for _ in puzzle_data.all_solutions(*p)[:6]]
+  prompts, _ = base.encode_prompts(probs)
+  answers = np.stack([base.encode_answer(t) for t in texts])
+  ok, legal, reward, terminal = _walk(env, prompts, answers)
+  assert ok.all() and terminal.all()
+  np.testing.assert_array_equal(reward, 1.0)
+  first = np.flatnonzero(legal[0, 0])  # "4 9 10 13": a digit of 4, 9, 1x
+  assert set(first) == {V.DIGIT0 + 4, V.DIGIT0 + 9, V.DIGIT0 + 1}
+  # After "10-4=" only the exact result "6" then "\n" are legal.
+  i = texts.index("10-4=6\n13-9=4\n6*4=24") if "10-4=6\n13-9=4\n6*4=24" in \
+      texts else None
+  if i is not None:
+    assert np.flatnonzero(legal[i, 5]).tolist() == [V.DIGIT0 + 6]
+    assert np.flatnonzero(legal[i, 6]).tolist() == [V.NEWLINE]
+
+
+def test_wrong_arithmetic_and_unavailable_numbers_are_masked(env):
+  base = env.base
+  prompts, _ = base.encode_prompts([((4, 9, 10, 13), 24)] * 2)
+  bad = np.stack([base.encode_answer("10-4=7\n13-9=4\n7*4=28"),
+                  base.encode_answer("5+9=14\n10+13=23\n23-14=9")])
+  ok, _, _, _ = _walk(env, prompts, bad)
+  assert not ok[0, 5]  # "7" after "10-4="
+  assert not ok[1, 0]  # 5 is not one of the numbers
+  assert ok[0, :5].all()
+
+
+def test_subtraction_below_zero_is_not_offered(env):
+  base = env.base
+  prompts, _ = base.encode_prompts([((1, 1, 1, 2), 24)])
+  answer = np.asarray([base.encode("1")[0]] + [V.PAD] * (
+      base.max_answer_length - 1))[None]
+  _, legal, _, _ = _walk(env, prompts, answer)
+  # 1 - x is never negative-free for x = 2 but 1 - 1 = 0 is fine: '-' legal.
+  assert legal[0, 1, V.MINUS] and legal[0, 1, V.PLUS]
+  prompts, _ = base.encode_prompts([((1, 2, 3, 4), 24)])
+  _, legal, _, _ = _walk(env, prompts, answer)
+  assert not legal[0, 1, V.MINUS]  # 1 - 2, 1 - 3, 1 - 4 are all negative
+
+
+def test_all_solutions_and_labels_agree_with_the_solver():
+  sols = puzzle_data.all_solutions((4, 9, 10, 13), 24)
+  assert "13-9=4\n10-4=6\n6*4=24" in sols and len(sols) == len(set(sols))
+  assert puzzle_data.all_solutions((1, 1, 1, 1), 24) == []
+  rng = np.random.default_rng(0)
+  text, labels = puzzle_data.random_derivation((4, 9, 10, 13), 24, rng)
+  assert len(labels) == 3 and text.count("\n") == 2
+  assert labels[-1] == ("=24" in text.split("\n")[-1])
+  assert puzzle_data.solvable((Fraction(4), Fraction(6)), Fraction(24))
+  assert not puzzle_data.solvable((Fraction(1), Fraction(1)), Fraction(24))
+
+
+def test_solver_batch_is_seeded_and_verifies():
+  env = StrictCountdown(get_task("game24"))
+  a = puzzle_data.solver_batch(env, 5, 16, max_len=64)
+  b = puzzle_data.solver_batch(env, 5, 16, max_len=64)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  pl = (a["token_mask"] > 0).sum(1)
+  for r in range(16):
+    if a["policy_weight"][r]:
+      # Positives: the LM target is a verified answer, values all 1.
+      lm = a["tokens"][r][a["loss_mask"][r] > 0]
+      prompt = a["tokens"][r][(a["token_mask"][r] > 0)
+                              & (a["loss_mask"][r] == 0)]
+      padded_p = np.zeros((1, env.max_prompt_length), np.int32)
+      padded_p[0, :len(prompt)] = prompt
+      padded_a = np.zeros((1, env.max_answer_length), np.int32)
+      padded_a[0, :len(lm)] = lm
+      assert float(env.verify(padded_p, padded_a)[0]) == 1.0
+      assert np.all(a["value_target"][r][a["value_mask"][r] > 0] == 1.0)
+    assert a["value_mask"][r].sum() == 4  # prompt end + 3 step ends
+    assert a["value_mask"][r, pl[r] - 1] == 1  # the EOS
+  assert 0 < a["policy_weight"].mean() < 1
