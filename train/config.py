@@ -118,6 +118,9 @@ def validate_config(config: ConfigDict) -> None:
   need(not config.search.replay_size or config.search.replay_size
        >= config.batch_size, "search.replay_size",
        f"must be 0 (off) or >= batch_size={config.batch_size}.")
+  need(not (config.task.name == "connect_four" and config.warm_start.steps),
+       "warm_start.steps", "connect_four has no reference solutions to warm "
+       "start on; set --config.warm_start.steps=0 (self-play only).")
   need(config.search.step_length >= 1, "search.step_length", "must be >= 1.")
   need(0.0 <= config.warm_start.corrupt_fraction < 1.0,
        "warm_start.corrupt_fraction", "must be in [0, 1).")

@@ -35,7 +35,11 @@ def _step_seed(*parts: int) -> int:
 def examples_from_problems(task, problems: Sequence[Any]) -> dict:
   """Prompt and reference-answer arrays of problems (the Loader's format)."""
   prompt, prompt_length = task.encode_prompts(problems)
-  answer = task.solution_tokens(problems)
+  try:
+    answer = task.solution_tokens(problems)
+  except NotImplementedError:  # e.g. games: search-and-learn needs prompts only
+    answer = np.full((len(problems), task.max_answer_length), task.pad_id,
+                     np.int32)
   return dict(prompt=prompt, prompt_length=prompt_length, answer=answer,
               answer_length=(answer != task.pad_id).sum(-1).astype(np.int32))
 
