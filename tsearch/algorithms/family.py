@@ -128,6 +128,21 @@ def _check_aggregate(aggregate):
                      f"{aggregate!r}.")
 
 
+def _check_options(aggregate, terminal_score, temperature):
+  _check_aggregate(aggregate)
+  _check_terminal_score(terminal_score)
+  _check_temperature(temperature)
+
+
+def _check_capacity(n: int, capacity: int | None, what: str) -> int:
+  """The capacity (default ``n``); an error if ``n`` sequences exceed it."""
+  cap = n if capacity is None else capacity
+  if n > cap:
+    raise ValueError(f"budget={n} {what} exceed capacity={cap}; raise the "
+                     "capacity or lower the budget.")
+  return cap
+
+
 # ------------------------------------------------------------ aggregation
 
 
@@ -258,9 +273,7 @@ def best_of_n(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key,
     is ``prompt_length + sum of the N answer lengths``.
   """
   n = check_budget(budget)
-  _check_aggregate(aggregate)
-  _check_terminal_score(terminal_score)
-  _check_temperature(temperature)
+  _check_options(aggregate, terminal_score, temperature)
   prompt_tokens, prompt_lengths = _check_inputs(graphdef, state, task,
                                                 prompt_tokens, prompt_lengths)
   return _independent(graphdef, state, task, prompt_tokens, prompt_lengths,
@@ -374,9 +387,7 @@ def beam(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
                      f"(each beam expands into budget // beam_width steps).")
   if n > cap:
     raise ValueError(f"budget={n} candidates per round exceed capacity={cap}.")
-  _check_aggregate(aggregate)
-  _check_terminal_score(terminal_score)
-  _check_temperature(temperature)
+  _check_options(aggregate, terminal_score, temperature)
   prompt_tokens, prompt_lengths = _check_inputs(graphdef, state, task,
                                                 prompt_tokens, prompt_lengths)
   return _grouped_beam(graphdef, state, task, prompt_tokens, prompt_lengths,
@@ -407,15 +418,11 @@ def dvts(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
   n = check_budget(budget)
   if not isinstance(expansions, (int, np.integer)) or expansions < 1:
     raise ValueError(f"expansions must be a positive int; got {expansions!r}.")
-  cap = n if capacity is None else capacity
-  if n > cap:
-    raise ValueError(f"budget={n} candidates per round exceed capacity={cap}.")
+  _check_capacity(n, capacity, "candidates per round")
   if n % expansions:
     raise ValueError(f"budget={n} must be a multiple of expansions="
                      f"{expansions} (one subtree per {expansions} candidates).")
-  _check_aggregate(aggregate)
-  _check_terminal_score(terminal_score)
-  _check_temperature(temperature)
+  _check_options(aggregate, terminal_score, temperature)
   prompt_tokens, prompt_lengths = _check_inputs(graphdef, state, task,
                                                 prompt_tokens, prompt_lengths)
   return _grouped_beam(graphdef, state, task, prompt_tokens, prompt_lengths,
@@ -507,15 +514,11 @@ def particle_filter(graphdef, state, task, prompt_tokens, prompt_lengths,
     capacity: sequences held per problem; default ``budget``.
   """
   n = check_budget(budget)
-  cap = n if capacity is None else capacity
-  if n > cap:
-    raise ValueError(f"budget={n} particles exceed capacity={cap}.")
+  _check_capacity(n, capacity, "particles")
   if not value_temperature > 0:
     raise ValueError(f"value_temperature must be > 0 (inf for equal "
                      f"weights); got {value_temperature}.")
-  _check_aggregate(aggregate)
-  _check_terminal_score(terminal_score)
-  _check_temperature(temperature)
+  _check_options(aggregate, terminal_score, temperature)
   prompt_tokens, prompt_lengths = _check_inputs(graphdef, state, task,
                                                 prompt_tokens, prompt_lengths)
   return _particles(graphdef, state, task, prompt_tokens, prompt_lengths,
