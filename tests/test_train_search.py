@@ -77,14 +77,15 @@ def test_step_rollout_on_strict_countdown():
   fns, params = _model(task, 160)
   problems = task.sample_problems(1, 3)
   prompt, plen = task.encode_prompts(problems)
+  # 20 tokens hold the longest step of one-digit numbers, "(a/b)+(c/d)=(ef/gh)\n".
   s = _search(level="step", num_simulations=5, num_children=3, capacity=16,
-              step_length=12)
+              step_length=20)
   cfg = search_learn.lm_search_config(s, task)
   assert cfg.mode == "step" and cfg.max_depth == 2
   r = jax.device_get(jax.jit(lambda p, k: search_learn.rollout(
       fns.graphdef, task, fns.state(p), prompt, plen, k, config=cfg,
       num_moves=2))(params, jax.random.key(3)))
-  assert r["children_actions"].shape == (3, 2, 3, 12)
+  assert r["children_actions"].shape == (3, 2, 3, 20)
   for i in range(3):
     pl, n = int(plen[i]), int(r["length"][i])
     answer = r["seq"][i, pl:n]
