@@ -165,8 +165,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  from train import solve_rates  # pylint: disable=import-outside-toplevel
-  _, fns, params, step = solve_rates.load(_CONFIG.value, _WORKDIR.value, None)
+  from train import loop  # pylint: disable=import-outside-toplevel
+  _, fns, params, step = loop.latest_params(_CONFIG.value, _WORKDIR.value)
   rows = []
   for sims in _SIMS.value:
     for opp in _OPPONENTS.value:
