@@ -23,12 +23,12 @@ def get_config():
   c.model.update(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2,
                  head_dim=16, mlp_dim=192, max_seq_len=128)
   c.optim.update(learning_rate=2e-3, warmup_steps=5)
-  c.batch_size = 16
+  c.batch_size = 32
   c.warm_start.steps = 0
-  c.search.update(steps=12, level="token", algorithm="gumbel",
-                  num_simulations=8, num_children=7, capacity=64,
-                  value_target="outcome", replay_size=64,
-                  updates_per_search=4)
-  c.checkpoint.every_steps = 4
-  c.log_every_steps = 2
+  c.search.update(steps=300, level="token", algorithm="gumbel",
+                  num_simulations=16, num_children=7, capacity=64,
+                  value_target="outcome", replay_size=256,
+                  updates_per_search=2)
+  c.checkpoint.every_steps = 50
+  c.log_every_steps = 10
   return c
