@@ -18,8 +18,10 @@ from train.config import default_config
 def get_config():
   c = default_config()
   c.task.name = "connect_four"
-  c.task.options = dict(max_opening=8)
-  c.data.source = "generated"  # random legal openings of 0-8 moves
+  # Openings of at most 6 moves cannot contain a win: ConnectFour's
+  # sample_problems raises on an opening that continues after a win.
+  c.task.options = dict(max_opening=6)
+  c.data.source = "generated"  # random legal openings of 0-6 moves
   c.model.update(num_layers=2, d_model=64, num_heads=4, num_kv_heads=2,
                  head_dim=16, mlp_dim=192, max_seq_len=128)
   c.optim.update(learning_rate=2e-3, warmup_steps=5)
