@@ -3,17 +3,22 @@
 Both run the same cheap ``recurrent_fn`` (table lookups in a random MDP of
 1000 states, tsearch through ``tsearch.from_mctx_recurrent_fn``), jitted, on
 the same roots and keys. Reports simulations per second (B * num_simulations
-per wall second of one call after compilation, best of the warm-up call
-and ``--repeats`` more) and the peak memory
+per wall second of one call; compilation excluded, one warm-up call, then the
+best of ``--repeats`` timed calls, one timed call where a call takes over 20
+s) and the peak memory
 estimate of each compiled search from XLA's ``memory_analysis()`` (argument +
 output + temp bytes; on CPU there are no device memory_stats).
 
-  python bench/search_core.py            # B=256, (A, sims) in (8, 64),
-                                         # (64, 64), (512, 256)
+  python bench/search_core.py            # (A, sims, B) in (8, 64, 256),
+                                         # (64, 64, 256), (512, 256, 64)
   python bench/search_core.py --quick    # small smoke version
 
 The last line is ``search_core speedup_vs_mctx min=<x> max=<y>`` (tsearch
 sims/s over mctx sims/s, min and max over the configurations).
+
+The 512-action row uses B=64 on both sides: on a 2-core CPU one mctx call at
+B=256 takes about 16 minutes (mctx's vmapped while-loops select over the whole
+``[B, N, A]`` tree at every step), too long for a warm-up plus a timed call.
 """
 from __future__ import annotations
 
@@ -28,8 +33,9 @@ import tsearch
 from tsearch import _toy_mdp as toy
 
 NUM_STATES = 1000
-FULL = dict(batch=256, configs=[(8, 64), (64, 64), (512, 256)])
-QUICK = dict(batch=32, configs=[(8, 16), (64, 16), (128, 32)])
+# (num_actions, num_simulations, batch) per row.
+FULL = [(8, 64, 256), (64, 64, 256), (512, 256, 64)]
+QUICK = [(8, 16, 32), (64, 16, 32), (128, 32, 32)]
 
 
 def _functions(policy, batch, num_simulations):
@@ -58,11 +64,11 @@ def _measure(fn, mdp, key, repeats):
   peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes
           + mem.temp_size_in_bytes)
   start = time.perf_counter()
-  jax.block_until_ready(compiled(mdp, key))  # Warm up.
-  best = time.perf_counter() - start
-  if best > 20.0:  # A slow configuration: one more timed call is enough.
+  jax.block_until_ready(compiled(mdp, key))  # Warm up (not timed).
+  if time.perf_counter() - start > 20.0:  # Slow: one timed call is enough.
     repeats = 1
-  for i in range(repeats):
+  best = float("inf")
+  for i in range(max(repeats, 1)):
     start = time.perf_counter()
     out = jax.block_until_ready(compiled(mdp, jax.random.fold_in(key, i)))
     best = min(best, time.perf_counter() - start)
@@ -75,17 +81,16 @@ def main():
   parser.add_argument("--policy", choices=["puct", "gumbel"], default="puct")
   parser.add_argument("--repeats", type=int, default=2)
   args = parser.parse_args()
-  setup = QUICK if args.quick else FULL
-  batch = setup["batch"]
-  print(f"search_core: policy={args.policy} B={batch} "
+  configs = QUICK if args.quick else FULL
+  print(f"search_core: policy={args.policy} "
         f"backend={jax.default_backend()} jax={jax.__version__} "
         f"mctx={mctx.__version__}")
-  header = (f"{'A':>5} {'sims':>5} | {'mctx sims/s':>12} {'tsearch sims/s':>15}"
+  header = (f"{'A':>5} {'sims':>5} {'B':>4} | {'mctx sims/s':>12} {'tsearch sims/s':>15}"
             f" {'speedup':>8} | {'mctx MiB':>9} {'tsearch MiB':>12}")
   print(header)
   print("-" * len(header))
   speedups = []
-  for num_actions, num_simulations in setup["configs"]:
+  for num_actions, num_simulations, batch in configs:
     mdp = toy.make_toy_mdp(jax.random.key(num_actions), NUM_STATES,
                            num_actions)
     key = jax.random.key(0)
@@ -97,7 +102,8 @@ def main():
       mems[name] = peak / 2**20
     speedup = rates["tsearch"] / rates["mctx"]
     speedups.append(speedup)
-    print(f"{num_actions:>5} {num_simulations:>5} | {rates['mctx']:>12.0f} "
+    print(f"{num_actions:>5} {num_simulations:>5} {batch:>4} | "
+          f"{rates['mctx']:>12.0f} "
           f"{rates['tsearch']:>15.0f} {speedup:>7.2f}x | "
           f"{mems['mctx']:>9.1f} {mems['tsearch']:>12.1f}", flush=True)
   print("peak memory = XLA memory_analysis() argument + output + temp bytes")
