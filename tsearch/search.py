@@ -305,9 +305,13 @@ def _backward(tree: Tree, leaf: Array, ok: Array) -> Tree:
                             tree.node_visits[b, leaf] + 1, ok)
   leaf_value = tree.node_values[b, leaf]
 
+  # ``child_value`` carries node_values[b, index]: the leaf's value, then the
+  # parent value written one level below. Reading it back from node_values
+  # (which the same iteration scatters into) made XLA copy the whole [B, N]
+  # array at every level.
   def body(state):
-    node_values, node_visits, children_values, children_visits, value, index = (
-        state)
+    (node_values, node_visits, children_values, children_visits, value,
+     child_value, index) = state
     act = ok & (index != ROOT_INDEX)
     parent = jnp.maximum(tree.parents[b, index], 0)
     action = jnp.maximum(tree.action_from_parent[b, index], 0)
@@ -317,7 +321,6 @@ def _backward(tree: Tree, leaf: Array, ok: Array) -> Tree:
         act, reward + tree.children_discounts[b, parent, action] * value,
         value)
     parent_value = (node_values[b, parent] * count + value) / (count + 1.0)
-    child_value = node_values[b, index]
     child_visits = children_visits[b, parent, action] + 1
     node_values = _masked_set(node_values, (b, parent), parent_value, act)
     node_visits = _masked_set(node_visits, (b, parent), count + 1, act)
@@ -326,14 +329,15 @@ def _backward(tree: Tree, leaf: Array, ok: Array) -> Tree:
     children_visits = _masked_set(children_visits, (b, parent, action),
                                   child_visits, act)
     index = jnp.where(act, parent, index)
+    child_value = jnp.where(act, parent_value, child_value)
     return (node_values, node_visits, children_values, children_visits, value,
-            index)
+            child_value, index)
 
   state = (tree.node_values, node_visits, tree.children_values,
-           tree.children_visits, leaf_value, leaf)
+           tree.children_visits, leaf_value, leaf_value, leaf)
   state = jax.lax.while_loop(
-      lambda s: jnp.any(ok & (s[5] != ROOT_INDEX)), body, state)
-  node_values, node_visits, children_values, children_visits, _, _ = state
+      lambda s: jnp.any(ok & (s[6] != ROOT_INDEX)), body, state)
+  node_values, node_visits, children_values, children_visits = state[:4]
   return tree.replace(node_values=node_values, node_visits=node_visits,
                       children_values=children_values,
                       children_visits=children_visits)
