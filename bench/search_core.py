@@ -5,9 +5,9 @@ Both run the same cheap ``recurrent_fn`` (table lookups in a random MDP of
 the same roots and keys. Reports simulations per second (B * num_simulations
 per wall second of one call; compilation excluded, one warm-up call, then the
 best of ``--repeats`` timed calls, one timed call where a call takes over 20
-s) and the peak memory
-estimate of each compiled search from XLA's ``memory_analysis()`` (argument +
-output + temp bytes; on CPU there are no device memory_stats).
+s) and the peak memory estimate of each compiled search from XLA's
+``memory_analysis()`` (argument + output + temp bytes; on CPU there are no
+device memory_stats).
 
   python bench/search_core.py            # (A, sims, B) in (8, 64, 256),
                                          # (64, 64, 256), (512, 256, 64)
@@ -17,7 +17,7 @@ The last line is ``search_core speedup_vs_mctx min=<x> max=<y>`` (tsearch
 sims/s over mctx sims/s, min and max over the configurations).
 
 The 512-action row uses B=64 on both sides: on a 2-core CPU one mctx call at
-B=256 takes about 16 minutes (mctx's vmapped while-loops select over the whole
+B=256 takes about 20 minutes (mctx's vmapped while-loops select over the whole
 ``[B, N, A]`` tree at every step), too long for a warm-up plus a timed call.
 """
 from __future__ import annotations
