@@ -95,3 +95,13 @@ def test_sample_problems_and_bad_input(task):
   with pytest.raises(ValueError, match="columns"):
     task.encode_prompt((7,))
   assert task.num_players == 2 and task.step_delimiter == -1
+
+
+def test_sample_problems_long_openings_never_end_the_game():
+  # Openings long enough to contain wins must be redrawn, not crash.
+  task = tasks.get_task("connect_four", max_opening=30)
+  problems = task.sample_problems(seed=0, num=200)
+  assert len(problems) == 200
+  assert max(len(p) for p in problems) > 7
+  for p in problems:
+    assert reference_winner(p) is None

@@ -85,11 +85,15 @@ class ConnectFour(base.Task):
       n = int(rng.integers(0, self.max_opening + 1))
       board = [[] for _ in range(NUM_COLUMNS)]
       moves = []
+      ended = False
       for _ in range(n):
         col = int(rng.choice([c for c in range(NUM_COLUMNS) if len(board[c]) < 6]))
         board[col].append(len(moves) % 2)
         moves.append(col)
-      if reference_winner(moves) is None:
+        if reference_winner(moves) is not None:  # Game over: draw again.
+          ended = True
+          break
+      if not ended:
         out.append(tuple(moves))
     return out
 
