@@ -55,3 +55,25 @@ def test_bad_arguments():
   assert evaluation.parse_list("4, 16,64", int) == [4, 16, 64]
   with pytest.raises(ValueError, match="comma-separated list of int"):
     evaluation.parse_list("4,x", int)
+
+
+def test_parse_options():
+  algos = ["greedy", "best_of_n", "beam", "mcts"]
+  opts = evaluation.parse_options(
+      "mcts.num_children=8,*.terminal_score=verifier,beam.aggregate=majority",
+      algos)
+  assert opts == {"mcts": {"num_children": 8},
+                  "best_of_n": {"terminal_score": "verifier"},
+                  "beam": {"terminal_score": "verifier",
+                           "aggregate": "majority"}}
+  assert evaluation.parse_options("", algos) == {}
+  assert evaluation.parse_options("mcts.step_temperature=1.5",
+                                  algos)["mcts"]["step_temperature"] == 1.5
+  with pytest.raises(ValueError, match="not of the form algo.key=value"):
+    evaluation.parse_options("mcts.num_children", algos)
+  with pytest.raises(ValueError, match="'mcts' has no option 'beam_width'"):
+    evaluation.parse_options("mcts.beam_width=2", algos)
+  with pytest.raises(ValueError, match="Unknown algorithm 'nope'"):
+    evaluation.parse_options("nope.x=1", algos)
+  with pytest.raises(ValueError, match="No algorithm of"):
+    evaluation.parse_options("*.beam_width=2", ["greedy"])

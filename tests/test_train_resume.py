@@ -7,6 +7,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from train import config as config_lib
 from train import loop
@@ -79,6 +80,14 @@ def test_kill_9_and_resume_matches_uninterrupted(tmp_path):
   assert s1 == s2 == STEPS
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), p_straight,
                p_resumed)
+  # An earlier checkpoint by step differs from the last; a missing one says
+  # which steps exist.
+  _, _, p_early, s0 = loop.latest_params(_config(), straight, 2 * EVERY)
+  assert s0 == 2 * EVERY
+  assert any(not np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(p_early), jax.tree.leaves(p_straight)))
+  with pytest.raises(FileNotFoundError, match="No checkpoint 7 in"):
+    loop.latest_params(_config(), straight, 7)
   m1 = _comparable(metrics_lib.read_metrics(straight))
   m2 = _comparable(metrics_lib.read_metrics(killed))
   assert [m["step"] for m in m1] == list(range(1, STEPS + 1))

@@ -58,9 +58,10 @@ def sample_answers(task, apply_fn, params, prompt, prompt_length, key, *,
   return task.reward(pos.task_state)
 
 
-def evaluate(config, workdir: str, *, seed: int = 0) -> dict:
+def evaluate(config, workdir: str, *, seed: int = 0,
+             step: int | None = None) -> dict:
   """Solve rates of each method on ``eval.num_examples`` test problems."""
-  task, fns, params, step = loop.latest_params(config, workdir)
+  task, fns, params, step = loop.latest_params(config, workdir, step)
   e = config.eval
   max_len = config.data.max_len or data_lib.max_trace_length(task)
   stream = data_lib.ExampleStream(
@@ -113,13 +114,15 @@ def evaluate(config, workdir: str, *, seed: int = 0) -> dict:
 
 
 def compare(config, workdir: str, algos: str, budgets: str, *,
-            seed: int = 0) -> list:
+            seed: int = 0, step: int | None = None, options: str = ""
+            ) -> list:
   """``--algos/--budgets``: the search family, compute-matched (see
   :mod:`tsearch.evaluation`); writes ``compare_step<step>.json|png``."""
   from tsearch import evaluation  # pylint: disable=import-outside-toplevel
   algo_list = evaluation.parse_list(algos)
   budget_list = evaluation.parse_list(budgets or "1", int)
-  task, fns, params, step = loop.latest_params(config, workdir)
+  opts = evaluation.parse_options(options, algo_list)
+  task, fns, params, step = loop.latest_params(config, workdir, step)
   e = config.eval
   stream = data_lib.ExampleStream(
       task, e.num_examples, source=config.data.source, seed=seed,
@@ -130,12 +133,13 @@ def compare(config, workdir: str, algos: str, budgets: str, *,
       fns.graphdef, fns.state(params), task, ex["prompt"][:e.num_examples],
       ex["prompt_length"][:e.num_examples], jax.random.key(seed),
       algos=algo_list, budgets=budget_list, batch_size=e.batch_size,
-      progress=True)
+      options=opts, progress=True)
   print(evaluation.format_table(rows))
   if jax.process_index() == 0:
     paths = evaluation.write_comparison(
         rows, workdir, f"compare_step{step}",
-        meta=dict(task=task.name, split=e.split, step=int(step)),
+        meta=dict(task=task.name, split=e.split, step=int(step),
+                  options=opts),
         title=f"{task.name} ({e.split} split, step {step})")
     print("wrote", *paths)
   return rows
@@ -148,6 +152,12 @@ _ALGOS = flags.DEFINE_string(
     "compute (e.g. greedy,best_of_n,beam,mcts); unset: the default table.")
 _BUDGETS = flags.DEFINE_string("budgets", "4,16,64",
                                "Comma-separated budgets for --algos.")
+_OPTIONS = flags.DEFINE_string(
+    "options", "", "Comma-separated algo.key=value hyperparameters for "
+    "--algos, e.g. mcts.num_children=8,*.terminal_score=verifier ('*': every "
+    "algorithm that takes the key).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the "
+                             "latest).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -155,13 +165,14 @@ def main(argv):
   del argv
   if _ALGOS.value:
     try:
-      compare(_CONFIG.value, _WORKDIR.value, _ALGOS.value, _BUDGETS.value)
+      compare(_CONFIG.value, _WORKDIR.value, _ALGOS.value, _BUDGETS.value,
+              step=_STEP.value, options=_OPTIONS.value)
     except (ValueError, FileNotFoundError) as err:
       print(f"FATAL: {type(err).__name__}: {err}", file=sys.stderr)
       sys.exit(1)
     return
   try:
-    results = evaluate(_CONFIG.value, _WORKDIR.value)
+    results = evaluate(_CONFIG.value, _WORKDIR.value, step=_STEP.value)
   except (ValueError, FileNotFoundError) as err:
     print(f"FATAL: {type(err).__name__}: {err}", file=sys.stderr)
     sys.exit(1)

@@ -227,15 +227,24 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return last
 
 
-def latest_params(config: ml_collections.ConfigDict, workdir: str):
-  """``(task, model functions, params, step)`` of the latest checkpoint."""
+def latest_params(config: ml_collections.ConfigDict, workdir: str,
+                  step: int | None = None):
+  """``(task, model functions, params, step)`` of checkpoint ``step`` (default:
+  the latest)."""
   task, fns, state, _, _, _ = build(config, workdir)
   ckpt = checkpointer(config, workdir)
-  step = ckpt.latest_step()
   if step is None:
-    raise FileNotFoundError(
-        f"No checkpoint in {os.path.join(workdir, 'checkpoints')}; train "
-        f"first with python -m train --config ... --workdir {workdir}.")
+    step = ckpt.latest_step()
+    if step is None:
+      ckpt.close()
+      raise FileNotFoundError(
+          f"No checkpoint in {os.path.join(workdir, 'checkpoints')}; train "
+          f"first with python -m train --config ... --workdir {workdir}.")
+  elif step not in ckpt.all_steps():
+    have = list(ckpt.all_steps())
+    ckpt.close()
+    raise FileNotFoundError(f"No checkpoint {step} in {workdir}; have "
+                            f"{have}.")
   tree, _ = ckpt.restore_params(step, state_to_tree(state))
   ckpt.close()
   return task, fns, tree["params"], step

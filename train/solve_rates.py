@@ -52,15 +52,7 @@ def test_problems(task, num_problems: int):
 
 def load(config, workdir: str, step: int | None):
   """``(task, fns, params, step)`` of checkpoint ``step`` (default latest)."""
-  task, fns, state, _, _, _ = loop.build(config, workdir)
-  ckpt = loop.checkpointer(config, workdir)
-  step = ckpt.latest_step() if step is None else step
-  if step is None or step not in ckpt.all_steps():
-    raise FileNotFoundError(f"No checkpoint {step} in {workdir}; have "
-                            f"{ckpt.all_steps()}.")
-  tree, _ = ckpt.restore_params(step, loop.state_to_tree(state))
-  ckpt.close()
-  return task, fns, tree["params"], step
+  return loop.latest_params(config, workdir, step)
 
 
 _JITTED = {}

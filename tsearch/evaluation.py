@@ -10,6 +10,8 @@ wall time. :func:`write_comparison` writes the table as JSON and a PNG plot
 """
 from __future__ import annotations
 
+import ast
+import inspect
 import json
 import os
 import time
@@ -32,6 +34,42 @@ def parse_list(text: str, kind=str) -> list:
   except ValueError:
     raise ValueError(f"Could not read {text!r} as a comma-separated list of "
                      f"{kind.__name__}.") from None
+
+
+def parse_options(text: str, algos: Sequence[str] = ()) -> dict[str, dict]:
+  """``"beam.beam_width=2,mcts.num_children=8"`` -> ``{'beam':
+  {'beam_width': 2}, 'mcts': {'num_children': 8}}``.
+
+  An item ``*.key=value`` sets ``key`` for every algorithm of ``algos`` that
+  takes it (e.g. ``*.terminal_score=verifier``). Values are Python literals
+  (numbers, booleans, ``None``) or plain strings. A key that the algorithm
+  does not take, or an algorithm not in :data:`tsearch.ALGORITHMS`, raises.
+  """
+  options: dict[str, dict] = {}
+  for item in parse_list(text or ""):
+    name, _, rest = item.partition(".")
+    key, eq, raw = rest.partition("=")
+    if not (name and key and eq):
+      raise ValueError(f"Option {item!r} is not of the form algo.key=value "
+                       "(or *.key=value).")
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = raw
+    names = list(algos) if name == "*" else [name]
+    taken = False
+    for n in names:
+      params = inspect.signature(algorithms.get_algorithm(n)).parameters
+      if key in params and params[key].kind == inspect.Parameter.KEYWORD_ONLY:
+        options.setdefault(n, {})[key] = value
+        taken = True
+      elif name != "*":
+        raise ValueError(
+            f"Algorithm {n!r} has no option {key!r}; it takes "
+            f"{sorted(k for k, p in params.items() if p.kind == p.KEYWORD_ONLY and k != 'budget')}.")
+    if not taken:
+      raise ValueError(f"No algorithm of {list(algos)} takes option {key!r}.")
+  return options
 
 
 def run_algorithms(graphdef, state, task, prompt_tokens, prompt_lengths,
