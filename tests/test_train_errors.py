@@ -79,5 +79,9 @@ def test_config_validation_and_nan_check(tmp_path):
   c.search.value_target = "median"
   with pytest.raises(ValueError, match="search.value_target"):
     config_lib.validate_config(c)
+  c = _tiny()
+  c.search.pb_c_init = 0.0
+  with pytest.raises(ValueError, match="search.pb_c_init=0.0: must be pos"):
+    config_lib.validate_config(c)
   with pytest.raises(metrics_lib.NonFiniteMetricError, match="step 7"):
     metrics_lib.check_finite(7, {"loss": float("nan")})

@@ -40,6 +40,9 @@ def test_token_rollout_commits_verified_trajectories():
   prompt, plen = task.encode_prompts(problems)
   s = _search(num_simulations=6, num_children=3, capacity=24)
   cfg = search_learn.lm_search_config(s, task)
+  assert cfg.pb_c_init == 1.25
+  assert search_learn.lm_search_config(_search(pb_c_init=3.0),
+                                       task).pb_c_init == 3.0
   moves = search_learn.num_moves(s, task)
   run = jax.jit(lambda p, k: search_learn.rollout(
       fns.graphdef, task, fns.state(p), prompt, plen, k, config=cfg,

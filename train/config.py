@@ -75,6 +75,7 @@ def default_config() -> ConfigDict:
       max_moves=0,  # moves per rollout; 0: see search_learn.num_moves.
       max_depth=0,  # tree depth bound; 0: see search_learn.lm_search_config.
       dirichlet_fraction=0.25,  # PUCT root noise while training.
+      pb_c_init=1.25,  # PUCT exploration constant (training and evaluation).
   ))
   c.checkpoint = ConfigDict(dict(every_steps=50, keep=3))
   c.log_every_steps = 10
@@ -122,6 +123,7 @@ def validate_config(config: ConfigDict) -> None:
        "warm_start.steps", "connect_four has no reference solutions to warm "
        "start on; set --config.warm_start.steps=0 (self-play only).")
   need(config.search.step_length >= 1, "search.step_length", "must be >= 1.")
+  need(config.search.pb_c_init > 0, "search.pb_c_init", "must be positive.")
   need(0.0 <= config.warm_start.corrupt_fraction < 1.0,
        "warm_start.corrupt_fraction", "must be in [0, 1).")
   need(config.data.max_len <= config.model.max_seq_len, "data.max_len",

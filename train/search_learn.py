@@ -136,6 +136,7 @@ def lm_search_config(search: ml_collections.ConfigDict, task, *,
       step_temperature=float(search.get("step_temperature", 1.0)),
       dirichlet_fraction=(float(search.get("dirichlet_fraction", 0.25))
                           if noise else 0.0),
+      pb_c_init=float(search.get("pb_c_init", 1.25)),
       temperature=float(search.temperature if acting_temperature is None
                         else acting_temperature),
       max_num_considered_actions=int(search.num_children))
