@@ -120,3 +120,29 @@ def test_solver_batch_is_seeded_and_verifies():
     assert a["value_mask"][r].sum() == 4  # prompt end + 3 step ends
     assert a["value_mask"][r, pl[r] - 1] == 1  # the EOS
   assert 0 < a["policy_weight"].mean() < 1
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_example_stream_draws_game24_problems_from_its_split(strict):
+  from tsearch.tasks import game24_splits  # pylint: disable=import-outside-toplevel
+  from train import data as data_lib  # pylint: disable=import-outside-toplevel
+  task = get_task("game24")
+  task = StrictCountdown(task) if strict else task
+  assert task.fixed_splits
+  splits = game24_splits()
+  key = lambda nums: tuple(sorted(nums))  # noqa: E731
+  for split in ("test", "validation"):
+    stream = data_lib.ExampleStream(task, 100, source="generated", seed=0,
+                                     split=split)
+    ex = stream.next()
+    got = sorted(key(int(t) for t in task.decode(row[1:n]).split(":")[0]
+                     .split()) for row, n in zip(ex["prompt"],
+                                                 ex["prompt_length"]))
+    # All 100 puzzles of the split, each once (the strict wrapper only
+    # shuffles the order of a puzzle's numbers).
+    assert got == sorted(key(nums) for _, nums in splits[split])
+  train = {key(nums) for _, nums in splits["train"]}
+  ex = data_lib.ExampleStream(task, 64, source="generated", seed=0).next()
+  for row, n in zip(ex["prompt"], ex["prompt_length"]):
+    nums = task.decode(row[1:n]).split(":")[0].split()
+    assert key(int(t) for t in nums) in train

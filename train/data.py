@@ -82,9 +82,12 @@ class ExampleStream:
     self._step += 1
     if self._loader is not None:
       return next(self._loader)
+    # Tasks with a fixed list (Game of 24) draw from the split's puzzles;
+    # for the others the split is part of the seed.
+    kw = dict(split=self.split) if self.task.fixed_splits else {}
     problems = self.task.sample_problems(
         _step_seed(self.seed, self._step - 1, jax.process_index(),
-                   _SPLITS.index(self.split)), self.batch_size)
+                   _SPLITS.index(self.split)), self.batch_size, **kw)
     return examples_from_problems(self.task, problems)
 
   def state(self) -> dict:

@@ -119,8 +119,12 @@ class StrictCountdown:
     return f"StrictCountdown({self.base!r})"
 
   # ---------------------------------------------------------------- host side
-  def sample_problems(self, seed: int, num: int) -> list:
-    problems = self.base.sample_problems(seed, num)
+  @property
+  def fixed_splits(self) -> bool:
+    return self.base.fixed_splits
+
+  def sample_problems(self, seed: int, num: int, **kw) -> list:
+    problems = self.base.sample_problems(seed, num, **kw)
     rng = np.random.default_rng([int(seed), 7])
     return [(tuple(int(x) for x in rng.permutation(nums)), t)
             for nums, t in problems]

@@ -87,6 +87,12 @@ class Task:
     """A correct answer written by the reference solver (without EOS)."""
     raise NotImplementedError
 
+  # True when the task's problems come from a fixed list cut into splits
+  # (Game of 24): ``sample_problems`` then takes ``split=``, and callers that
+  # want a split's problems must pass it. Otherwise the split lives in the
+  # seed the caller picks.
+  fixed_splits = False
+
   def sample_problems(self, seed: int, num: int) -> list:
     """``num`` problems drawn deterministically from ``seed``."""
     raise NotImplementedError

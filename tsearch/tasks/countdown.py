@@ -422,6 +422,7 @@ class Game24(Countdown):
   split by default; :func:`game24_splits` gives the Tree-of-Thoughts splits.
   """
   _name = "game24"
+  fixed_splits = True
 
   def __init__(self, *, max_answer_length: int | None = None, constrain: bool = True):
     super().__init__(num_numbers=4, min_number=1, max_number=13, max_target=24,
