@@ -83,5 +83,10 @@ def test_config_validation_and_nan_check(tmp_path):
   c.search.pb_c_init = 0.0
   with pytest.raises(ValueError, match="search.pb_c_init=0.0: must be pos"):
     config_lib.validate_config(c)
+  c = config_lib.load_config_file(os.path.join(REPO, "configs",
+                                               "connect_four.py"))
+  c.search.act_on_solved = True
+  with pytest.raises(ValueError, match="act_on_solved=True: is for single"):
+    config_lib.validate_config(c)
   with pytest.raises(metrics_lib.NonFiniteMetricError, match="step 7"):
     metrics_lib.check_finite(7, {"loss": float("nan")})

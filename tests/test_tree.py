@@ -59,6 +59,44 @@ def test_path_to_root():
       assert path[b, i + 1] == int(t.parents[b, path[b, i]])
 
 
+def test_solved_root_slot_follows_the_shallowest_verified_terminal():
+  t = _first_search(_mdp()).search_tree
+  parents = np.asarray(t.parents)
+  depth = np.asarray(t.node_depth)
+  slot = np.asarray(t.action_from_parent)
+  n = np.asarray(t.num_nodes)
+  terminal = np.zeros_like(np.asarray(t.node_terminal))
+  rewards = np.zeros_like(np.asarray(t.children_rewards))
+
+  def mark(b, node, reward):
+    terminal[b, node] = True
+    rewards[b, parents[b, node], slot[b, node]] = reward
+
+  def root_slot(b, node):
+    while depth[b, node] > 1:
+      node = parents[b, node]
+    return slot[b, node]
+
+  nodes = [sorted(range(1, n[b]), key=lambda i: -depth[b, i]) for b in range(B)]
+  deep0 = nodes[0][0]
+  assert depth[0, deep0] >= 2  # the walk up matters
+  mark(0, deep0, 1.0)                      # row 0: one solved leaf
+  mark(1, nodes[1][0], 0.3)                # row 1: below the threshold
+  deep2, shallow2 = nodes[2][0], nodes[2][-1]
+  assert depth[2, shallow2] < depth[2, deep2]
+  mark(2, deep2, 1.0)                      # row 2: two solved, the
+  mark(2, shallow2, 1.0)                   # shallowest wins
+  t = t.replace(node_terminal=jnp.asarray(terminal),
+                children_rewards=jnp.asarray(rewards))
+  found, got = jax.jit(tsearch.solved_root_slot, static_argnums=1)(t, SIMS)
+  np.testing.assert_array_equal(found, [True, False, True])
+  assert int(got[0]) == root_slot(0, deep0)
+  assert int(got[1]) == 0
+  assert int(got[2]) == root_slot(2, shallow2)
+  found, _ = tsearch.solved_root_slot(t, SIMS, threshold=0.25)
+  assert bool(found[1])
+
+
 def test_reroot_then_continue_search():
   mdp = _mdp()
   first = _first_search(mdp)

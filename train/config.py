@@ -76,6 +76,8 @@ def default_config() -> ConfigDict:
       max_depth=0,  # tree depth bound; 0: see search_learn.lm_search_config.
       dirichlet_fraction=0.25,  # PUCT root noise while training.
       pb_c_init=1.25,  # PUCT exploration constant (training and evaluation).
+      act_on_solved=False,  # puzzles: follow a verified terminal found in
+                            # the tree (tsearch.solved_root_slot).
   ))
   c.checkpoint = ConfigDict(dict(every_steps=50, keep=3))
   c.log_every_steps = 10
@@ -124,6 +126,9 @@ def validate_config(config: ConfigDict) -> None:
        "start on; set --config.warm_start.steps=0 (self-play only).")
   need(config.search.step_length >= 1, "search.step_length", "must be >= 1.")
   need(config.search.pb_c_init > 0, "search.pb_c_init", "must be positive.")
+  need(not (config.task.name == "connect_four" and config.search.act_on_solved),
+       "search.act_on_solved", "is for single-player puzzles; a won terminal "
+       "in a two-player tree is not a forced win. Set it to False.")
   need(0.0 <= config.warm_start.corrupt_fraction < 1.0,
        "warm_start.corrupt_fraction", "must be in [0, 1).")
   need(config.data.max_len <= config.model.max_seq_len, "data.max_len",

@@ -91,7 +91,9 @@ def evaluate(config, workdir: str, *, seed: int = 0,
     methods[f"mcts_{budget}"] = lambda p, l, k, cfg=cfg: (
         search_learn.rollout(
             fns.graphdef, task, fns.state(params), p, l, k, config=cfg,
-            num_moves=search_learn.num_moves(config.search, task))["outcome"])
+            num_moves=search_learn.num_moves(config.search, task),
+            act_on_solved=bool(config.search.get("act_on_solved", False))
+        )["outcome"])
   jitted = {name: jax.jit(f) for name, f in methods.items()}
   solved = {name: [] for name in methods}
   seconds = {name: 0.0 for name in methods}

@@ -158,7 +158,8 @@ def _used_sum(tree, x):
 
 
 def rollout(graphdef, task, model_state, prompt: Array, prompt_length: Array,
-            key: Array, *, config: lm.LMSearchConfig, num_moves: int):
+            key: Array, *, config: lm.LMSearchConfig, num_moves: int,
+            act_on_solved: bool = False):
   """Searches and commits actions until every answer ends.
 
   Jittable (``graphdef``, ``task`` and ``config`` static). Each move runs
@@ -174,6 +175,9 @@ def rollout(graphdef, task, model_state, prompt: Array, prompt_length: Array,
     config: :class:`tsearch.LMSearchConfig`; ``reserve_tokens`` must hold
       every committed token (``task.max_answer_length``).
     num_moves: ``M``, moves made (enough for the longest answer).
+    act_on_solved: single-player puzzles: when the tree holds a terminal
+      node the verifier accepted, commit the root slot on its path instead
+      of the search's choice (:func:`tsearch.solved_root_slot`).
 
   Returns:
     A dict: ``seq [B, P + T]`` (prompt, then the committed answer),
@@ -232,6 +236,9 @@ def rollout(graphdef, task, model_state, prompt: Array, prompt_length: Array,
     before_t = _used_sum(tree, tree.embeddings["tokens_forwarded"])
     action, weights, tree = jax.lax.cond(jnp.any(active), search, skip, key,
                                          tree, cache)
+    if act_on_solved:
+      found, slot = tsearch.solved_root_slot(tree, config.max_depth)
+      action = jnp.where(found, slot, action)
     calls = calls + _used_sum(tree, tree.embeddings["model_calls"]) - before_c
     toks = toks + (_used_sum(tree, tree.embeddings["tokens_forwarded"])
                    - before_t)
@@ -508,7 +515,8 @@ class SearchLearn:
 
     def prepare(params, batch, key):
       r = rollout(fns.graphdef, task, fns.state(params), batch["prompt"],
-                  batch["prompt_length"], key, config=cfg, num_moves=moves)
+                  batch["prompt_length"], key, config=cfg, num_moves=moves,
+                  act_on_solved=bool(s.get("act_on_solved", False)))
       r["prompt_length"] = batch["prompt_length"]
       active = r["active"].astype(jnp.float32)
       stats = {"search/solve_rate": jnp.mean(r["outcome"] > 0.5),

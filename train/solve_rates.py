@@ -79,8 +79,9 @@ def _method_fn(config, task, fns, algo: str, n: int):
     moves = search_learn.num_moves(config.search, task)
 
     def run(s, p, l, k):
-      r = search_learn.rollout(fns.graphdef, task, s, p, l, k, config=cfg,
-                               num_moves=moves)
+      r = search_learn.rollout(
+          fns.graphdef, task, s, p, l, k, config=cfg, num_moves=moves,
+          act_on_solved=bool(config.search.get("act_on_solved", False)))
       return r["outcome"], r["model_calls"]
   else:
     raise ValueError(f"Unknown method {algo!r}; use greedy, best_of_n or "

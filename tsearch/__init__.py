@@ -1,6 +1,7 @@
 """tsearch: jit-compiled, batched tree search over language models in JAX."""
 from tsearch.base import ExpandOutput, PolicyOutput, RootOutput
-from tsearch.tree import NO_PARENT, ROOT_INDEX, UNVISITED, Tree, empty_tree, path_to_root
+from tsearch.tree import (NO_PARENT, ROOT_INDEX, UNVISITED, Tree, empty_tree, path_to_root,
+                          solved_root_slot)
 from tsearch._mctx_compat import from_mctx_recurrent_fn, root_from_mctx
 from tsearch._reroot import reroot
 from tsearch.search import gumbel_search, puct_search

@@ -185,3 +185,42 @@ def path_to_root(tree: Tree, node_index: Array, max_depth: int) -> Array:
   _, path = jax.lax.scan(step, node_index.astype(jnp.int32), None,
                          length=max_depth + 1)
   return path.T
+
+
+def solved_root_slot(tree: Tree, max_depth: int, *, threshold: float = 0.5
+                     ) -> tuple[Array, Array]:
+  """The root slot that leads to a solved terminal node, if the tree has one.
+
+  For single-player tasks whose only reward is the verifier's at the end
+  (puzzles): a terminal node whose incoming reward is ``>= threshold`` is a
+  proven solution, and the root slot on its path is a move that solves the
+  problem whatever the visit counts say (MCTS-Solver's rule, Winands et
+  al. 2008). Of several, the shallowest is taken (ties: lowest index).
+  Jittable.
+
+  Args:
+    tree: the tree.
+    max_depth: static bound on node depth (as for :func:`path_to_root`).
+    threshold: reward at or above which a terminal counts as solved.
+
+  Returns:
+    ``found [B]`` bool and ``slot [B]`` int32 (0 where nothing is found).
+  """
+  b = jnp.arange(tree.batch_size)
+  n = tree.capacity
+  used = jnp.arange(n)[None] < tree.num_nodes[:, None]
+  parent = jnp.maximum(tree.parents, 0)
+  slot = jnp.maximum(tree.action_from_parent, 0)
+  reward = tree.children_rewards[b[:, None], parent, slot]  # [B, N]
+  solved = (used & tree.node_terminal & (tree.node_depth >= 1)
+            & (reward >= threshold))
+  depth = jnp.where(solved, tree.node_depth, jnp.iinfo(jnp.int32).max)
+  node = jnp.argmin(depth, axis=1).astype(jnp.int32)
+  found = jnp.any(solved, axis=1)
+  path = path_to_root(tree, node, max_depth)  # [B, D + 1], node first
+  depths = jnp.where(path >= 0, tree.node_depth[b[:, None],
+                                                jnp.maximum(path, 0)], -1)
+  first = jnp.argmax(depths == 1, axis=1)  # the depth-1 ancestor
+  child = path[b, first]
+  out = tree.action_from_parent[b, jnp.maximum(child, 0)]
+  return found, jnp.where(found, out, 0).astype(jnp.int32)
