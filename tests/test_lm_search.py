@@ -1,4 +1,6 @@
 """LM search: every node's logits/value equal a plain forward over its prefix."""
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -162,6 +164,43 @@ def test_search_matches_full_forward(model_kw, mode, policy, s, max_len):
       real = step[step >= 0]
       assert len(real) >= 1 and (step[len(real):] == -1).all()
       assert all(x not in (ENV.eos_id, ENV.step_delimiter) for x in real[:-1])
+    # dedupe_steps (the default): the valid slots of a node are distinct.
+    for b, nn in zip(*np.nonzero(np.asarray(tree.num_nodes)[:, None]
+                                 > np.arange(tree.capacity)[None])):
+      steps = [tuple(acts[b, nn, k]) for k in range(3) if used[b, nn, k]]
+      assert len(steps) == len(set(steps))
+
+
+def test_repeated_slots():
+  acts = jnp.array([[[1, 2, -1], [1, 2, -1], [3, -1, -1], [1, 2, -1]],
+                    [[5, -1, -1], [5, 6, -1], [5, -1, -1], [5, 6, -1]]])
+  mask = jnp.array([[True, True, True, True], [False, True, True, True]])
+  rep = importlib.import_module("tsearch.lm_search").repeated_slots(acts, mask)
+  # Row 0: slots 1 and 3 repeat slot 0. Row 1: slot 0 is masked, so slot 2
+  # is the first valid [5]; slot 3 repeats slot 1.
+  np.testing.assert_array_equal(rep, [[False, True, False, True],
+                                      [False, False, False, True]])
+
+
+def test_dedupe_steps_off_keeps_repeats():
+  # A nearly deterministic model (large logits) samples the same step K
+  # times: deduped, one valid slot; without dedupe, K.
+  g, st = make_model(num_layers=1)
+  st = jax.tree.map(lambda x: x * 30.0, st)
+  prompt, lengths = prompts()
+  kw = dict(mode="step", policy="puct", num_simulations=2, num_children=4,
+            step_length=3, max_depth=2)
+  on = tsearch.lm_search(g, st, ENV, prompt, lengths, jax.random.key(0),
+                         config=tsearch.LMSearchConfig(**kw))
+  off = tsearch.lm_search(g, st, ENV, prompt, lengths, jax.random.key(0),
+                          config=tsearch.LMSearchConfig(dedupe_steps=False,
+                                                        **kw))
+  root_on = np.asarray(on.search_tree.children_mask[:, 0]).sum(-1)
+  root_off = np.asarray(off.search_tree.children_mask[:, 0]).sum(-1)
+  np.testing.assert_array_equal(root_off, [4, 4])
+  assert (root_on < root_off).all()
+  np.testing.assert_array_equal(on.search_tree.children_actions[:, 0],
+                                off.search_tree.children_actions[:, 0])
 
 
 def test_search_after_reroot_matches_full_forward():

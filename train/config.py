@@ -72,6 +72,7 @@ def default_config() -> ConfigDict:
       updates_per_search=1,  # updates per search (with a replay buffer).
       step_length=16,  # "step": most tokens per step (S).
       step_temperature=1.0,  # "step": sampling temperature of steps.
+      dedupe_steps=True,  # "step": a node's K slots hold distinct steps.
       max_moves=0,  # moves per rollout; 0: see search_learn.num_moves.
       max_depth=0,  # tree depth bound; 0: see search_learn.lm_search_config.
       dirichlet_fraction=0.25,  # PUCT root noise while training.

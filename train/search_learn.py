@@ -134,6 +134,7 @@ def lm_search_config(search: ml_collections.ConfigDict, task, *,
       max_depth=max(depth, 1), capacity=capacity,
       reserve_tokens=int(task.max_answer_length),
       step_temperature=float(search.get("step_temperature", 1.0)),
+      dedupe_steps=bool(search.get("dedupe_steps", True)),
       dirichlet_fraction=(float(search.get("dirichlet_fraction", 0.25))
                           if noise else 0.0),
       pb_c_init=float(search.get("pb_c_init", 1.25)),

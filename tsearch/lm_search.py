@@ -73,6 +73,10 @@ class LMSearchConfig:
     reserve_tokens: extra prompt-cache slots for tokens committed by
       :func:`lm_reroot` (0: no reroot planned).
     step_temperature: sampling temperature of candidate steps.
+    dedupe_steps: step mode: a sampled step equal to an earlier slot's step
+      is masked out, so the K slots hold distinct steps (repeats of a likely
+      step would split its visits and waste expansions). Off: K independent
+      samples, repeats included.
     length_normalize: step prior = mean instead of sum of token log-probs.
     keep_logits: store each node's next-token logits ``[B, N, V]`` in the
       tree (for tests and inspection; costs ``N * V`` floats per row).
@@ -88,6 +92,7 @@ class LMSearchConfig:
   capacity: int | None = None
   reserve_tokens: int = 0
   step_temperature: float = 1.0
+  dedupe_steps: bool = True
   length_normalize: bool = False
   keep_logits: bool = False
   dirichlet_fraction: float = 0.25
@@ -200,6 +205,19 @@ def _top_k_children(logits, legal, terminal, k):
   return idx[..., None].astype(jnp.int32), prior, mask
 
 
+def repeated_slots(actions: Array, mask: Array) -> Array:
+  """``[B, K]``: slot ``k`` holds the same step as a valid slot ``j < k``.
+
+  Args:
+    actions: ``[B, K, S]`` steps, ``-1`` padded.
+    mask: ``[B, K]`` valid slots.
+  """
+  k = actions.shape[1]
+  same = jnp.all(actions[:, :, None] == actions[:, None, :], -1)  # [B, K, K]
+  earlier = jnp.tril(jnp.ones((k, k), bool), -1)[None]  # j < k
+  return jnp.any(same & earlier & mask[:, None, :], -1)
+
+
 def _sample_steps(graphdef, mstate, env, config: LMSearchConfig, ctx: KVContext,
                   logits, state, terminal, child_start, key):
   """K candidate steps per row in one batched decode over B x K sequences.
@@ -275,6 +293,8 @@ def _sample_steps(graphdef, mstate, env, config: LMSearchConfig, ctx: KVContext,
   n_tok = (actions >= 0).sum(-1)
   prior = logp_sum / jnp.maximum(n_tok, 1) if config.length_normalize else logp_sum
   mask = (n_tok > 0) & ~terminal[:, None]
+  if config.dedupe_steps:
+    mask = mask & ~repeated_slots(actions, mask)
   calls = jnp.full((b,), s - 1, jnp.int32)
   tokens = jnp.full((b,), (s - 1) * k, jnp.int32)
   return actions, prior, mask, calls, tokens
