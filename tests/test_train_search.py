@@ -131,6 +131,40 @@ def test_packed_forward_matches_one_sequence_per_step():
   np.testing.assert_allclose(out.logits[1], plain.logits[1], atol=1e-4)
 
 
+def test_step_policy_losses_nll_and_candidates():
+  task = get_task("arithmetic", max_digits=1)
+  fns, params = _model(task, 64)
+  rng = np.random.default_rng(1)
+  b, l, m, k, s = 2, 10, 2, 3, 4
+  steps = jnp.asarray(rng.integers(3, task.vocab.size, (b, m, k, s)),
+                      jnp.int32)
+  weights = jnp.asarray(rng.dirichlet(np.ones(k), (b, m)), jnp.float32)
+  batch = dict(
+      seq=jnp.asarray(rng.integers(3, task.vocab.size, (b, l)), jnp.int32),
+      length=jnp.array([9, 10]), prompt_length=jnp.array([4, 5]),
+      offset=jnp.array([[0, 2], [0, 3]]), outcome=jnp.array([1.0, 0.0]),
+      weights=weights, children_actions=steps,
+      children_mask=jnp.ones((b, m, k), bool),
+      root_value=jnp.zeros((b, m)), active=jnp.ones((b, m), bool))
+  kw = dict(level="step", value_target="outcome", outcome_weight=1.0,
+            two_player=False, pad_id=task.pad_id, max_seq_len=64)
+  start = batch["prompt_length"][:, None] + batch["offset"]
+  lp = search_learn.step_logprobs(fns.apply, params, batch["seq"], start,
+                                  steps, pad_id=task.pad_id)
+  nll = search_learn.search_loss_fn(fns.apply, **kw)(params, batch, None)
+  cand = search_learn.search_loss_fn(
+      fns.apply, step_policy_loss="candidates", **kw)(params, batch, None)
+  ref_nll = -np.sum(weights * lp) / (b * m)
+  ref_cand = -np.sum(weights * jax.nn.log_softmax(lp, -1)) / (b * m)
+  np.testing.assert_allclose(nll["policy"].total / nll["policy"].count,
+                             ref_nll, rtol=1e-4)
+  np.testing.assert_allclose(cand["policy"].total / cand["policy"].count,
+                             ref_cand, rtol=1e-4)
+  assert ref_cand < ref_nll  # renormalised over K: a smaller loss
+  with pytest.raises(ValueError, match="step_policy_loss"):
+    search_learn.search_loss_fn(fns.apply, step_policy_loss="ce", **kw)
+
+
 def test_value_outcomes_flip_sign_for_two_players():
   active = jnp.array([[1, 1, 1, 0], [1, 1, 0, 0]], bool)
   outcome = jnp.array([1.0, 1.0])  # for the player who moved last

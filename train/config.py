@@ -73,6 +73,8 @@ def default_config() -> ConfigDict:
       step_length=16,  # "step": most tokens per step (S).
       step_temperature=1.0,  # "step": sampling temperature of steps.
       dedupe_steps=True,  # "step": a node's K slots hold distinct steps.
+      step_policy_loss="nll",  # "step": "nll" (weighted NLL of the K steps)
+                               # or "candidates" (CE over the K candidates).
       max_moves=0,  # moves per rollout; 0: see search_learn.num_moves.
       max_depth=0,  # tree depth bound; 0: see search_learn.lm_search_config.
       dirichlet_fraction=0.25,  # PUCT root noise while training.
@@ -114,6 +116,8 @@ def validate_config(config: ConfigDict) -> None:
        "use 'token' or 'step'.")
   need(config.search.value_target in ("outcome", "q", "mix"),
        "search.value_target", "use 'outcome', 'q' or 'mix'.")
+  need(config.search.step_policy_loss in ("nll", "candidates"),
+       "search.step_policy_loss", "use 'nll' or 'candidates'.")
   need(config.warm_start.data in ("reference", "solver"), "warm_start.data",
        "use 'reference' or 'solver'.")
   need(config.search.replay_size >= 0, "search.replay_size", "must be >= 0.")

@@ -417,8 +417,20 @@ def packed_forward(apply_fn, params, seq: Array, length: Array,
 
 def search_loss_fn(apply_fn, *, level: str, value_target: str,
                    outcome_weight: float, two_player: bool, pad_id: int,
-                   max_seq_len: int = 0):
-  """Loss on a rollout's targets (see the module docstring)."""
+                   max_seq_len: int = 0, step_policy_loss: str = "nll"):
+  """Loss on a rollout's targets (see the module docstring).
+
+  ``step_policy_loss`` (step level): ``"nll"``, the weighted log-likelihood
+  of the K sampled steps (:func:`train.losses.weighted_step_nll`: raises
+  every step with weight > 0); ``"candidates"``, the cross-entropy of the
+  search's weights against the model's distribution renormalised over the K
+  candidates (:func:`train.losses.policy_loss` on the steps' log-probs: a
+  better step gains at the expense of the worse ones; with
+  ``search.dedupe_steps`` the candidates are distinct).
+  """
+  if step_policy_loss not in ("nll", "candidates"):
+    raise ValueError(f"step_policy_loss must be 'nll' or 'candidates', got "
+                     f"{step_policy_loss!r}.")
   def loss_fn(params, batch, key):
     del key
     seq, length = batch["seq"], batch["length"]
@@ -441,6 +453,8 @@ def search_loss_fn(apply_fn, *, level: str, value_target: str,
           vocab_logits, jnp.maximum(batch["children_actions"][..., 0], 0))
       policy = losses_lib.policy_loss(child_logits, batch["weights"], legal,
                                       active)
+    elif step_policy_loss == "candidates":
+      policy = losses_lib.policy_loss(lps, batch["weights"], legal, active)
     else:
       policy = losses_lib.weighted_step_nll(lps, batch["weights"], legal,
                                             active)
@@ -531,7 +545,8 @@ class SearchLearn:
     loss_fn = search_loss_fn(
         fns.apply, level=s.level, value_target=s.value_target,
         outcome_weight=s.value_mix, two_player=two_player, pad_id=task.pad_id,
-        max_seq_len=mcfg.max_seq_len)
+        max_seq_len=mcfg.max_seq_len,
+        step_policy_loss=s.get("step_policy_loss", "nll"))
     weights = {"policy": s.policy_weight, "value": s.value_weight,
                "sft": s.sft_weight}
     self.replay = None
