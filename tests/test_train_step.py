@@ -73,3 +73,21 @@ def test_batch_not_divisible_is_a_clear_error():
   mesh = step_lib.make_mesh(8)
   with pytest.raises(ValueError, match="not divisible by the 8 devices"):
     step_lib.shard_batch(_batch(b=6), mesh)
+
+
+def test_search_learning_rate_schedule_spans_the_warm_start_only():
+  from ml_collections import ConfigDict
+  optim = ConfigDict(dict(learning_rate=1e-2, warmup_steps=5))
+  joined = step_lib.learning_rate_schedule(optim, 100, warm_steps=40,
+                                           search_learning_rate=3e-4)
+  warm_only = step_lib.learning_rate_schedule(optim, 40)
+  one = step_lib.learning_rate_schedule(optim, 100)
+  for i in (0, 3, 5, 20, 39):
+    np.testing.assert_allclose(joined(i), warm_only(i), rtol=1e-6)
+  for i in (40, 41, 99, 500):
+    np.testing.assert_allclose(joined(i), 3e-4, rtol=1e-6)
+  # The default keeps one schedule over all updates (differs at step 20).
+  assert abs(float(one(20)) - float(warm_only(20))) > 1e-4
+  np.testing.assert_allclose(
+      step_lib.learning_rate_schedule(optim, 10, search_learning_rate=2e-3)(7),
+      2e-3, rtol=1e-6)

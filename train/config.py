@@ -79,6 +79,8 @@ def default_config() -> ConfigDict:
       max_depth=0,  # tree depth bound; 0: see search_learn.lm_search_config.
       dirichlet_fraction=0.25,  # PUCT root noise while training.
       pb_c_init=1.25,  # PUCT exploration constant (training and evaluation).
+      learning_rate=0.0,  # > 0: search steps run at this constant rate and
+                          # the optim schedule spans the warm start only.
       act_on_solved=False,  # puzzles: follow a verified terminal found in
                             # the tree (tsearch.solved_root_slot).
   ))
@@ -130,6 +132,8 @@ def validate_config(config: ConfigDict) -> None:
        "warm_start.steps", "connect_four has no reference solutions to warm "
        "start on; set --config.warm_start.steps=0 (self-play only).")
   need(config.search.step_length >= 1, "search.step_length", "must be >= 1.")
+  need(config.search.learning_rate >= 0, "search.learning_rate",
+       "must be >= 0 (0: one schedule over all steps).")
   need(config.search.pb_c_init > 0, "search.pb_c_init", "must be positive.")
   need(not (config.task.name == "connect_four" and config.search.act_on_solved),
        "search.act_on_solved", "is for single-player puzzles; a won terminal "

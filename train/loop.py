@@ -66,7 +66,8 @@ def build(config: ml_collections.ConfigDict, workdir: str):
         f"--config.model.max_seq_len to at least {max_len}.")
   fns, params = model_lib.create_model(
       model_lib.model_config(config, task.vocab.size), seed=config.seed)
-  optimizer = step_lib.make_optimizer(config.optim, optimizer_steps(config))
+  optimizer = step_lib.make_optimizer(config.optim, optimizer_steps(config),
+                                      **_schedule_kw(config))
   mesh = step_lib.make_mesh()
   if config.batch_size % mesh.shape[step_lib.DATA]:
     raise ValueError(
@@ -75,6 +76,12 @@ def build(config: ml_collections.ConfigDict, workdir: str):
         f"multiple of {mesh.shape[step_lib.DATA]}.")
   state = step_lib.init_state(params, optimizer, config.seed)
   return task, fns, state, optimizer, mesh, max_len
+
+
+def _schedule_kw(config):
+  return dict(warm_steps=int(config.warm_start.steps),
+              search_learning_rate=float(config.search.get("learning_rate",
+                                                           0.0)))
 
 
 def optimizer_steps(config: ml_collections.ConfigDict, loop_steps=None
@@ -166,8 +173,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       step_lib.supervised_loss_fn(fns.apply), optimizer, mesh,
       loss_weights={"policy": config.warm_start.policy_weight,
                     "value": config.warm_start.value_weight})
-  schedule = step_lib.learning_rate_schedule(config.optim,
-                                             optimizer_steps(config))
+  schedule = step_lib.learning_rate_schedule(
+      config.optim, optimizer_steps(config), **_schedule_kw(config))
   verify = jax.jit(task.verify)
   base_key = jax.random.wrap_key_data(jax.device_get(state.rng))
 

@@ -51,10 +51,13 @@ def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
   return jax.make_mesh((n,), (DATA,), devices=devices[:n])
 
 
-def make_optimizer(optim: ml_collections.ConfigDict,
-                   total_steps: int) -> optax.GradientTransformation:
-  """AdamW with linear warmup, cosine decay and global-norm clipping."""
-  schedule = learning_rate_schedule(optim, total_steps)
+def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int, *,
+                   warm_steps: int = 0, search_learning_rate: float = 0.0
+                   ) -> optax.GradientTransformation:
+  """AdamW with linear warmup, cosine decay and global-norm clipping
+  (schedule: :func:`learning_rate_schedule`)."""
+  schedule = learning_rate_schedule(optim, total_steps, warm_steps=warm_steps,
+                                    search_learning_rate=search_learning_rate)
   parts = []
   if optim.grad_clip:
     parts.append(optax.clip_by_global_norm(optim.grad_clip))
@@ -63,7 +66,23 @@ def make_optimizer(optim: ml_collections.ConfigDict,
   return optax.chain(*parts)
 
 
-def learning_rate_schedule(optim, total_steps: int):
+def learning_rate_schedule(optim, total_steps: int, *, warm_steps: int = 0,
+                           search_learning_rate: float = 0.0):
+  """Learning rate per optimizer update.
+
+  With ``search_learning_rate == 0``: one warmup + cosine decay over all
+  ``total_steps``. Otherwise the warmup + cosine decay spans the
+  ``warm_steps`` warm-start updates only and the search-and-learn updates
+  after them run at the constant ``search_learning_rate``; so the warm start
+  does not depend on how many search steps follow (a warm-start checkpoint
+  can be continued into any number of search steps).
+  """
+  if search_learning_rate and warm_steps:
+    return optax.join_schedules(
+        [learning_rate_schedule(optim, warm_steps),
+         optax.constant_schedule(float(search_learning_rate))], [warm_steps])
+  if search_learning_rate:
+    return optax.constant_schedule(float(search_learning_rate))
   warmup = max(0, min(int(optim.warmup_steps), total_steps - 1))
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0 if warmup else optim.learning_rate,
