@@ -29,19 +29,30 @@ def get_config():
   c.task.options = dict()
   c.task.strict = True
   c.data.source = "generated"  # train-split puzzles, numbers shuffled
+  # max_seq_len 448: step-level training packs each trajectory with its
+  # 3 moves x 8 candidate steps of 16 tokens (RoPE: no parameter depends
+  # on it).
   c.model.update(num_layers=3, d_model=128, num_heads=4, num_kv_heads=2,
-                 head_dim=32, mlp_dim=384, max_seq_len=256)
+                 head_dim=32, mlp_dim=384, max_seq_len=448)
   c.optim.update(learning_rate=2e-3, warmup_steps=100, weight_decay=0.01)
   c.batch_size = 64
-  c.warm_start.update(steps=1000, data="solver", negative_fraction=0.5,
+  c.warm_start.update(steps=3000, data="solver", negative_fraction=0.5,
                       value_weight=1.0)
-  c.search.update(steps=60, level="step", algorithm="gumbel",
-                  num_simulations=8, num_children=4, capacity=32,
-                  step_length=16, value_target="mix", value_mix=0.5,
-                  sft_weight=0.5, replay_size=256, updates_per_search=2)
-  c.checkpoint.every_steps = 50
+  # Search-and-learn: step-level PUCT over 8 distinct sampled steps per
+  # node, acting on a verified solution when the tree holds one; targets:
+  # the visit distribution over the 8 candidates, SFT on solved rollouts,
+  # value = mix of outcome and tree value. Constant learning rate (the warm
+  # start's schedule ends at 2e-4).
+  c.search.update(steps=40, level="step", algorithm="puct",
+                  num_simulations=16, num_children=8, capacity=32,
+                  step_length=16, act_on_solved=True,
+                  step_policy_loss="candidates", policy_weight=1.0,
+                  sft_weight=1.0, value_target="mix", value_mix=0.5,
+                  value_weight=0.5, replay_size=256, updates_per_search=2,
+                  learning_rate=2e-4)
+  c.checkpoint.every_steps = 10
   c.checkpoint.keep = 40
-  c.log_every_steps = 20
+  c.log_every_steps = 5
   c.eval.update(split="test", num_examples=100, batch_size=100,
                 best_of_n=(8,), mcts_budgets=(16, 64))
   return c

@@ -249,6 +249,26 @@ def test_replay_buffer_is_checkpointed_and_resumes_exactly(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, p1, p2)
 
 
+def test_warm_start_checkpoint_continues_into_search_steps(tmp_path):
+  # With search.learning_rate set, a warm-start-only run (search.steps=0,
+  # no replay buffer saved) continued with search steps ends with the
+  # parameters of the run made in one go.
+  kw = dict(steps=2, replay_size=16, updates_per_search=2,
+            learning_rate=1e-3)
+  straight = str(tmp_path / "straight")
+  loop.train(_tiny(tmp_path, **kw), straight)
+  split = str(tmp_path / "split")
+  loop.train(_tiny(tmp_path, **dict(kw, steps=0)), split)
+  ckpt = loop.checkpointer(_tiny(tmp_path, **kw), split)
+  assert ckpt.latest_step() == 2 and not ckpt.has_replay(2)
+  ckpt.close()
+  loop.train(_tiny(tmp_path, **kw), split)  # resumes at 2, empty buffer
+  _, _, p1, s1 = loop.latest_params(_tiny(tmp_path, **kw), straight)
+  _, _, p2, s2 = loop.latest_params(_tiny(tmp_path, **kw), split)
+  assert s1 == s2 == 4
+  jax.tree.map(np.testing.assert_array_equal, p1, p2)
+
+
 def test_bad_replay_config_is_a_clear_error(tmp_path):
   c = _tiny(tmp_path, replay_size=4)
   with pytest.raises(ValueError, match="replay_size"):

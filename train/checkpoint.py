@@ -98,6 +98,10 @@ class Checkpointer:
       return out, meta
     return self.restore(step, target)
 
+  def has_replay(self, step: int) -> bool:
+    """Whether the checkpoint at ``step`` holds a replay buffer."""
+    return "replay" in self._saved_tree(step)
+
   def _saved_tree(self, step: int):
     metadata = self._manager.item_metadata(step)["state"]
     return getattr(metadata, "tree", metadata)

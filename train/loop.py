@@ -143,9 +143,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ckpt = checkpointer(config, workdir)
   start = ckpt.latest_step()
   if start is not None:
-    tree, meta = ckpt.restore(start, state_to_tree(state, replay))
+    # A warm-start checkpoint written without a replay buffer (by a run
+    # with search.steps=0) continues into search steps with the empty
+    # buffer a longer run would have had there.
+    fresh_replay = (replay is not None and start <= warm
+                    and not ckpt.has_replay(start))
+    tree, meta = ckpt.restore(start, state_to_tree(
+        state, None if fresh_replay else replay))
     state = tree_to_state(tree)
-    if replay is not None:
+    if replay is not None and not fresh_replay:
       search_learn.replay = tree["replay"]
     stream.restore(meta["data_position"])
     if int(state.step) != optimizer_steps(config, start):
