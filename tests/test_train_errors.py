@@ -83,6 +83,14 @@ def test_config_validation_and_nan_check(tmp_path):
   c.search.pb_c_init = 0.0
   with pytest.raises(ValueError, match="search.pb_c_init=0.0: must be pos"):
     config_lib.validate_config(c)
+  c = _tiny()
+  c.search.step_policy_loss = "ce"
+  with pytest.raises(ValueError, match="step_policy_loss='ce': use 'nll'"):
+    config_lib.validate_config(c)
+  c = _tiny()
+  c.search.learning_rate = -1e-3
+  with pytest.raises(ValueError, match="search.learning_rate=-0.001"):
+    config_lib.validate_config(c)
   c = config_lib.load_config_file(os.path.join(REPO, "configs",
                                                "connect_four.py"))
   c.search.act_on_solved = True
