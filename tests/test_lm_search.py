@@ -1,4 +1,5 @@
 """LM search: every node's logits/value equal a plain forward over its prefix."""
+import dataclasses
 import importlib
 
 import jax
@@ -236,6 +237,118 @@ def test_search_after_reroot_matches_full_forward():
   assert (np.asarray(more.search_tree.num_nodes) > kept).all()
   assert_tree_exact(g, st, more.search_tree, prompt, lengths, committed,
                     mode="step")
+
+
+def _slot_answer(t, b, n, k):
+  """Answer tokens of node ``n``'s child slot ``k`` (path + the slot)."""
+  seq, m = [], n
+  while t.parents[b, m] >= 0:
+    pm, am = t.parents[b, m], t.action_from_parent[b, m]
+    seq = [int(x) for x in t.children_actions[b, pm, am] if x >= 0] + seq
+    m = pm
+  return seq + [int(x) for x in t.children_actions[b, n, k] if x >= 0]
+
+
+@pytest.mark.parametrize("mode,s", [("step", 3), ("token", 1)])
+def test_terminal_lookahead(mode, s):
+  """Child slots are scored by the verifier at expansion; with lookahead a
+  node's value is max(value head, its best terminal slot's reward), or that
+  reward alone when every slot ends the answer."""
+  g, st = make_model(num_layers=1)
+  env = ToyEnv(vocab_size=16, max_len=4)
+  prompt, lengths = prompts()
+  config = tsearch.LMSearchConfig(
+      mode=mode, policy="puct", num_simulations=12, num_children=4,
+      step_length=s, max_depth=4, keep_logits=True, terminal_lookahead=True)
+  tree = jax.device_get(tsearch.lm_search(
+      g, st, env, prompt, lengths, jax.random.key(2), config=config
+  ).search_tree)
+  seqs = node_sequences(tree, prompt, lengths)
+  batch = np.zeros((len(seqs), 48), np.int32)
+  for i, (_, _, seq) in enumerate(seqs):
+    batch[i, :len(seq)] = seq
+  head = np.asarray(_fwd(g, st, jnp.asarray(batch), jnp.broadcast_to(
+      jnp.arange(48), batch.shape)).value)
+  emb = tree.embeddings
+  raised = scored = 0
+  for i, (b, n, seq) in enumerate(seqs):
+    if tree.node_terminal[b, n]:
+      continue
+    best, every = -np.inf, bool(tree.children_mask[b, n].any())
+    for k in range(4):
+      ans = _slot_answer(tree, b, n, k)
+      legal = bool(tree.children_mask[b, n, k])
+      term = legal and (ans[-1] == env.eos_id or len(ans) >= env.max_len)
+      want = float(sum(ans[:env.max_len]) % 3 == 0) if term else 0.0
+      assert bool(emb["child_terminal"][b, n, k]) == term
+      assert float(emb["child_reward"][b, n, k]) == want
+      if term:
+        scored += 1
+        best = max(best, want)
+      every &= term or not legal
+    v = float(head[i, len(seq) - 1])
+    # Every slot scored: the value is exact; else a lower bound on it.
+    want_v = best if every else max(v, best)
+    np.testing.assert_allclose(float(tree.raw_values[b, n]), want_v,
+                               atol=1e-5)
+    raised += best > v + 1e-3
+  assert scored >= 3 and raised >= 1  # the lookahead did something
+  # Off: the same kind of tree keeps the value head's values.
+  off = tsearch.lm_search(g, st, env, prompt, lengths, jax.random.key(2),
+                          config=dataclasses.replace(
+                              config, terminal_lookahead=False))
+  assert_tree_exact(g, st, off.search_tree, prompt, lengths, mode=mode)
+
+
+def test_prune_terminal_slots():
+  """Below the root no slot that ends the answer is offered; a node left
+  without slots holds its best slot's reward exactly."""
+  g, st = make_model(num_layers=1)
+  env = ToyEnv(vocab_size=16, max_len=4)
+  prompt, lengths = prompts()
+  config = tsearch.LMSearchConfig(
+      mode="step", policy="puct", num_simulations=12, num_children=4,
+      step_length=2, max_depth=4, terminal_lookahead=True,
+      prune_terminal_slots=True)
+  tree = jax.device_get(tsearch.lm_search(
+      g, st, env, prompt, lengths, jax.random.key(2), config=config
+  ).search_tree)
+  emb = tree.embeddings
+  used = np.arange(tree.capacity)[None] < tree.num_nodes[:, None]
+  below = used.copy()
+  below[:, 0] = False
+  assert not (tree.children_mask & emb["child_terminal"])[below].any()
+  assert emb["child_terminal"][below].any()  # something was pruned
+  # The root keeps its slots; only its children can be terminal nodes.
+  assert (tree.node_terminal[used] <= (tree.node_depth[used] == 1)).all()
+  leaves = below & ~tree.children_mask.any(-1) & emb["child_terminal"].any(-1)
+  assert leaves.any()
+  best = np.where(emb["child_terminal"], emb["child_reward"], -1).max(-1)
+  np.testing.assert_array_equal(tree.raw_values[leaves], best[leaves])
+  with pytest.raises(ValueError, match="needs terminal_lookahead"):
+    tsearch.LMSearchConfig(mode="step", prune_terminal_slots=True)
+
+
+def test_solved_slot_reads_unvisited_winning_slots():
+  g, st = make_model(num_layers=1)
+  env = ToyEnv(vocab_size=16, max_len=4)
+  prompt, lengths = prompts()
+  config = tsearch.LMSearchConfig(
+      mode="token", policy="puct", num_simulations=3, num_children=4,
+      max_depth=4)
+  tree = tsearch.lm_search(g, st, env, prompt, lengths, jax.random.key(0),
+                           config=config).search_tree
+  emb = tree.embeddings
+  # Mark root slot 3 of row 0 a verified win, never visited; row 1: none.
+  term = np.zeros(np.shape(emb["child_terminal"]), bool)
+  term[0, 0, 3] = True
+  tree = tree.replace(embeddings={**emb, "child_terminal": jnp.asarray(term),
+                                  "child_reward": jnp.asarray(term * 1.0)})
+  assert int(tree.children_index[0, 0, 3]) == tsearch.UNVISITED
+  lm = importlib.import_module("tsearch.lm_search")
+  found, slot = jax.jit(lm.solved_slot, static_argnums=1)(tree, 4)
+  np.testing.assert_array_equal(found, [True, False])
+  np.testing.assert_array_equal(slot, [3, 0])
 
 
 def assert_terminal_rewards(tree, env):

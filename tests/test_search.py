@@ -12,6 +12,7 @@ import pytest
 import tsearch
 from tsearch import _toy_mdp as toy
 from tsearch import search
+from tsearch import search as search_lib
 
 _ACTIONS_K2 = jnp.zeros((1, 2, 1), jnp.int32).at[0, 1, 0].set(1)
 
@@ -292,3 +293,37 @@ def test_from_mctx_recurrent_fn_with_wrong_num_actions():
     tsearch.root_from_mctx(
         mctx.RootFnOutput(prior_logits=jnp.zeros((2, 3)), value=jnp.zeros(2),
                           embedding=jnp.zeros(2)), jnp.zeros((2, 4)))
+
+
+def _exhausted_ref(t, b, n):
+  if t.node_terminal[b, n] or not t.children_mask[b, n].any():
+    return True
+  kids = [int(t.children_index[b, n, k]) for k in range(t.num_children)
+          if t.children_mask[b, n, k]]
+  return all(c >= 0 and _exhausted_ref(t, b, c) for c in kids)
+
+
+def test_skip_dead_ends():
+  """With skip_dead_ends a simulation ends on an exhausted node only when
+  every legal sibling slot is exhausted too; mctx's rule does not care."""
+  mdp = toy.make_toy_mdp(jax.random.key(4), 30, 3, terminal_fraction=0.4,
+                         illegal_fraction=0.3)
+  violations = {}
+  for skip in (False, True):
+    out = jax.jit(lambda m, k, skip=skip: tsearch.puct_search(
+        m, k, toy.root(m, jnp.arange(4)), toy.expand_fn, num_simulations=40,
+        dirichlet_fraction=0.0, skip_dead_ends=skip))(mdp, jax.random.key(1))
+    t = jax.device_get(out.search_tree)
+    ex = np.asarray(search_lib._exhausted(t, None))
+    bad = 0
+    for b in range(4):
+      for n in range(1, int(t.num_nodes[b])):
+        assert bool(ex[b, n]) == _exhausted_ref(t, b, n)
+        if t.node_terminal[b, n] and t.node_visits[b, n] > 1:
+          p = int(t.parents[b, n])
+          sib = [int(t.children_index[b, p, k]) for k in range(3)
+                 if t.children_mask[b, p, k]]
+          bad += not all(c >= 0 and ex[b, c] for c in sib)
+    violations[skip] = bad
+  assert violations[True] == 0
+  assert violations[False] > 0  # the test tree does revisit dead ends

@@ -74,7 +74,8 @@ def test_token_rollout_commits_verified_trajectories():
   assert np.all(r["model_calls"] >= 2)  # the root and the committed child
 
 
-def test_step_rollout_on_strict_countdown():
+@pytest.mark.parametrize("prune", [False, True])
+def test_step_rollout_on_strict_countdown(prune):
   task = StrictCountdown(get_task("countdown", num_numbers=3, max_number=9,
                                   max_target=20))
   fns, params = _model(task, 160)
@@ -82,12 +83,19 @@ def test_step_rollout_on_strict_countdown():
   prompt, plen = task.encode_prompts(problems)
   # 20 tokens hold the longest step of one-digit numbers, "(a/b)+(c/d)=(ef/gh)\n".
   s = _search(level="step", num_simulations=5, num_children=3, capacity=16,
-              step_length=20)
+              step_length=20, terminal_lookahead=prune,
+              prune_terminal_slots=prune)
   cfg = search_learn.lm_search_config(s, task)
   assert cfg.mode == "step" and cfg.max_depth == 2
+  assert cfg.prune_terminal_slots == cfg.terminal_lookahead == prune
   r = jax.device_get(jax.jit(lambda p, k: search_learn.rollout(
       fns.graphdef, task, fns.state(p), prompt, plen, k, config=cfg,
-      num_moves=2))(params, jax.random.key(3)))
+      num_moves=2, act_on_solved=prune))(params, jax.random.key(3)))
+  if prune:
+    # The last move's steps all end the answer: pruned, so that move was
+    # not searched (no slot, no policy target) and a scored step was taken.
+    assert not r["children_mask"][:, 1].any()
+    assert not r["weights"][:, 1].any()
   assert r["children_actions"].shape == (3, 2, 3, 20)
   for i in range(3):
     pl, n = int(plen[i]), int(r["length"][i])
@@ -104,7 +112,8 @@ def test_step_rollout_on_strict_countdown():
       committed = [list(a[a >= 0]) for a in acts]
       end = int(r["offset"][i, 1]) if j == 0 else n - pl
       assert list(answer[start:end]) in committed  # one of the K steps
-      np.testing.assert_allclose(r["weights"][i, j].sum(), 1.0, rtol=1e-5)
+      if r["children_mask"][i, j].any():
+        np.testing.assert_allclose(r["weights"][i, j].sum(), 1.0, rtol=1e-5)
 
 
 def test_packed_forward_matches_one_sequence_per_step():

@@ -97,6 +97,57 @@ def test_solved_root_slot_follows_the_shallowest_verified_terminal():
   assert bool(found[1])
 
 
+def test_solved_root_slot_with_solved_child_slots():
+  t = _first_search(_mdp()).search_tree
+  parents = np.asarray(t.parents)
+  depth = np.asarray(t.node_depth)
+  slot = np.asarray(t.action_from_parent)
+  n = np.asarray(t.num_nodes)
+  mask = np.array(t.children_mask)
+  terminal = np.zeros_like(np.asarray(t.node_terminal))
+  rewards = np.zeros_like(np.asarray(t.children_rewards))
+  sc = np.zeros_like(mask)
+
+  def root_slot(b, node):
+    while depth[b, node] > 1:
+      node = parents[b, node]
+    return slot[b, node]
+
+  # Row 0: a deep node has a solved (unvisited) child slot.
+  deep0 = max(range(1, n[0]), key=lambda i: depth[0, i])
+  assert depth[0, deep0] >= 2
+  sc[0, deep0, np.argmax(mask[0, deep0])] = True
+  # Row 1: a solved slot of the root itself, and a deeper solved terminal.
+  k1 = int(np.nonzero(mask[1, 0])[0][-1])
+  sc[1, 0, k1] = True
+  deep1 = max(range(1, n[1]), key=lambda i: depth[1, i])
+  terminal[1, deep1] = True
+  rewards[1, parents[1, deep1], slot[1, deep1]] = 1.0
+  # Row 2: a solved slot pruned from the mask counts; one on a free node
+  # (beyond num_nodes) does not.
+  d1 = next(i for i in range(1, n[2]) if depth[2, i] == 1)
+  mask[2, d1, 1] = False
+  sc[2, d1, 1] = True
+  assert n[2] < t.capacity
+  sc[2, n[2], 0] = True
+  t = t.replace(node_terminal=jnp.asarray(terminal),
+                children_rewards=jnp.asarray(rewards),
+                children_mask=jnp.asarray(mask))
+  found, got = jax.jit(lambda t, s: tsearch.solved_root_slot(
+      t, SIMS, solved_children=s))(t, jnp.asarray(sc))
+  np.testing.assert_array_equal(found, [True, True, True])
+  assert int(got[0]) == root_slot(0, deep0)
+  assert int(got[1]) == k1  # shallowest: depth 1 beats the deep terminal
+  assert int(got[2]) == slot[2, d1]
+  sc[2, d1, 1] = False  # only the free node's slot is left
+  found, _ = tsearch.solved_root_slot(t, SIMS, solved_children=jnp.asarray(sc))
+  assert not bool(found[2])
+  # Without the slots, row 1 falls back to the terminal's root slot.
+  found, got = tsearch.solved_root_slot(t, SIMS)
+  np.testing.assert_array_equal(found, [False, True, False])
+  assert int(got[1]) == root_slot(1, deep1)
+
+
 def test_reroot_then_continue_search():
   mdp = _mdp()
   first = _first_search(mdp)

@@ -73,6 +73,10 @@ def default_config() -> ConfigDict:
       step_length=16,  # "step": most tokens per step (S).
       step_temperature=1.0,  # "step": sampling temperature of steps.
       dedupe_steps=True,  # "step": a node's K slots hold distinct steps.
+      terminal_lookahead=False,  # node value >= its best terminal child's
+                                 # verifier reward (LMSearchConfig).
+      prune_terminal_slots=False,  # puzzles: no simulation on a slot whose
+                                   # reward lookahead already knows.
       step_policy_loss="nll",  # "step": "nll" (weighted NLL of the K steps)
                                # or "candidates" (CE over the K candidates).
       max_moves=0,  # moves per rollout; 0: see search_learn.num_moves.

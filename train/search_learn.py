@@ -135,6 +135,8 @@ def lm_search_config(search: ml_collections.ConfigDict, task, *,
       reserve_tokens=int(task.max_answer_length),
       step_temperature=float(search.get("step_temperature", 1.0)),
       dedupe_steps=bool(search.get("dedupe_steps", True)),
+      terminal_lookahead=bool(search.get("terminal_lookahead", False)),
+      prune_terminal_slots=bool(search.get("prune_terminal_slots", False)),
       dirichlet_fraction=(float(search.get("dirichlet_fraction", 0.25))
                           if noise else 0.0),
       pb_c_init=float(search.get("pb_c_init", 1.25)),
@@ -178,7 +180,8 @@ def rollout(graphdef, task, model_state, prompt: Array, prompt_length: Array,
     num_moves: ``M``, moves made (enough for the longest answer).
     act_on_solved: single-player puzzles: when the tree holds a terminal
       node the verifier accepted, commit the root slot on its path instead
-      of the search's choice (:func:`tsearch.solved_root_slot`).
+      of the search's choice (:func:`tsearch.lm_search.solved_slot`: also
+      a sampled child slot the verifier accepted, visited or not).
 
   Returns:
     A dict: ``seq [B, P + T]`` (prompt, then the committed answer),
@@ -237,8 +240,14 @@ def rollout(graphdef, task, model_state, prompt: Array, prompt_length: Array,
     before_t = _used_sum(tree, tree.embeddings["tokens_forwarded"])
     action, weights, tree = jax.lax.cond(jnp.any(active), search, skip, key,
                                          tree, cache)
+    # A root whose slots were all pruned (their outcomes known) was not
+    # searched: commit one of its scored steps.
+    root_live = jnp.any(tree.children_mask[:, tsearch.ROOT_INDEX], -1)
+    scored = jnp.argmax(tree.embeddings["child_terminal"][
+        :, tsearch.ROOT_INDEX], -1).astype(jnp.int32)
+    action = jnp.where(root_live, action, scored)
     if act_on_solved:
-      found, slot = tsearch.solved_root_slot(tree, config.max_depth)
+      found, slot = lm.solved_slot(tree, config.max_depth)
       action = jnp.where(found, slot, action)
     calls = calls + _used_sum(tree, tree.embeddings["model_calls"]) - before_c
     toks = toks + (_used_sum(tree, tree.embeddings["tokens_forwarded"])

@@ -49,6 +49,7 @@ from models import KVContext
 from tsearch import kv_arena
 from tsearch.base import ExpandOutput, RootOutput
 from tsearch.search import gumbel_search, puct_search
+from tsearch import tree as tsearch_tree
 from tsearch.tree import ROOT_INDEX, Tree
 from tsearch._reroot import reroot
 
@@ -78,6 +79,23 @@ class LMSearchConfig:
       step would split its visits and waste expansions). Off: K independent
       samples, repeats included.
     length_normalize: step prior = mean instead of sum of token log-probs.
+    terminal_lookahead: a node's value is ``max(value head, best reward of
+      its child slots that end the episode)``. Expansion already steps the
+      environment through every child slot's action (step mode: while
+      sampling), so a slot that ends the episode is scored by the verifier
+      at once, before it is visited; a winning slot is a proven lower bound
+      on the value for the player to move (single- and two-player alike).
+      If every valid slot ends the episode the value is exactly the best
+      slot's reward (the tree holds no other move from there).
+      The slots' scores are kept either way (embedding ``child_terminal``,
+      ``child_reward`` ``[B, N, K]``; :func:`solved_slot` reads them).
+    prune_terminal_slots: single-player puzzles (with ``terminal_lookahead``
+      and acting on :func:`solved_slot`): below the root, a slot whose step
+      ends the episode is not offered to the search (its reward is already
+      in the node's value and in ``child_reward``), so no simulation is
+      spent on a leaf whose outcome is known; a node left without slots is
+      a leaf. PUCT also passes over such dead ends
+      (``puct_search(skip_dead_ends=True)``).
     keep_logits: store each node's next-token logits ``[B, N, V]`` in the
       tree (for tests and inspection; costs ``N * V`` floats per row).
     dirichlet_fraction, dirichlet_alpha, pb_c_init, temperature: PUCT options.
@@ -94,6 +112,8 @@ class LMSearchConfig:
   step_temperature: float = 1.0
   dedupe_steps: bool = True
   length_normalize: bool = False
+  terminal_lookahead: bool = False
+  prune_terminal_slots: bool = False
   keep_logits: bool = False
   dirichlet_fraction: float = 0.25
   dirichlet_alpha: float = 0.3
@@ -118,6 +138,9 @@ class LMSearchConfig:
                        f"action), got {self.step_length}.")
     if self.reserve_tokens < 0 or self.step_temperature <= 0:
       raise ValueError("reserve_tokens must be >= 0 and step_temperature > 0.")
+    if self.prune_terminal_slots and not self.terminal_lookahead:
+      raise ValueError("prune_terminal_slots needs terminal_lookahead=True "
+                       "(a pruned slot's reward must reach its node's value).")
     if self.capacity is not None and self.capacity < self.num_simulations + 1:
       raise ValueError(f"capacity {self.capacity} < num_simulations + 1 = "
                        f"{self.num_simulations + 1}.")
@@ -140,7 +163,7 @@ class LMSearchOutput:
 
 def _check_static(model_cfg: models.ModelConfig, config: LMSearchConfig,
                   prompt_len: int, env_vocab: int) -> None:
-  if config.num_children > model_cfg.vocab_size:
+  if config.mode == "token" and config.num_children > model_cfg.vocab_size:
     raise ValueError(
         f"num_children K={config.num_children} is larger than the vocabulary "
         f"({model_cfg.vocab_size}); a node cannot have more distinct tokens.")
@@ -253,6 +276,7 @@ def _sample_steps(graphdef, mstate, env, config: LMSearchConfig, ctx: KVContext,
 
   keys = jax.random.split(key, s)
   tok0, lp0, st, done = sample(0, rep(logits), st, done, keys[0])
+  st0 = st
   cache_shape = (lcfg[0], b, k, s) + lcfg[3:]
   cache_k = jnp.zeros(cache_shape, ctx[0].keys.dtype)
   cache_v = jnp.zeros(cache_shape, ctx[0].values.dtype)
@@ -281,8 +305,8 @@ def _sample_steps(graphdef, mstate, env, config: LMSearchConfig, ctx: KVContext,
     return (nxt, st, done, cache_k, cache_v), (nxt, lp)
 
   if s > 1:
-    _, (toks, lps) = jax.lax.scan(
-        body, (tok0, st, done, cache_k, cache_v),
+    (_, st, _, _, _), (toks, lps) = jax.lax.scan(
+        body, (tok0, st0, done, cache_k, cache_v),
         (jnp.arange(s - 1), keys[1:]))
     toks = jnp.concatenate([tok0[None], toks], axis=0)  # [S, B*K]
     lps = jnp.concatenate([lp0[None], lps], axis=0)
@@ -297,27 +321,65 @@ def _sample_steps(graphdef, mstate, env, config: LMSearchConfig, ctx: KVContext,
     mask = mask & ~repeated_slots(actions, mask)
   calls = jnp.full((b,), s - 1, jnp.int32)
   tokens = jnp.full((b,), (s - 1) * k, jnp.int32)
-  return actions, prior, mask, calls, tokens
+  return actions, prior, mask, calls, tokens, _slot_scores(env, st, mask)
+
+
+def _slot_scores(env, child_state, mask):
+  """``(terminal, reward)`` ``[B, K]`` of the child slots' end states
+  (leaves ``[B * K, ...]``); False / 0 on illegal slots."""
+  b, k = mask.shape
+  terminal = jnp.asarray(env.is_terminal(child_state), bool).reshape(b, k)
+  terminal = terminal & mask
+  reward = jnp.asarray(env.reward(child_state), jnp.float32).reshape(b, k)
+  return terminal, jnp.where(terminal, reward, 0.0)
 
 
 def _children(graphdef, mstate, env, config, ctx, logits, state, terminal,
               child_start, key):
   legal = _legal(env, state, logits.shape[-1])
   if config.mode == "token":
-    actions, prior, mask = _top_k_children(logits, legal, terminal,
-                                           config.num_children)
+    k = config.num_children
+    actions, prior, mask = _top_k_children(logits, legal, terminal, k)
     zero = jnp.zeros(terminal.shape, jnp.int32)
-    return actions, prior, mask, zero, zero
+    child = env.step(jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), state),
+                     actions.reshape(-1))
+    return actions, prior, mask, zero, zero, _slot_scores(env, child, mask)
   return _sample_steps(graphdef, mstate, env, config, ctx, logits, state,
                        terminal, child_start, key)
 
 
-def _embedding(config, kv, env_state, calls, tokens, logits):
+def _embedding(config, kv, env_state, calls, tokens, logits, scores):
   emb = dict(kv=kv, env_state=env_state, model_calls=calls,
-             tokens_forwarded=tokens)
+             tokens_forwarded=tokens, child_terminal=scores[0],
+             child_reward=scores[1])
   if config.keep_logits:
     emb["logits"] = logits
   return emb
+
+
+def _lookahead(config, value, scores, mask):
+  if not config.terminal_lookahead:
+    return value
+  terminal, reward = scores
+  best = jnp.max(jnp.where(terminal, reward, -jnp.inf), axis=-1)
+  best = best.astype(value.dtype)
+  every = jnp.any(mask, -1) & jnp.all(terminal | ~mask, -1)
+  return jnp.where(every, best, jnp.maximum(value, best))
+
+
+def solved_slot(tree: Tree, max_depth: int, *, threshold: float = 0.5
+                ) -> tuple[Array, Array]:
+  """:func:`tsearch.solved_root_slot` that also counts child slots the
+  verifier accepted at expansion (``child_reward >= threshold``), visited or
+  not, in a tree made by :func:`lm_search`. Jittable.
+
+  Returns:
+    ``found [B]`` bool and ``slot [B]`` int32 (0 where nothing is found).
+  """
+  emb = tree.embeddings
+  solved_children = emb["child_terminal"] & (emb["child_reward"] >= threshold)
+  return tsearch_tree.solved_root_slot(tree, max_depth, threshold=threshold,
+                                       solved_children=solved_children)
 
 
 # ---------------------------------------------------------------------------
@@ -366,12 +428,13 @@ def make_lm_root(graphdef: nnx.GraphDef, state: nnx.State, env: Any,
       mask=jnp.pad(valid, ((0, 0), (0, r))),
       num_used=jnp.full((b,), p, jnp.int32), overflowed=jnp.zeros((b,), bool))
   terminal = jnp.asarray(env.is_terminal(env_state), bool)
-  actions, prior, mask, calls, toks = _children(
+  actions, prior, mask, calls, toks, scores = _children(
       graphdef, state, env, config, (prompt.context(),), logits, env_state,
       terminal, prompt_lengths, rng_key)
+  value = _lookahead(config, value, scores, mask)
   kv = kv_arena.node_kv_example(mcfg, b, config.step_length)
   kv["start"] = prompt_lengths
-  emb = _embedding(config, kv, env_state, calls + 1, toks + p, logits)
+  emb = _embedding(config, kv, env_state, calls + 1, toks + p, logits, scores)
   root = RootOutput(prior_logits=prior, value=value, embedding=emb,
                     children_actions=actions, children_mask=mask)
   return root, prompt
@@ -414,9 +477,12 @@ def make_lm_expand_fn(graphdef: nnx.GraphDef, env: Any, *,
     reward = jnp.where(terminal, env.reward(env_state), 0.0)
     discount = jnp.asarray(env.discount(env_state), jnp.float32)
     node_ctx = ctx + (KVContext(keys=out.keys, values=out.values, mask=valid),)
-    actions, prior, mask, calls, toks = _children(
+    actions, prior, mask, calls, toks, scores = _children(
         graphdef, mstate, env, config, node_ctx, logits, env_state, terminal,
         start + n_tok, rng_key)
+    value = _lookahead(config, value, scores, mask)
+    if config.prune_terminal_slots:
+      mask = mask & ~scores[0]
     node_kv = dict(keys=jnp.moveaxis(out.keys, 0, 1),
                    values=jnp.moveaxis(out.values, 0, 1),
                    start=start.astype(jnp.int32), length=n_tok.astype(jnp.int32))
@@ -426,7 +492,7 @@ def make_lm_expand_fn(graphdef: nnx.GraphDef, env: Any, *,
         prior_logits=prior, value=value, terminal=terminal,
         children_actions=actions, children_mask=mask,
         embedding=_embedding(config, node_kv, env_state, calls + 1, toks + s,
-                             logits))
+                             logits, scores))
 
   return expand_fn
 
@@ -462,7 +528,8 @@ def _lm_search_jit(graphdef, state, env, prompt_tokens, prompt_lengths,
                       dirichlet_fraction=config.dirichlet_fraction,
                       dirichlet_alpha=config.dirichlet_alpha,
                       pb_c_init=config.pb_c_init,
-                      temperature=config.temperature, **common)
+                      temperature=config.temperature,
+                      skip_dead_ends=config.prune_terminal_slots, **common)
   else:
     out = gumbel_search(
         params, search_key, root, expand_fn,

@@ -184,8 +184,42 @@ def _write_root(tree: Tree, root: RootOutput, rows: Array) -> Tree:
   )
 
 
+def _exhausted(tree: Tree, max_depth: Optional[int]) -> Array:
+  """``[B, N]``: nodes whose subtree holds nothing left to explore: terminal,
+  without a legal slot, or with every legal slot expanded into such a node
+  (children have larger indices than parents; ``max_depth`` rounds of
+  propagation settle every level)."""
+  b = jnp.arange(tree.batch_size)[:, None, None]
+  child = tree.children_index  # [B, N, K]
+  safe = jnp.maximum(child, 0)
+  base = tree.node_terminal | ~jnp.any(tree.children_mask, axis=-1)
+
+  def step(_, ex):
+    done = (child != UNVISITED) & ex[b, safe]
+    return base | jnp.all(done | ~tree.children_mask, axis=-1)
+
+  rounds = max_depth if max_depth is not None else tree.capacity
+  return jax.lax.fori_loop(0, rounds, step, base)
+
+
+def _gather(tree: Tree, node: Array, exhausted: Optional[Array]
+            ) -> sel.NodeRows:
+  """The node rows; given ``exhausted``, a slot whose child's subtree is
+  exhausted is not selectable (unless every legal slot is such)."""
+  rows = sel.gather_rows(tree, node)
+  if exhausted is None:
+    return rows
+  b = jnp.arange(tree.batch_size)
+  child = tree.children_index[b, node]  # [B, K]
+  dead = (child != UNVISITED) & exhausted[b[:, None], jnp.maximum(child, 0)]
+  live = rows.mask & ~dead
+  return rows._replace(mask=jnp.where(jnp.any(live, -1, keepdims=True), live,
+                                      rows.mask))
+
+
 def _walk(tree: Tree, keys: Optional[Array], root_select, interior_select,
-          max_depth: Optional[int], active: Array):
+          max_depth: Optional[int], active: Array,
+          skip_dead_ends: bool = False):
   """Selects one (parent, slot) per row, starting at the root.
 
   Follows mctx's ``simulate``: at each node select a slot; go on while the
@@ -197,6 +231,7 @@ def _walk(tree: Tree, keys: Optional[Array], root_select, interior_select,
     selected, that slot, and the child it leads to (``UNVISITED`` if new).
   """
   b = jnp.arange(tree.batch_size)
+  exhausted = _exhausted(tree, max_depth) if skip_dead_ends else None
 
   def split_keys(keys):
     if keys is None:
@@ -221,7 +256,7 @@ def _walk(tree: Tree, keys: Optional[Array], root_select, interior_select,
     cont = active
   else:
     keys, sel_keys = split_keys(keys)
-    slot = root_select(sel.gather_rows(tree, node), sel_keys)
+    slot = root_select(_gather(tree, node, exhausted), sel_keys)
     child = tree.children_index[b, node, slot]
     depth = jnp.ones(b.shape, jnp.int32)
     cont = active & goes_on(child, depth)
@@ -230,7 +265,7 @@ def _walk(tree: Tree, keys: Optional[Array], root_select, interior_select,
     node, slot, child, depth, cont, keys = state
     node = jnp.where(cont, child, node)
     keys, sel_keys = split_keys(keys)
-    new_slot = interior_select(sel.gather_rows(tree, node), sel_keys)
+    new_slot = interior_select(_gather(tree, node, exhausted), sel_keys)
     slot = jnp.where(cont, new_slot, slot)
     new_child = tree.children_index[b, node, new_slot]
     child = jnp.where(cont, new_child, child)
@@ -393,7 +428,8 @@ def _prepare_tree(root: Optional[RootOutput], num_simulations: int,
 
 def _run(params, rng_key, tree: Tree, expand_fn: ExpandFn, *,
          num_simulations: int, max_depth: Optional[int], root_select,
-         interior_select, uses_noise: bool) -> Tree:
+         interior_select, uses_noise: bool,
+         skip_dead_ends: bool = False) -> Tree:
   """The simulation loop shared by every policy."""
   batch = tree.batch_size
   root_ok = _root_ok(tree)
@@ -412,7 +448,7 @@ def _run(params, rng_key, tree: Tree, expand_fn: ExpandFn, *,
     rng_key, simulate_key, expand_key = jax.random.split(rng_key, 3)
     keys = jax.random.split(simulate_key, batch) if uses_noise else None
     parent, slot, child = _walk(tree, keys, root_select, interior_select,
-                                max_depth, active)
+                                max_depth, active, skip_dead_ends)
     legal = tree.children_mask[b, parent, slot]
     is_new = active & (child == UNVISITED) & legal
     revisit = active & (child != UNVISITED)
@@ -459,6 +495,7 @@ def puct_search(
     temperature: float = 1.0,
     qtransform: sel.QTransform = mctx.qtransform_by_parent_and_siblings,
     tree: Optional[Tree] = None,
+    skip_dead_ends: bool = False,
 ) -> PolicyOutput:
   """AlphaZero / MuZero search with the PUCT rule (``mctx.muzero_policy``).
 
@@ -488,6 +525,14 @@ def puct_search(
       existing statistics are kept and new simulations added; rows with no
       nodes are started from ``root``. Dirichlet noise is mixed into the stored
       root prior on every call (use ``dirichlet_fraction=0.`` to avoid it).
+    skip_dead_ends: selection passes over a slot whose child's subtree is
+      exhausted (the child is terminal, has no legal slot, or has every
+      legal slot expanded into such nodes: its value is known and another
+      visit would only repeat it), unless every legal slot of the node is
+      such. For
+      single-player puzzles with exact terminal rewards (MCTS-Solver style,
+      with :func:`tsearch.solved_root_slot` to act on a found solution);
+      off (the default) is mctx's rule.
 
   Returns:
     :class:`PolicyOutput` with ``action [B]``, ``action_weights [B, K]`` (the
@@ -519,7 +564,8 @@ def puct_search(
 
   tree = _run(params, search_key, tree, expand_fn,
               num_simulations=num_simulations, max_depth=max_depth,
-              root_select=select, interior_select=select, uses_noise=True)
+              root_select=select, interior_select=select, uses_noise=True,
+              skip_dead_ends=skip_dead_ends)
 
   # Act proportionally to visit_counts ** (1 / temperature).
   root_mask = tree.children_mask[:, ROOT_INDEX]

@@ -187,7 +187,8 @@ def path_to_root(tree: Tree, node_index: Array, max_depth: int) -> Array:
   return path.T
 
 
-def solved_root_slot(tree: Tree, max_depth: int, *, threshold: float = 0.5
+def solved_root_slot(tree: Tree, max_depth: int, *, threshold: float = 0.5,
+                     solved_children: Array | None = None
                      ) -> tuple[Array, Array]:
   """The root slot that leads to a solved terminal node, if the tree has one.
 
@@ -202,25 +203,43 @@ def solved_root_slot(tree: Tree, max_depth: int, *, threshold: float = 0.5
     tree: the tree.
     max_depth: static bound on node depth (as for :func:`path_to_root`).
     threshold: reward at or above which a terminal counts as solved.
+    solved_children: optional ``[B, N, K]`` bool, child slots known to be
+      solved terminals before they are visited (e.g. scored by the verifier
+      at expansion, ``tsearch.lm_search.solved_slot``); such a slot counts as
+      a solution one level below its node. Read on nodes in use only, and
+      whether or not the slot is still in ``children_mask`` (a search may
+      have pruned it because its outcome was known).
 
   Returns:
     ``found [B]`` bool and ``slot [B]`` int32 (0 where nothing is found).
   """
   b = jnp.arange(tree.batch_size)
   n = tree.capacity
+  big = jnp.iinfo(jnp.int32).max
   used = jnp.arange(n)[None] < tree.num_nodes[:, None]
   parent = jnp.maximum(tree.parents, 0)
   slot = jnp.maximum(tree.action_from_parent, 0)
   reward = tree.children_rewards[b[:, None], parent, slot]  # [B, N]
   solved = (used & tree.node_terminal & (tree.node_depth >= 1)
             & (reward >= threshold))
-  depth = jnp.where(solved, tree.node_depth, jnp.iinfo(jnp.int32).max)
+  # A node with a solved child slot: its solution is one level deeper.
+  has_child = jnp.zeros_like(solved)
+  child_slot = jnp.zeros_like(slot)
+  if solved_children is not None:
+    sc = solved_children & used[..., None]
+    has_child = jnp.any(sc, axis=-1) & ~solved
+    child_slot = jnp.argmax(sc, axis=-1).astype(jnp.int32)
+  depth = jnp.where(solved, tree.node_depth,
+                    jnp.where(has_child, tree.node_depth + 1, big))
   node = jnp.argmin(depth, axis=1).astype(jnp.int32)
-  found = jnp.any(solved, axis=1)
+  found = jnp.any(solved | has_child, axis=1)
   path = path_to_root(tree, node, max_depth)  # [B, D + 1], node first
   depths = jnp.where(path >= 0, tree.node_depth[b[:, None],
                                                 jnp.maximum(path, 0)], -1)
   first = jnp.argmax(depths == 1, axis=1)  # the depth-1 ancestor
   child = path[b, first]
   out = tree.action_from_parent[b, jnp.maximum(child, 0)]
+  # A solved slot of the root itself is the move.
+  at_root = node == ROOT_INDEX
+  out = jnp.where(at_root, child_slot[b, node], out)
   return found, jnp.where(found, out, 0).astype(jnp.int32)
