@@ -219,7 +219,7 @@ def _gather(tree: Tree, node: Array, exhausted: Optional[Array]
 
 def _walk(tree: Tree, keys: Optional[Array], root_select, interior_select,
           max_depth: Optional[int], active: Array,
-          skip_dead_ends: bool = False):
+          exhausted: Optional[Array] = None):
   """Selects one (parent, slot) per row, starting at the root.
 
   Follows mctx's ``simulate``: at each node select a slot; go on while the
@@ -231,7 +231,6 @@ def _walk(tree: Tree, keys: Optional[Array], root_select, interior_select,
     selected, that slot, and the child it leads to (``UNVISITED`` if new).
   """
   b = jnp.arange(tree.batch_size)
-  exhausted = _exhausted(tree, max_depth) if skip_dead_ends else None
 
   def split_keys(keys):
     if keys is None:
@@ -442,16 +441,19 @@ def _run(params, rng_key, tree: Tree, expand_fn: ExpandFn, *,
           :, ROOT_INDEX]
   b = jnp.arange(batch)
 
-  def body(sim, state):
-    del sim
-    rng_key, tree = state
+  def body(state):
+    sim, rng_key, tree = state
     rng_key, simulate_key, expand_key = jax.random.split(rng_key, 3)
     keys = jax.random.split(simulate_key, batch) if uses_noise else None
+    exhausted, live = None, active
+    if skip_dead_ends:  # a row whose whole tree is explored stops
+      exhausted = _exhausted(tree, max_depth)
+      live = active & ~exhausted[:, ROOT_INDEX]
     parent, slot, child = _walk(tree, keys, root_select, interior_select,
-                                max_depth, active, skip_dead_ends)
+                                max_depth, live, exhausted)
     legal = tree.children_mask[b, parent, slot]
-    is_new = active & (child == UNVISITED) & legal
-    revisit = active & (child != UNVISITED)
+    is_new = live & (child == UNVISITED) & legal
+    revisit = live & (child != UNVISITED)
     full = tree.num_nodes >= tree.capacity
     out = expand_fn(params, expand_key, tree, parent, slot)
     _check_expand_output(out, tree)
@@ -462,9 +464,19 @@ def _run(params, rng_key, tree: Tree, expand_fn: ExpandFn, *,
     tree, new = _expand(tree, out, parent, slot, ok)
     leaf = jnp.where(ok, new, child)
     tree = _backward(tree, leaf, ok | revisit)
-    return rng_key, tree
+    return sim + 1, rng_key, tree
 
-  _, tree = jax.lax.fori_loop(0, num_simulations, body, (rng_key, tree))
+  if not skip_dead_ends:
+    _, _, tree = jax.lax.fori_loop(
+        0, num_simulations, lambda i, s: body(s), (0, rng_key, tree))
+    return tree
+
+  def more(state):
+    sim, _, tree = state
+    open_rows = active & ~_exhausted(tree, max_depth)[:, ROOT_INDEX]
+    return (sim < num_simulations) & jnp.any(open_rows)
+
+  _, _, tree = jax.lax.while_loop(more, body, (0, rng_key, tree))
   return tree
 
 
@@ -529,7 +541,8 @@ def puct_search(
       exhausted (the child is terminal, has no legal slot, or has every
       legal slot expanded into such nodes: its value is known and another
       visit would only repeat it), unless every legal slot of the node is
-      such. For
+      such; a row whose root is exhausted stops simulating (and the search
+      stops when every row has). For
       single-player puzzles with exact terminal rewards (MCTS-Solver style,
       with :func:`tsearch.solved_root_slot` to act on a found solution);
       off (the default) is mctx's rule.
