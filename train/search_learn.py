@@ -225,7 +225,8 @@ def rollout(graphdef, task, model_state, prompt: Array, prompt_length: Array,
           (model_state, cache), key, root, expand_fn,
           dirichlet_fraction=config.dirichlet_fraction,
           dirichlet_alpha=config.dirichlet_alpha, pb_c_init=config.pb_c_init,
-          temperature=config.temperature, **kw)
+          temperature=config.temperature,
+          skip_dead_ends=config.prune_terminal_slots, **kw)
     return (out.action.astype(jnp.int32),
             out.action_weights.astype(jnp.float32), out.search_tree)
 

@@ -18,7 +18,9 @@ Methods (all under the run's environment, e.g. ``train.strict``):
 
 ``model_calls`` is the mean number of sequential model forward calls per
 problem (each call runs a batch of tokens; the search's step sampler counts
-one call per sampled token position). Rows are merged into ``--out``
+one call per sampled token position); ``tokens_forwarded`` the mean number
+of token positions those calls computed (K sampled steps of S tokens per
+expanded node: the cost that grows with K). Rows are merged into ``--out``
 (replacing rows with the same stage/algo/simulations/budget).
 """
 from __future__ import annotations
@@ -59,10 +61,13 @@ _JITTED = {}
 
 
 def _method_fn(config, task, fns, algo: str, n: int):
-  """Jitted ``(model_state, prompts, lengths, key) -> (reward, calls)``,
+  """Jitted ``(model_state, prompts, lengths, key) -> (reward, calls,
+  tokens)``,
   built once per method (so several checkpoints share the compile)."""
-  if (algo, n) in _JITTED:
-    return _JITTED[(algo, n)]
+  cache_key = (algo, n, id(task), id(fns.graphdef),
+                config.search.to_json_best_effort())
+  if cache_key in _JITTED:
+    return _JITTED[cache_key]
   from tsearch import algorithms  # pylint: disable=import-outside-toplevel
   base = getattr(task, "base", task)
   if algo in ("greedy", "best_of_n"):
@@ -70,7 +75,8 @@ def _method_fn(config, task, fns, algo: str, n: int):
 
     def run(s, p, l, k):
       out = fn(fns.graphdef, s, task, p, l, k, budget=n)
-      return base.verify(p, out.answers), out.model_calls
+      return (base.verify(p, out.answers), out.model_calls,
+              out.tokens_forwarded)
   elif algo == "mcts":
     cfg = search_learn.lm_search_config(
         config.search, task, num_simulations=n, acting_temperature=0.0,
@@ -82,12 +88,12 @@ def _method_fn(config, task, fns, algo: str, n: int):
       r = search_learn.rollout(
           fns.graphdef, task, s, p, l, k, config=cfg, num_moves=moves,
           act_on_solved=bool(config.search.get("act_on_solved", False)))
-      return r["outcome"], r["model_calls"]
+      return r["outcome"], r["model_calls"], r["tokens_forwarded"]
   else:
     raise ValueError(f"Unknown method {algo!r}; use greedy, best_of_n or "
                      "mcts.")
-  _JITTED[(algo, n)] = jax.jit(run)
-  return _JITTED[(algo, n)]
+  _JITTED[cache_key] = jax.jit(run)
+  return _JITTED[cache_key]
 
 
 def evaluate(config, task, fns, params, problems, *, methods, seed: int = 0
@@ -101,17 +107,19 @@ def evaluate(config, task, fns, params, problems, *, methods, seed: int = 0
   for algo, n in methods:
     key = jax.random.key(seed)
     t0 = time.time()
-    reward, calls = _method_fn(config, task, fns, algo, n)(state, prompts,
-                                                           plen, key)
+    reward, calls, tokens = _method_fn(config, task, fns, algo, n)(
+        state, prompts, plen, key)
     reward = np.asarray(jax.device_get(reward))
     rows.append(dict(
         algo=algo, simulations=n if algo == "mcts" else None,
         budget=n if algo == "best_of_n" else None,
         solve_rate=float(np.mean(reward > 0.5)),
         model_calls=float(np.mean(jax.device_get(calls))),
+        tokens_forwarded=float(np.mean(jax.device_get(tokens))),
         seconds=round(time.time() - t0, 1)))
     print(f"{algo:<10} n={n:<4} solve_rate={rows[-1]['solve_rate']:.3f} "
           f"model_calls={rows[-1]['model_calls']:.1f} "
+          f"tokens={rows[-1]['tokens_forwarded']:.0f} "
           f"({rows[-1]['seconds']}s)", flush=True)
   return rows
 
