@@ -51,6 +51,7 @@ def get_config():
   c.search.update(steps=65, level="step", algorithm="puct",
                   num_simulations=16, num_children=8, capacity=32,
                   step_length=16, act_on_solved=True,
+                  terminal_lookahead=True, prune_terminal_slots=True,
                   step_policy_loss="candidates", policy_weight=1.0,
                   sft_weight=1.0, value_target="mix", value_mix=0.5,
                   value_weight=0.5, replay_size=256, updates_per_search=2,
@@ -58,6 +59,8 @@ def get_config():
   c.checkpoint.every_steps = 10
   c.checkpoint.keep = 40
   c.log_every_steps = 5
+  # Evaluation MCTS samples K=32 distinct steps per node (the training
+  # search's K=8 keeps the packed step targets short).
   c.eval.update(split="test", num_examples=100, batch_size=100,
-                best_of_n=(8,), mcts_budgets=(16, 64))
+                best_of_n=(8,), mcts_budgets=(16, 64), mcts_num_children=32)
   return c

@@ -96,6 +96,14 @@ def test_step_rollout_on_strict_countdown(prune):
     # not searched (no slot, no policy target) and a scored step was taken.
     assert not r["children_mask"][:, 1].any()
     assert not r["weights"][:, 1].any()
+  # A move that followed a verified solution leads to one, and its policy
+  # target is that step alone.
+  found = r["found"][:, 0]
+  assert found.any() == prune  # (two of the three with this key)
+  for i in np.nonzero(found)[0]:
+    assert r["outcome"][i] == 1.0
+    w = r["weights"][i, 0]
+    assert sorted(w.tolist())[-2:] == [0.0, 1.0]
   assert r["children_actions"].shape == (3, 2, 3, 20)
   for i in range(3):
     pl, n = int(plen[i]), int(r["length"][i])

@@ -98,7 +98,8 @@ def default_config() -> ConfigDict:
   ))
   c.eval = ConfigDict(dict(
       split="test", num_examples=64, batch_size=32, max_new_tokens=16,
-      best_of_n=(4,), mcts_budgets=(8,), temperature=1.0))
+      best_of_n=(4,), mcts_budgets=(8,), temperature=1.0,
+      mcts_num_children=0))  # K of evaluation MCTS; 0: search.num_children.
   return c
 
 

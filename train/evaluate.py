@@ -86,7 +86,7 @@ def evaluate(config, workdir: str, *, seed: int = 0,
   for budget in e.mcts_budgets:
     cfg = search_learn.lm_search_config(
         config.search, task, num_simulations=budget, acting_temperature=0.0,
-        noise=False)
+        noise=False, num_children=search_learn.eval_num_children(config))
     cfg = cfg.__class__(**{**cfg.__dict__, "policy": "puct"})
     methods[f"mcts_{budget}"] = lambda p, l, k, cfg=cfg: (
         search_learn.rollout(

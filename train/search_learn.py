@@ -106,8 +106,14 @@ def num_moves(search: ml_collections.ConfigDict, task) -> int:
   return int(task.max_answer_length)
 
 
+def eval_num_children(config) -> int | None:
+  """``eval.mcts_num_children`` (0 or absent: the training search's K)."""
+  return int(config.eval.get("mcts_num_children", 0)) or None
+
+
 def lm_search_config(search: ml_collections.ConfigDict, task, *,
                      num_simulations: int | None = None,
+                     num_children: int | None = None,
                      acting_temperature: float | None = None,
                      noise: bool = True) -> lm.LMSearchConfig:
   """The :class:`tsearch.LMSearchConfig` of a run's ``search`` section.
@@ -116,6 +122,7 @@ def lm_search_config(search: ml_collections.ConfigDict, task, *,
     search: the config's ``search`` section.
     task: the task (sets the reserve for committed tokens).
     num_simulations: overrides ``search.num_simulations`` (evaluation).
+    num_children: overrides ``search.num_children`` (evaluation).
     acting_temperature: overrides ``search.temperature`` (0: act on the most
       visited child).
     noise: Dirichlet noise at the root (PUCT); off for evaluation.
@@ -130,7 +137,7 @@ def lm_search_config(search: ml_collections.ConfigDict, task, *,
   capacity = max(int(search.capacity), sims + 1)
   return lm.LMSearchConfig(
       mode=search.level, policy=search.algorithm, num_simulations=sims,
-      num_children=int(search.num_children), step_length=s,
+      num_children=int(num_children or search.num_children), step_length=s,
       max_depth=max(depth, 1), capacity=capacity,
       reserve_tokens=int(task.max_answer_length),
       step_temperature=float(search.get("step_temperature", 1.0)),
@@ -142,7 +149,7 @@ def lm_search_config(search: ml_collections.ConfigDict, task, *,
       pb_c_init=float(search.get("pb_c_init", 1.25)),
       temperature=float(search.temperature if acting_temperature is None
                         else acting_temperature),
-      max_num_considered_actions=int(search.num_children))
+      max_num_considered_actions=int(num_children or search.num_children))
 
 
 def _select(cond, new, old):
@@ -181,7 +188,8 @@ def rollout(graphdef, task, model_state, prompt: Array, prompt_length: Array,
     act_on_solved: single-player puzzles: when the tree holds a terminal
       node the verifier accepted, commit the root slot on its path instead
       of the search's choice (:func:`tsearch.lm_search.solved_slot`: also
-      a sampled child slot the verifier accepted, visited or not).
+      a sampled child slot the verifier accepted, visited or not), and make
+      it the move's policy target (one-hot).
 
   Returns:
     A dict: ``seq [B, P + T]`` (prompt, then the committed answer),
@@ -191,7 +199,9 @@ def rollout(graphdef, task, model_state, prompt: Array, prompt_length: Array,
     ``weights``, ``children_mask`` ``[B, M, K]``, ``children_actions
     [B, M, K, S]``, ``root_value [B, M]`` (tree value at the node where the
     move was chosen, for its player to move), ``offset [B, M]`` (answer
-    tokens before the move) and ``active [B, M]``.
+    tokens before the move), ``active [B, M]`` and ``found [B, M]`` (the
+    tree held a verified solution and the move followed it;
+    ``act_on_solved`` only).
   """
   prompt = jnp.asarray(prompt, jnp.int32)
   prompt_length = jnp.asarray(prompt_length, jnp.int32)
@@ -247,9 +257,14 @@ def rollout(graphdef, task, model_state, prompt: Array, prompt_length: Array,
     scored = jnp.argmax(tree.embeddings["child_terminal"][
         :, tsearch.ROOT_INDEX], -1).astype(jnp.int32)
     action = jnp.where(root_live, action, scored)
+    found = jnp.zeros((b,), bool)
     if act_on_solved:
       found, slot = lm.solved_slot(tree, config.max_depth)
       action = jnp.where(found, slot, action)
+      # A proven solution is the policy target (MCTS-Solver), not the
+      # visits, which an exhausting search spreads over what it has not
+      # explored yet.
+      weights = jnp.where(found[:, None], jax.nn.one_hot(slot, k), weights)
     calls = calls + _used_sum(tree, tree.embeddings["model_calls"]) - before_c
     toks = toks + (_used_sum(tree, tree.embeddings["tokens_forwarded"])
                    - before_t)
@@ -259,7 +274,8 @@ def rollout(graphdef, task, model_state, prompt: Array, prompt_length: Array,
     record = dict(weights=jnp.where(mask, weights, 0.0),
                   children_actions=children, children_mask=mask,
                   root_value=tree.node_values[:, tsearch.ROOT_INDEX],
-                  offset=env_state.length.astype(jnp.int32), active=active)
+                  offset=env_state.length.astype(jnp.int32), active=active,
+                  found=found & active)
     tokens = jnp.where(active[:, None], children[rows, action], -1)
     env_state = lm._step_tokens(task, env_state, tokens)  # pylint: disable=protected-access
     overflowed = overflowed | (active & tree.overflowed)

@@ -65,7 +65,8 @@ def _method_fn(config, task, fns, algo: str, n: int):
   tokens)``,
   built once per method (so several checkpoints share the compile)."""
   cache_key = (algo, n, id(task), id(fns.graphdef),
-                config.search.to_json_best_effort())
+                config.search.to_json_best_effort(),
+                search_learn.eval_num_children(config))
   if cache_key in _JITTED:
     return _JITTED[cache_key]
   from tsearch import algorithms  # pylint: disable=import-outside-toplevel
@@ -80,7 +81,7 @@ def _method_fn(config, task, fns, algo: str, n: int):
   elif algo == "mcts":
     cfg = search_learn.lm_search_config(
         config.search, task, num_simulations=n, acting_temperature=0.0,
-        noise=False)
+        noise=False, num_children=search_learn.eval_num_children(config))
     cfg = cfg.__class__(**{**cfg.__dict__, "policy": "puct"})
     moves = search_learn.num_moves(config.search, task)
 
