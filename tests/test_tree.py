@@ -59,14 +59,17 @@ def test_path_to_root():
       assert path[b, i + 1] == int(t.parents[b, path[b, i]])
 
 
-def test_solved_root_slot_follows_the_shallowest_verified_terminal():
+def _solved_fixture():
+  """A searched tree, its structure as numpy, and blank terminal marks."""
   t = _first_search(_mdp()).search_tree
-  parents = np.asarray(t.parents)
-  depth = np.asarray(t.node_depth)
-  slot = np.asarray(t.action_from_parent)
-  n = np.asarray(t.num_nodes)
-  terminal = np.zeros_like(np.asarray(t.node_terminal))
-  rewards = np.zeros_like(np.asarray(t.children_rewards))
+  return (t, np.asarray(t.parents), np.asarray(t.node_depth),
+          np.asarray(t.action_from_parent), np.asarray(t.num_nodes),
+          np.zeros_like(np.asarray(t.node_terminal)),
+          np.zeros_like(np.asarray(t.children_rewards)))
+
+
+def test_solved_root_slot_follows_the_shallowest_verified_terminal():
+  t, parents, depth, slot, n, terminal, rewards = _solved_fixture()
 
   def mark(b, node, reward):
     terminal[b, node] = True
@@ -98,14 +101,8 @@ def test_solved_root_slot_follows_the_shallowest_verified_terminal():
 
 
 def test_solved_root_slot_with_solved_child_slots():
-  t = _first_search(_mdp()).search_tree
-  parents = np.asarray(t.parents)
-  depth = np.asarray(t.node_depth)
-  slot = np.asarray(t.action_from_parent)
-  n = np.asarray(t.num_nodes)
+  t, parents, depth, slot, n, terminal, rewards = _solved_fixture()
   mask = np.array(t.children_mask)
-  terminal = np.zeros_like(np.asarray(t.node_terminal))
-  rewards = np.zeros_like(np.asarray(t.children_rewards))
   sc = np.zeros_like(mask)
 
   def root_slot(b, node):
