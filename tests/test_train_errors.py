@@ -91,6 +91,17 @@ def test_config_validation_and_nan_check(tmp_path):
   c.search.learning_rate = -1e-3
   with pytest.raises(ValueError, match="search.learning_rate=-0.001"):
     config_lib.validate_config(c)
+  c = _tiny()
+  c.search.prune_terminal_slots = True
+  with pytest.raises(ValueError, match="prune_terminal_slots=True: needs "
+                     "--config.search.terminal_lookahead=True"):
+    config_lib.validate_config(c)
+  c.search.terminal_lookahead = True
+  config_lib.validate_config(c)  # together they are fine
+  c = _tiny()
+  c.eval.mcts_num_children = -1
+  with pytest.raises(ValueError, match="eval.mcts_num_children=-1"):
+    config_lib.validate_config(c)
   c = config_lib.load_config_file(os.path.join(REPO, "configs",
                                                "connect_four.py"))
   c.search.act_on_solved = True

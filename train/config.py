@@ -125,6 +125,12 @@ def validate_config(config: ConfigDict) -> None:
        "search.value_target", "use 'outcome', 'q' or 'mix'.")
   need(config.search.step_policy_loss in ("nll", "candidates"),
        "search.step_policy_loss", "use 'nll' or 'candidates'.")
+  need(not config.search.prune_terminal_slots
+       or config.search.terminal_lookahead, "search.prune_terminal_slots",
+       "needs --config.search.terminal_lookahead=True (a pruned step's "
+       "reward must reach its node's value).")
+  need(config.eval.mcts_num_children >= 0, "eval.mcts_num_children",
+       "must be >= 0 (0: search.num_children).")
   need(config.warm_start.data in ("reference", "solver"), "warm_start.data",
        "use 'reference' or 'solver'.")
   need(config.search.replay_size >= 0, "search.replay_size", "must be >= 0.")
