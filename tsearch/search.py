@@ -186,13 +186,16 @@ def _write_root(tree: Tree, root: RootOutput, rows: Array) -> Tree:
 
 def _exhausted(tree: Tree, max_depth: Optional[int]) -> Array:
   """``[B, N]``: nodes whose subtree holds nothing left to explore: terminal,
-  without a legal slot, or with every legal slot expanded into such a node
+  without a legal slot, at ``max_depth``, or with every legal slot expanded
+  into such a node
   (children have larger indices than parents; ``max_depth`` rounds of
   propagation settle every level)."""
   b = jnp.arange(tree.batch_size)[:, None, None]
   child = tree.children_index  # [B, N, K]
   safe = jnp.maximum(child, 0)
   base = tree.node_terminal | ~jnp.any(tree.children_mask, axis=-1)
+  if max_depth is not None:  # the walk never goes below max_depth
+    base = base | (tree.node_depth >= max_depth)
 
   def step(_, ex):
     done = (child != UNVISITED) & ex[b, safe]
@@ -441,14 +444,15 @@ def _run(params, rng_key, tree: Tree, expand_fn: ExpandFn, *,
           :, ROOT_INDEX]
   b = jnp.arange(batch)
 
+  def exhausted_of(tree):  # [B, N], or None under mctx's rule
+    return _exhausted(tree, max_depth) if skip_dead_ends else None
+
   def body(state):
-    sim, rng_key, tree = state
+    sim, rng_key, tree, exhausted = state
     rng_key, simulate_key, expand_key = jax.random.split(rng_key, 3)
     keys = jax.random.split(simulate_key, batch) if uses_noise else None
-    exhausted, live = None, active
-    if skip_dead_ends:  # a row whose whole tree is explored stops
-      exhausted = _exhausted(tree, max_depth)
-      live = active & ~exhausted[:, ROOT_INDEX]
+    # A row whose whole tree is explored stops (skip_dead_ends).
+    live = active if exhausted is None else active & ~exhausted[:, ROOT_INDEX]
     parent, slot, child = _walk(tree, keys, root_select, interior_select,
                                 max_depth, live, exhausted)
     legal = tree.children_mask[b, parent, slot]
@@ -464,19 +468,20 @@ def _run(params, rng_key, tree: Tree, expand_fn: ExpandFn, *,
     tree, new = _expand(tree, out, parent, slot, ok)
     leaf = jnp.where(ok, new, child)
     tree = _backward(tree, leaf, ok | revisit)
-    return sim + 1, rng_key, tree
+    return sim + 1, rng_key, tree, exhausted_of(tree)
 
+  state = (0, rng_key, tree, exhausted_of(tree))
   if not skip_dead_ends:
-    _, _, tree = jax.lax.fori_loop(
-        0, num_simulations, lambda i, s: body(s), (0, rng_key, tree))
+    _, _, tree, _ = jax.lax.fori_loop(0, num_simulations,
+                                      lambda i, s: body(s), state)
     return tree
 
   def more(state):
-    sim, _, tree = state
-    open_rows = active & ~_exhausted(tree, max_depth)[:, ROOT_INDEX]
-    return (sim < num_simulations) & jnp.any(open_rows)
+    sim, _, _, exhausted = state
+    return (sim < num_simulations) & jnp.any(active
+                                             & ~exhausted[:, ROOT_INDEX])
 
-  _, _, tree = jax.lax.while_loop(more, body, (0, rng_key, tree))
+  _, _, tree, _ = jax.lax.while_loop(more, body, state)
   return tree
 
 
