@@ -336,6 +336,16 @@ def test_solved_slot_reads_unvisited_winning_slots():
   config = tsearch.LMSearchConfig(
       mode="token", policy="puct", num_simulations=3, num_children=4,
       max_depth=4)
+  lm = importlib.import_module("tsearch.lm_search")
+  # Token mode without the lookahead keeps no slot scores (no extra env
+  # step per expansion); solved_slot is then tsearch.solved_root_slot.
+  plain = tsearch.lm_search(g, st, env, prompt, lengths, jax.random.key(0),
+                            config=config).search_tree
+  assert "child_terminal" not in plain.embeddings
+  for got, want in zip(lm.solved_slot(plain, 4),
+                       tsearch.solved_root_slot(plain, 4)):
+    np.testing.assert_array_equal(got, want)
+  config = dataclasses.replace(config, terminal_lookahead=True)
   tree = tsearch.lm_search(g, st, env, prompt, lengths, jax.random.key(0),
                            config=config).search_tree
   emb = tree.embeddings
@@ -345,7 +355,6 @@ def test_solved_slot_reads_unvisited_winning_slots():
   tree = tree.replace(embeddings={**emb, "child_terminal": jnp.asarray(term),
                                   "child_reward": jnp.asarray(term * 1.0)})
   assert int(tree.children_index[0, 0, 3]) == tsearch.UNVISITED
-  lm = importlib.import_module("tsearch.lm_search")
   found, slot = jax.jit(lm.solved_slot, static_argnums=1)(tree, 4)
   np.testing.assert_array_equal(found, [True, False])
   np.testing.assert_array_equal(slot, [3, 0])

@@ -242,3 +242,29 @@ def test_game24_sampling_avoids_test_ranks(game24):
   assert all(p in test for p, _ in game24.sample_problems(1, 50, split="test"))
   with pytest.raises(ValueError, match="split"):
     game24.sample_problems(1, 5, split="dev")
+
+
+def test_game24_extended_puzzles_lie_beyond_the_list(game24):
+  """The extended pool is the solvable multisets with a number above 13; the
+  same rule over 1..13 gives exactly the ranked list of 24.csv."""
+  import itertools  # pylint: disable=import-outside-toplevel
+  listed = {tuple(sorted(p)) for _, p in tasks.game24_puzzles()}
+  rule = {m for m in itertools.combinations_with_replacement(range(1, 14), 4)
+          if tasks.solve(m, 24) is not None}
+  assert rule == listed and len(listed) == 1362
+  ext = cd.game24_extended_puzzles(15)
+  assert len(ext) == len(set(ext)) > 100
+  assert all(max(m) > 13 and tuple(sorted(m)) == m for m in ext)
+  every = [m for m in itertools.combinations_with_replacement(range(1, 16), 4)
+           if max(m) > 13]
+  assert set(ext) == {m for m in every if tasks.solve(m, 24) is not None}
+  assert (1, 1, 2, 14) in ext and (1, 1, 1, 14) not in ext  # (14-2)*(1+1)
+  # Sampled rows: none listed; "train+extended" mixes both pools.
+  got = game24.sample_problems(3, 400, split="extended")
+  assert all(tuple(sorted(p)) not in listed and t == 24 for p, t in got)
+  mixed = game24.sample_problems(3, 400, split="train+extended")
+  share = np.mean([tuple(sorted(p)) in listed for p, _ in mixed])
+  assert 0.4 < share < 0.6
+  assert game24.sample_problems(3, 400, split="train+extended") == mixed
+  with pytest.raises(ValueError, match="max_number must be in"):
+    cd.game24_extended_puzzles(13)

@@ -99,6 +99,11 @@ def test_config_validation_and_nan_check(tmp_path):
   c.search.terminal_lookahead = True
   config_lib.validate_config(c)  # together they are fine
   c = _tiny()
+  c.search.problem_split = "extended"
+  with pytest.raises(ValueError, match="search.problem_split='extended': use "
+                     r"one of \('train',\) for task"):
+    config_lib.validate_config(c)
+  c = _tiny()
   c.eval.mcts_num_children = -1
   with pytest.raises(ValueError, match="eval.mcts_num_children=-1"):
     config_lib.validate_config(c)

@@ -8,6 +8,7 @@ import pytest
 
 from train import puzzle_data
 from train.strict import StrictCountdown, number_tokens
+import tsearch.tasks as tasks_lib
 from tsearch.tasks import get_task
 from tsearch.tasks import vocab as V
 
@@ -142,7 +143,17 @@ def test_example_stream_draws_game24_problems_from_its_split(strict):
     # shuffles the order of a puzzle's numbers).
     assert got == sorted(key(nums) for _, nums in splits[split])
   train = {key(nums) for _, nums in splits["train"]}
-  ex = data_lib.ExampleStream(task, 64, source="generated", seed=0).next()
+  stream = data_lib.ExampleStream(task, 64, source="generated", seed=0)
+  ex = stream.next()
   for row, n in zip(ex["prompt"], ex["prompt_length"]):
     nums = task.decode(row[1:n]).split(":")[0].split()
     assert key(int(t) for t in nums) in train
+  # Search steps may draw the puzzles beyond the list (search.problem_split).
+  ex = stream.next("extended")
+  for row, n in zip(ex["prompt"], ex["prompt_length"]):
+    nums = [int(t) for t in task.decode(row[1:n]).split(":")[0].split()]
+    assert max(nums) > 13 and tasks_lib.solve(nums, 24) is not None
+  assert stream.state()["step"] == 2
+  with pytest.raises(ValueError, match="Unknown split 'extended'"):
+    data_lib.ExampleStream(get_task("countdown"), 4, source="generated",
+                           seed=0).next("extended")

@@ -87,6 +87,9 @@ def default_config() -> ConfigDict:
                           # the optim schedule spans the warm start only.
       act_on_solved=False,  # puzzles: follow a verified terminal found in
                             # the tree (tsearch.solved_root_slot).
+      problem_split="train",  # problems the search steps draw; Game of 24
+                              # also "extended" / "train+extended" (puzzles
+                              # beyond the ranked list, verifier only).
   ))
   c.checkpoint = ConfigDict(dict(every_steps=50, keep=3))
   c.log_every_steps = 10
@@ -129,6 +132,10 @@ def validate_config(config: ConfigDict) -> None:
        or config.search.terminal_lookahead, "search.prune_terminal_slots",
        "needs --config.search.terminal_lookahead=True (a pruned step's "
        "reward must reach its node's value).")
+  splits = (("train", "extended", "train+extended")
+            if config.task.name == "game24" else ("train",))
+  need(config.search.problem_split in splits, "search.problem_split",
+       f"use one of {splits} for task {config.task.name!r}.")
   need(config.eval.mcts_num_children >= 0, "eval.mcts_num_children",
        "must be >= 0 (0: search.num_children).")
   need(config.warm_start.data in ("reference", "solver"), "warm_start.data",

@@ -26,6 +26,9 @@ class DataNotBuiltError(FileNotFoundError):
 
 
 _SPLITS = ("train", "validation", "test")
+# Game of 24's puzzles beyond the ranked list (train only; see
+# tsearch.tasks.countdown.game24_extended_puzzles).
+_EXTRA_SPLITS = ("extended", "train+extended")
 
 
 def _step_seed(*parts: int) -> int:
@@ -78,16 +81,26 @@ class ExampleStream:
       raise ValueError(f"Unknown data.source {source!r}; use 'tfds' or "
                        "'generated'.")
 
-  def next(self) -> dict[str, np.ndarray]:
+  def next(self, split: str | None = None) -> dict[str, np.ndarray]:
+    """The next batch; ``split`` overrides the stream's split for this
+    batch (a fixed-list task's ``"extended"`` puzzles for search steps)."""
     self._step += 1
+    split = split or self.split
     if self._loader is not None:
+      if split != self.split:
+        raise ValueError(f"A tfds stream reads split {self.split!r} only; "
+                         f"split {split!r} needs data.source='generated'.")
       return next(self._loader)
+    if split not in _SPLITS and not (self.task.fixed_splits
+                                     and split in _EXTRA_SPLITS):
+      raise ValueError(f"Unknown split {split!r} for task {self.task.name!r}.")
     # Tasks with a fixed list (Game of 24) draw from the split's puzzles;
     # for the others the split is part of the seed.
-    kw = dict(split=self.split) if self.task.fixed_splits else {}
+    kw = dict(split=split) if self.task.fixed_splits else {}
     problems = self.task.sample_problems(
         _step_seed(self.seed, self._step - 1, jax.process_index(),
-                   _SPLITS.index(self.split)), self.batch_size, **kw)
+                   (_SPLITS + _EXTRA_SPLITS).index(split)),
+        self.batch_size, **kw)
     return examples_from_problems(self.task, problems)
 
   def state(self) -> dict:

@@ -196,7 +196,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with ckpt_lib.StopRequest() as stop:
     for step in range(start or 0, total):
       key = jax.random.fold_in(base_key, step)
-      examples = stream.next()
+      examples = stream.next(
+          None if step < warm else config.search.problem_split)
       if step < warm and config.warm_start.data == "solver":
         from train import puzzle_data  # pylint: disable=import-outside-toplevel
         batch = puzzle_data.solver_batch(

@@ -253,10 +253,11 @@ def rollout(graphdef, task, model_state, prompt: Array, prompt_length: Array,
                                          tree, cache)
     # A root whose slots were all pruned (their outcomes known) was not
     # searched: commit one of its scored steps.
-    root_live = jnp.any(tree.children_mask[:, tsearch.ROOT_INDEX], -1)
-    scored = jnp.argmax(tree.embeddings["child_terminal"][
-        :, tsearch.ROOT_INDEX], -1).astype(jnp.int32)
-    action = jnp.where(root_live, action, scored)
+    if "child_terminal" in tree.embeddings:  # scores kept (see lm_search)
+      root_live = jnp.any(tree.children_mask[:, tsearch.ROOT_INDEX], -1)
+      scored = jnp.argmax(tree.embeddings["child_terminal"][
+          :, tsearch.ROOT_INDEX], -1).astype(jnp.int32)
+      action = jnp.where(root_live, action, scored)
     found = jnp.zeros((b,), bool)
     if act_on_solved:
       found, slot = lm.solved_slot(tree, config.max_depth)

@@ -87,8 +87,11 @@ class LMSearchConfig:
       on the value for the player to move (single- and two-player alike).
       If every valid slot ends the episode the value is exactly the best
       slot's reward (the tree holds no other move from there).
-      The slots' scores are kept either way (embedding ``child_terminal``,
-      ``child_reward`` ``[B, N, K]``; :func:`solved_slot` reads them).
+      The slots' scores are kept (embedding ``child_terminal``,
+      ``child_reward`` ``[B, N, K]``; :func:`solved_slot` reads them) with
+      the lookahead on and always in step mode, where sampling has stepped
+      the environment anyway; token mode without the lookahead skips the
+      extra environment step over the ``B x K`` slots.
     prune_terminal_slots: single-player puzzles (with ``terminal_lookahead``
       and acting on :func:`solved_slot`): below the root, a slot whose step
       ends the episode is not offered to the search (its reward is already
@@ -341,17 +344,21 @@ def _children(graphdef, mstate, env, config, ctx, logits, state, terminal,
     k = config.num_children
     actions, prior, mask = _top_k_children(logits, legal, terminal, k)
     zero = jnp.zeros(terminal.shape, jnp.int32)
-    child = env.step(jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), state),
-                     actions.reshape(-1))
-    return actions, prior, mask, zero, zero, _slot_scores(env, child, mask)
+    scores = None
+    if config.terminal_lookahead:  # one more env.step over B x K states
+      child = env.step(jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), state),
+                       actions.reshape(-1))
+      scores = _slot_scores(env, child, mask)
+    return actions, prior, mask, zero, zero, scores
   return _sample_steps(graphdef, mstate, env, config, ctx, logits, state,
                        terminal, child_start, key)
 
 
 def _embedding(config, kv, env_state, calls, tokens, logits, scores):
   emb = dict(kv=kv, env_state=env_state, model_calls=calls,
-             tokens_forwarded=tokens, child_terminal=scores[0],
-             child_reward=scores[1])
+             tokens_forwarded=tokens)
+  if scores is not None:
+    emb.update(child_terminal=scores[0], child_reward=scores[1])
   if config.keep_logits:
     emb["logits"] = logits
   return emb
@@ -371,12 +378,16 @@ def solved_slot(tree: Tree, max_depth: int, *, threshold: float = 0.5
                 ) -> tuple[Array, Array]:
   """:func:`tsearch.solved_root_slot` that also counts child slots the
   verifier accepted at expansion (``child_reward >= threshold``), visited or
-  not, in a tree made by :func:`lm_search`. Jittable.
+  not, in a tree made by :func:`lm_search` (where the tree keeps no slot
+  scores, token mode without ``terminal_lookahead``, it is
+  :func:`tsearch.solved_root_slot`). Jittable.
 
   Returns:
     ``found [B]`` bool and ``slot [B]`` int32 (0 where nothing is found).
   """
   emb = tree.embeddings
+  if "child_terminal" not in emb:
+    return tsearch_tree.solved_root_slot(tree, max_depth, threshold=threshold)
   solved_children = emb["child_terminal"] & (emb["child_reward"] >= threshold)
   return tsearch_tree.solved_root_slot(tree, max_depth, threshold=threshold,
                                        solved_children=solved_children)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import itertools
 import importlib.resources
 from fractions import Fraction
 
@@ -415,6 +416,24 @@ def game24_splits(*, num_validation: int = 100, seed: int = 0) -> dict:
               validation=[p for i, p in enumerate(rest) if i in pick], test=test)
 
 
+@functools.lru_cache(maxsize=4)
+def game24_extended_puzzles(max_number: int = 20) -> tuple[tuple[int, ...], ...]:
+  """Solvable Game of 24 puzzles beyond the ranked list: every sorted
+  4-number multiset of ``1..max_number`` with a number above 13 (so none of
+  ``24.csv``, whose numbers are 1..13, and none of its test ranks) from
+  which 24 can be made. Search-and-learn can draw from it
+  (``split="extended"``): the verifier scores these puzzles, and no
+  reference solution of them is ever used."""
+  if not 14 <= max_number <= MAX_NUMBER:
+    raise ValueError(f"max_number must be in [14, {MAX_NUMBER}], got {max_number}.")
+  out = []
+  for nums in itertools.combinations_with_replacement(range(1, max_number + 1), 4):
+    if nums[-1] > 13 and _solve(tuple(Fraction(x) for x in nums),
+                                Fraction(24), False) is not None:
+      out.append(nums)
+  return tuple(out)
+
+
 class Game24(Countdown):
   """Countdown with 4 numbers (1..13) and target 24, over ``24.csv``.
 
@@ -436,15 +455,25 @@ class Game24(Countdown):
   def sample_problems(self, seed: int, num: int, *, split: str = "train") -> list:
     """Puzzles drawn from one :func:`game24_splits` split (default ``train``,
     so training never sees the test ranks 901-1000); ``split="all"`` draws
-    from the whole list."""
+    from the whole list; ``"extended"`` from :func:`game24_extended_puzzles`
+    (none in the list), ``"train+extended"`` each row from either at even
+    odds."""
+    rng = np.random.default_rng(seed)
+    if split == "train+extended":  # each row from either, with probability 1/2
+      train = self.sample_problems(int(rng.integers(2**31)), num)
+      extended = self.sample_problems(int(rng.integers(2**31)), num, split="extended")
+      return [t if pick else e for t, e, pick in zip(train, extended, rng.random(num) < 0.5)]
     if split == "all":
-      puzzles = game24_puzzles()
+      puzzles = [p for _, p in game24_puzzles()]
     elif split in ("train", "validation", "test"):
-      puzzles = game24_splits()[split]
+      puzzles = [p for _, p in game24_splits()[split]]
+    elif split == "extended":
+      puzzles = game24_extended_puzzles()
     else:
-      raise ValueError(f"split must be train, validation, test or all, got {split!r}.")
-    idx = np.random.default_rng(seed).choice(len(puzzles), num, replace=num > len(puzzles))
-    return [(puzzles[i][1], 24) for i in idx]
+      raise ValueError("split must be train, validation, test, all, extended or "
+                       f"train+extended, got {split!r}.")
+    idx = rng.choice(len(puzzles), num, replace=num > len(puzzles))
+    return [(tuple(puzzles[i]), 24) for i in idx]
 
   def sample_with_solutions(self, seed: int, num: int, *, split: str = "train") -> list:
     return [(p, self.solution_text(p)) for p in self.sample_problems(seed, num, split=split)]
