@@ -178,6 +178,17 @@ def test_step_policy_losses_nll_and_candidates():
   np.testing.assert_allclose(cand["policy"].total / cand["policy"].count,
                              ref_cand, rtol=1e-4)
   assert ref_cand < ref_nll  # renormalised over K: a smaller loss
+  # policy_on_solved: only row 0 (outcome 1) is a policy target; the value
+  # loss is unchanged.
+  only = search_learn.search_loss_fn(
+      fns.apply, step_policy_loss="candidates", policy_on_solved=True,
+      **kw)(params, batch, None)
+  ref_only = -np.sum(weights[0] * jax.nn.log_softmax(lp[0], -1)) / m
+  assert int(only["policy"].count) == m
+  np.testing.assert_allclose(only["policy"].total / only["policy"].count,
+                             ref_only, rtol=1e-4)
+  np.testing.assert_allclose(only["value"].total, cand["value"].total,
+                             rtol=1e-6)
   with pytest.raises(ValueError, match="step_policy_loss"):
     search_learn.search_loss_fn(fns.apply, step_policy_loss="ce", **kw)
 

@@ -87,6 +87,8 @@ def default_config() -> ConfigDict:
                           # the optim schedule spans the warm start only.
       act_on_solved=False,  # puzzles: follow a verified terminal found in
                             # the tree (tsearch.solved_root_slot).
+      policy_on_solved=False,  # policy loss on solved trajectories only
+                               # (their moves' search weights); value on all.
       problem_split="train",  # problems the search steps draw; Game of 24
                               # also "extended" / "train+extended" (puzzles
                               # beyond the ranked list, verifier only).

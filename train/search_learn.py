@@ -444,8 +444,14 @@ def packed_forward(apply_fn, params, seq: Array, length: Array,
 
 def search_loss_fn(apply_fn, *, level: str, value_target: str,
                    outcome_weight: float, two_player: bool, pad_id: int,
-                   max_seq_len: int = 0, step_policy_loss: str = "nll"):
+                   max_seq_len: int = 0, step_policy_loss: str = "nll",
+                   policy_on_solved: bool = False):
   """Loss on a rollout's targets (see the module docstring).
+
+  ``policy_on_solved``: the policy loss covers only the moves of
+  trajectories the verifier accepted (expert iteration: an unsolved
+  rollout's visit counts, spread by a search that found nothing, are not a
+  target); the value loss still covers every move.
 
   ``step_policy_loss`` (step level): ``"nll"``, the weighted log-likelihood
   of the K sampled steps (:func:`train.losses.weighted_step_nll`: raises
@@ -474,6 +480,8 @@ def search_loss_fn(apply_fn, *, level: str, value_target: str,
     at = jnp.minimum(start - 1, l - 1)  # last token of each node's prefix
     legal = batch["children_mask"]
     active = batch["active"] & jnp.any(legal, -1)
+    if policy_on_solved:
+      active = active & (batch["outcome"] > 0.5)[:, None]
     if level == "token":
       vocab_logits = jnp.take_along_axis(out.logits, at[..., None], axis=1)
       child_logits = losses_lib.children_logits(
@@ -573,7 +581,8 @@ class SearchLearn:
         fns.apply, level=s.level, value_target=s.value_target,
         outcome_weight=s.value_mix, two_player=two_player, pad_id=task.pad_id,
         max_seq_len=mcfg.max_seq_len,
-        step_policy_loss=s.get("step_policy_loss", "nll"))
+        step_policy_loss=s.get("step_policy_loss", "nll"),
+        policy_on_solved=bool(s.get("policy_on_solved", False)))
     weights = {"policy": s.policy_weight, "value": s.value_weight,
                "sft": s.sft_weight}
     self.replay = None
