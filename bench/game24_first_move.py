@@ -11,7 +11,11 @@ noise. Prints: the share of trees that hold a verified solution (what
 ``search.act_on_solved`` follows), the share whose K sampled root steps
 include one that leaves a solvable position (the exact solver decides: the
 search's ceiling), and per tree the expanded depth-1 / depth-2 nodes and
-the simulations that ended on a terminal node.
+the simulations that ended on a terminal node. Then, for comparison, where
+greedy decoding (``tsearch.algorithms`` ``greedy``) loses the puzzles: the
+share whose position is still solvable after its first and second step,
+beside the share of all legal first steps that leave a solvable position
+(what a uniformly random first step would keep).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from ml_collections import config_flags
 
 from train import config as config_lib
 from train import loop, puzzle_data, search_learn
+from tsearch import algorithms
 from tsearch.tasks import countdown as cd
 from tsearch.tasks import game24_splits
 
@@ -91,6 +96,44 @@ def main(argv):
   print(f"root steps include a solvable one: {np.mean(ceiling):.0%}")
   print(f"per tree: depth-1 nodes {np.mean(d1):.1f}, depth-2 nodes "
         f"{np.mean(d2):.1f}, simulations ending on a terminal {np.mean(tv):.1f}")
+  _greedy_steps(fns, params, task, problems, prompts, plen)
+
+
+def _legal_first_steps(numbers):
+  """Every legal ``a op b`` first step as the numbers it leaves."""
+  pool = [Fraction(x) for x in numbers]
+  for i, j in ((i, j) for i in range(4) for j in range(4) if i != j):
+    for op in "+-*/":
+      c = cd._apply(pool[i], op, pool[j])  # pylint: disable=protected-access
+      if cd._writable(c):  # pylint: disable=protected-access
+        yield [p for k, p in enumerate(pool) if k not in (i, j)] + [c]
+
+
+def _greedy_steps(fns, params, task, problems, prompts, plen):
+  greedy = algorithms.get_algorithm("greedy")
+  out = jax.jit(lambda s, p, l: greedy(fns.graphdef, s, task, p, l,
+                                       jax.random.key(0), budget=1))(
+      fns.state(params), jnp.asarray(prompts), jnp.asarray(plen))
+  answers = np.asarray(out.answers)
+  solved = np.asarray(task.base.verify(jnp.asarray(prompts), out.answers))
+  alive = np.zeros((len(problems), 2), bool)
+  random_keeps = []
+  for i, (numbers, target) in enumerate(problems):
+    goal = Fraction(target)
+    left = list(numbers)
+    lines = task.base.decode([int(x) for x in answers[i] if x > 0]).split("\n")
+    for j, line in enumerate(lines[:2]):
+      left = _left_after(left, line) if left is not None else None
+      alive[i, j] = left is not None and puzzle_data.solvable(
+          tuple(sorted(left)), goal)
+      if not alive[i, j]:
+        break
+    firsts = [puzzle_data.solvable(tuple(sorted(x)), goal)
+              for x in _legal_first_steps(numbers)]
+    random_keeps.append(np.mean(firsts))
+  print(f"greedy: solved {solved.mean():.0%}; solvable after its first step "
+        f"{alive[:, 0].mean():.0%}, after its second {alive[:, 1].mean():.0%}; "
+        f"a random legal first step keeps {np.mean(random_keeps):.0%}")
 
 
 if __name__ == "__main__":

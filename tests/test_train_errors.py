@@ -114,3 +114,17 @@ def test_config_validation_and_nan_check(tmp_path):
     config_lib.validate_config(c)
   with pytest.raises(metrics_lib.NonFiniteMetricError, match="step 7"):
     metrics_lib.check_finite(7, {"loss": float("nan")})
+
+
+@pytest.mark.parametrize("name", sorted(
+    f for f in os.listdir(os.path.join(REPO, "configs"))
+    if f.endswith(".py") and not f.startswith("_")))
+def test_every_config_validates(name):
+  c = config_lib.load_config_file(os.path.join(REPO, "configs", name))
+  config_lib.validate_config(c)
+  c.search.problem_split = "extended"
+  if c.task.name == "game24":
+    config_lib.validate_config(c)
+  else:
+    with pytest.raises(ValueError, match="search.problem_split"):
+      config_lib.validate_config(c)
