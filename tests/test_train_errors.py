@@ -125,6 +125,9 @@ def test_every_config_validates(name):
   c.search.problem_split = "extended"
   if c.task.name == "game24":
     config_lib.validate_config(c)
+    c.data.source = "tfds"
+    with pytest.raises(ValueError, match="needs --config.data.source=generated"):
+      config_lib.validate_config(c)
   else:
     with pytest.raises(ValueError, match="search.problem_split"):
       config_lib.validate_config(c)

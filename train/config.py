@@ -138,6 +138,10 @@ def validate_config(config: ConfigDict) -> None:
             if config.task.name == "game24" else ("train",))
   need(config.search.problem_split in splits, "search.problem_split",
        f"use one of {splits} for task {config.task.name!r}.")
+  need(config.search.problem_split == "train"
+       or config.data.source == "generated", "search.problem_split",
+       "draws puzzles beyond the built dataset; it needs "
+       "--config.data.source=generated.")
   need(config.eval.mcts_num_children >= 0, "eval.mcts_num_children",
        "must be >= 0 (0: search.num_children).")
   need(config.warm_start.data in ("reference", "solver"), "warm_start.data",
