@@ -9,7 +9,10 @@ Run, then the results table:
 
 Problems are generated (``Countdown.sample_problems``, solvable by
 construction); evaluation uses 100 problems from a seed no training step
-uses. Measured results (a short CPU run): README and results/countdown.json.
+uses. Measured (about 17 min on a 2-core CPU; README, results/countdown.json):
+after the warm start greedy 12%, best-of-8 19%, MCTS 75% / 85% at 16 / 64
+simulations per move (K=32); after the 45 search steps 10% / 14% / 70% /
+85%.
 """
 from train.config import default_config
 

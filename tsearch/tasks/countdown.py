@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import csv
 import functools
-import itertools
 import importlib.resources
+import itertools
 from fractions import Fraction
 
 import chex
