@@ -134,8 +134,9 @@ def validate_config(config: ConfigDict) -> None:
        or config.search.terminal_lookahead, "search.prune_terminal_slots",
        "needs --config.search.terminal_lookahead=True (a pruned step's "
        "reward must reach its node's value).")
-  splits = (("train", "extended", "train+extended")
-            if config.task.name == "game24" else ("train",))
+  from tsearch.tasks import Game24  # pylint: disable=import-outside-toplevel
+  splits = ("train",) + (Game24.extra_splits if config.task.name == "game24"
+                         else ())
   need(config.search.problem_split in splits, "search.problem_split",
        f"use one of {splits} for task {config.task.name!r}.")
   need(config.search.problem_split == "train"

@@ -26,9 +26,6 @@ class DataNotBuiltError(FileNotFoundError):
 
 
 _SPLITS = ("train", "validation", "test")
-# Game of 24's puzzles beyond the ranked list (train only; see
-# tsearch.tasks.countdown.game24_extended_puzzles).
-_EXTRA_SPLITS = ("extended", "train+extended")
 
 
 def _step_seed(*parts: int) -> int:
@@ -91,15 +88,17 @@ class ExampleStream:
         raise ValueError(f"A tfds stream reads split {self.split!r} only; "
                          f"split {split!r} needs data.source='generated'.")
       return next(self._loader)
-    if split not in _SPLITS and not (self.task.fixed_splits
-                                     and split in _EXTRA_SPLITS):
-      raise ValueError(f"Unknown split {split!r} for task {self.task.name!r}.")
+    # A task's own extra splits (Game of 24: puzzles beyond its list).
+    splits = _SPLITS + tuple(getattr(self.task, "extra_splits", ()))
+    if split not in splits:
+      raise ValueError(f"Unknown split {split!r} for task {self.task.name!r}; "
+                       f"use one of {splits}.")
     # Tasks with a fixed list (Game of 24) draw from the split's puzzles;
     # for the others the split is part of the seed.
     kw = dict(split=split) if self.task.fixed_splits else {}
     problems = self.task.sample_problems(
         _step_seed(self.seed, self._step - 1, jax.process_index(),
-                   (_SPLITS + _EXTRA_SPLITS).index(split)),
+                   splits.index(split)),
         self.batch_size, **kw)
     return examples_from_problems(self.task, problems)
 

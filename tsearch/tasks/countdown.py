@@ -442,6 +442,9 @@ class Game24(Countdown):
   """
   _name = "game24"
   fixed_splits = True
+  # Splits beyond game24_splits' for search steps (train.data.ExampleStream):
+  # puzzles outside the list, scored by the verifier only.
+  extra_splits = ("extended", "train+extended")
 
   def __init__(self, *, max_answer_length: int | None = None, constrain: bool = True):
     super().__init__(num_numbers=4, min_number=1, max_number=13, max_target=24,
