@@ -99,16 +99,6 @@ def main(argv):
   _greedy_steps(fns, params, task, problems, prompts, plen)
 
 
-def _legal_first_steps(numbers):
-  """Every legal ``a op b`` first step as the numbers it leaves."""
-  pool = [Fraction(x) for x in numbers]
-  for i, j in ((i, j) for i in range(4) for j in range(4) if i != j):
-    for op in "+-*/":
-      c = cd._apply(pool[i], op, pool[j])  # pylint: disable=protected-access
-      if cd._writable(c):  # pylint: disable=protected-access
-        yield [p for k, p in enumerate(pool) if k not in (i, j)] + [c]
-
-
 def _greedy_steps(fns, params, task, problems, prompts, plen):
   greedy = algorithms.get_algorithm("greedy")
   out = jax.jit(lambda s, p, l: greedy(fns.graphdef, s, task, p, l,
@@ -128,8 +118,10 @@ def _greedy_steps(fns, params, task, problems, prompts, plen):
           tuple(sorted(left)), goal)
       if not alive[i, j]:
         break
-    firsts = [puzzle_data.solvable(tuple(sorted(x)), goal)
-              for x in _legal_first_steps(numbers)]
+    pool = [Fraction(x) for x in numbers]
+    firsts = [puzzle_data.solvable(tuple(sorted(
+        [p for k, p in enumerate(pool) if k not in (i, j)] + [c])), goal)
+              for i, j, _, c in puzzle_data.legal_steps(pool)]
     random_keeps.append(np.mean(firsts))
   print(f"greedy: solved {solved.mean():.0%}; solvable after its first step "
         f"{alive[:, 0].mean():.0%}, after its second {alive[:, 1].mean():.0%}; "

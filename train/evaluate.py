@@ -84,10 +84,7 @@ def evaluate(config, workdir: str, *, seed: int = 0,
       return jnp.max(r, 0)
     methods[f"best_of_{n}"] = best_of
   for budget in e.mcts_budgets:
-    cfg = search_learn.lm_search_config(
-        config.search, task, num_simulations=budget, acting_temperature=0.0,
-        noise=False, num_children=search_learn.eval_num_children(config))
-    cfg = cfg.__class__(**{**cfg.__dict__, "policy": "puct"})
+    cfg = search_learn.eval_search_config(config, task, budget)
     methods[f"mcts_{budget}"] = lambda p, l, k, cfg=cfg: (
         search_learn.rollout(
             fns.graphdef, task, fns.state(params), p, l, k, config=cfg,

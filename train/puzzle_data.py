@@ -63,20 +63,27 @@ def solvable(pool: tuple, target: Fraction) -> bool:
   return cd._solve(pool, target, False) is not None  # pylint: disable=protected-access
 
 
+def legal_steps(pool) -> list[tuple[int, int, str, Fraction]]:
+  """Every legal step ``(i, j, op, c)`` on ``pool``: ``pool[i] op pool[j] =
+  c`` with a writable result, in (i, j, op) order."""
+  out = []
+  for i in range(len(pool)):
+    for j in range(len(pool)):
+      if i == j:
+        continue
+      for op in "+-*/":
+        c = cd._apply(pool[i], op, pool[j])  # pylint: disable=protected-access
+        if cd._writable(c):  # pylint: disable=protected-access
+          out.append((i, j, op, c))
+  return out
+
+
 def random_derivation(numbers, target, rng):
   """A random legal derivation: ``(text, [solvable after each step])``."""
   pool = [Fraction(x) for x in numbers]
   steps, labels = [], []
   while len(pool) > 1:
-    choices = []
-    for i in range(len(pool)):
-      for j in range(len(pool)):
-        if i == j:
-          continue
-        for op in "+-*/":
-          c = cd._apply(pool[i], op, pool[j])  # pylint: disable=protected-access
-          if cd._writable(c):  # pylint: disable=protected-access
-            choices.append((i, j, op, c))
+    choices = legal_steps(pool)
     if not choices:  # e.g. two fractions whose results cannot be written
       return random_derivation(numbers, target, rng)
     i, j, op, c = choices[rng.integers(len(choices))]

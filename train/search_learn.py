@@ -29,6 +29,7 @@ on batches drawn from it (:func:`train.step.make_replay_train_step`).
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from typing import Any
 
@@ -109,6 +110,17 @@ def num_moves(search: ml_collections.ConfigDict, task) -> int:
 def eval_num_children(config) -> int | None:
   """``eval.mcts_num_children`` (0 or absent: the training search's K)."""
   return int(config.eval.get("mcts_num_children", 0)) or None
+
+
+def eval_search_config(config: ml_collections.ConfigDict, task,
+                       num_simulations: int) -> lm.LMSearchConfig:
+  """Evaluation MCTS of a run (``train.evaluate``, ``train.solve_rates``):
+  the training search's options with PUCT, no root noise, acting on the
+  most visited child, and ``eval.mcts_num_children`` slots per node."""
+  cfg = lm_search_config(config.search, task, num_simulations=num_simulations,
+                         acting_temperature=0.0, noise=False,
+                         num_children=eval_num_children(config))
+  return dataclasses.replace(cfg, policy="puct")
 
 
 def lm_search_config(search: ml_collections.ConfigDict, task, *,

@@ -79,10 +79,7 @@ def _method_fn(config, task, fns, algo: str, n: int):
       return (base.verify(p, out.answers), out.model_calls,
               out.tokens_forwarded)
   elif algo == "mcts":
-    cfg = search_learn.lm_search_config(
-        config.search, task, num_simulations=n, acting_temperature=0.0,
-        noise=False, num_children=search_learn.eval_num_children(config))
-    cfg = cfg.__class__(**{**cfg.__dict__, "policy": "puct"})
+    cfg = search_learn.eval_search_config(config, task, n)
     moves = search_learn.num_moves(config.search, task)
 
     def run(s, p, l, k):
