@@ -136,8 +136,9 @@ def test_packed_forward_matches_one_sequence_per_step():
   steps[0, 0, 1, 2:] = -1
   steps[1, 1, 2, 1:] = -1
   steps = jnp.asarray(steps, jnp.int32)
-  out, lp = search_learn.packed_forward(fns.apply, params, seq, length, start,
-                                        steps, pad_id=0, max_seq_len=64)
+  out, lp, sv = search_learn.packed_forward(fns.apply, params, seq, length,
+                                            start, steps, pad_id=0,
+                                            max_seq_len=64)
   ref = search_learn.step_logprobs(fns.apply, params, seq, start, steps,
                                    pad_id=0)
   np.testing.assert_allclose(lp, ref, rtol=1e-5, atol=1e-5)
@@ -146,6 +147,17 @@ def test_packed_forward_matches_one_sequence_per_step():
                     jnp.arange(l)[None] < length[:, None])
   np.testing.assert_allclose(out.value[0, :9], plain.value[0, :9], atol=1e-5)
   np.testing.assert_allclose(out.logits[1], plain.logits[1], atol=1e-4)
+  # The value after each step: its prefix and the step, forwarded alone.
+  for i in range(b):
+    for j in range(m):
+      for c in range(k):
+        step = np.asarray(steps[i, j, c])
+        one = np.concatenate([np.asarray(seq[i, :int(start[i, j])]),
+                              step[step >= 0]])[None]
+        ref_v = fns.apply(params, jnp.asarray(one),
+                          jnp.arange(one.shape[1])[None],
+                          jnp.ones(one.shape, bool)).value[0, -1]
+        np.testing.assert_allclose(sv[i, j, c], ref_v, atol=1e-5)
 
 
 def test_step_policy_losses_nll_and_candidates():
@@ -191,6 +203,21 @@ def test_step_policy_losses_nll_and_candidates():
                              rtol=1e-6)
   with pytest.raises(ValueError, match="step_policy_loss"):
     search_learn.search_loss_fn(fns.apply, step_policy_loss="ce", **kw)
+  # value_policy: on every move (unsolved row 1 too, even with
+  # policy_on_solved), CE against softmax(lp + scale * value after step).
+  _, _, sv = search_learn.packed_forward(
+      fns.apply, params, batch["seq"], batch["length"], start, steps,
+      pad_id=task.pad_id, max_seq_len=64)
+  for scale in (0.0, 10.0):
+    vp = search_learn.search_loss_fn(
+        fns.apply, policy_on_solved=True, value_policy_scale=scale,
+        **kw)(params, batch, None)["value_policy"]
+    target = jax.nn.softmax(lp + scale * np.asarray(sv), -1)
+    ref_vp = -np.sum(target * jax.nn.log_softmax(lp, -1)) / (b * m)
+    assert int(vp.count) == b * m
+    np.testing.assert_allclose(vp.total / vp.count, ref_vp, rtol=1e-4)
+  assert not np.allclose(jax.nn.softmax(lp + 10 * np.asarray(sv), -1),
+                         jax.nn.softmax(lp, -1), atol=1e-3)
 
 
 def test_value_outcomes_flip_sign_for_two_players():

@@ -89,6 +89,9 @@ def default_config() -> ConfigDict:
                             # the tree (tsearch.solved_root_slot).
       policy_on_solved=False,  # policy loss on solved trajectories only
                                # (their moves' search weights); value on all.
+      value_policy_weight=0.0,  # "step": policy over the K candidates
+                                # toward the value head's one-step lookahead
+      value_policy_scale=10.0,  # softmax(log p + scale * value) target.
       problem_split="train",  # problems the search steps draw; Game of 24
                               # also "extended" / "train+extended" (puzzles
                               # beyond the ranked list, verifier only).
@@ -130,6 +133,11 @@ def validate_config(config: ConfigDict) -> None:
        "search.value_target", "use 'outcome', 'q' or 'mix'.")
   need(config.search.step_policy_loss in ("nll", "candidates"),
        "search.step_policy_loss", "use 'nll' or 'candidates'.")
+  need(config.search.value_policy_weight == 0
+       or config.search.level == "step", "search.value_policy_weight",
+       "the one-step value lookahead target needs --config.search.level=step.")
+  need(config.search.value_policy_weight >= 0, "search.value_policy_weight",
+       "must be >= 0.")
   need(not config.search.prune_terminal_slots
        or config.search.terminal_lookahead, "search.prune_terminal_slots",
        "needs --config.search.terminal_lookahead=True (a pruned step's "

@@ -411,9 +411,12 @@ def packed_forward(apply_fn, params, seq: Array, length: Array,
     steps: ``[B, M, K, S]`` candidate steps, ``-1`` padded.
 
   Returns:
-    ``(out, step_logprobs)``: the model output on the ``L`` committed
-    positions (``logits [B, L, V]``, ``value [B, L]``) and ``[B, M, K]``
-    summed token log-probabilities of each step (as :func:`step_logprobs`).
+    ``(out, step_logprobs, step_values)``: the model output on the ``L``
+    committed positions (``logits [B, L, V]``, ``value [B, L]``), ``[B, M,
+    K]`` summed token log-probabilities of each step (as
+    :func:`step_logprobs`) and ``[B, M, K]`` the value head at each step's
+    last token (the position after the step, which the step-level search
+    reads; 0 for an empty slot).
   """
   b, l = seq.shape
   _, m, k, s = steps.shape
@@ -450,20 +453,35 @@ def packed_forward(apply_fn, params, seq: Array, length: Array,
       jnp.take_along_axis(logp, pred[..., None], 1),
       jnp.maximum(flat, 0)[..., None], -1)[..., 0]
   lp = jnp.where(flat >= 0, lp, 0.0).reshape(b, m, k, s).sum(-1)
+  steps_len = (steps >= 0).sum(-1)  # [B, M, K]
+  last = l + (jnp.arange(m * k) * s).reshape(m, k)[None] + steps_len - 1
+  values = jnp.take_along_axis(out.value, jnp.clip(last, 0, l + n - 1)
+                               .reshape(b, m * k), 1).reshape(b, m, k)
+  values = jnp.where(steps_len > 0, values, 0.0)
   committed = out.replace(logits=out.logits[:, :l], value=out.value[:, :l])
-  return committed, lp
+  return committed, lp, values
 
 
 def search_loss_fn(apply_fn, *, level: str, value_target: str,
                    outcome_weight: float, two_player: bool, pad_id: int,
                    max_seq_len: int = 0, step_policy_loss: str = "nll",
-                   policy_on_solved: bool = False):
+                   policy_on_solved: bool = False,
+                   value_policy_scale: float = 0.0):
   """Loss on a rollout's targets (see the module docstring).
 
   ``policy_on_solved``: the policy loss covers only the moves of
   trajectories the verifier accepted (expert iteration: an unsolved
   rollout's visit counts, spread by a search that found nothing, are not a
   target); the value loss still covers every move.
+
+  Step level, also the term ``"value_policy"`` (trained where
+  ``search.value_policy_weight > 0``): on every move, the cross-entropy of
+  the model's distribution over the K candidates against the one-step
+  lookahead ``softmax(log p(step) + value_policy_scale * v(step))``, ``v``
+  the value head after each step (stop-gradient): the policy learns the
+  value head's ranking of the steps it samples (as Gumbel MuZero's
+  improved policy does with completed Q values), also from rollouts that
+  found no solution.
 
   ``step_policy_loss`` (step level): ``"nll"``, the weighted log-likelihood
   of the K sampled steps (:func:`train.losses.weighted_step_nll`: raises
@@ -486,12 +504,22 @@ def search_loss_fn(apply_fn, *, level: str, value_target: str,
       out = apply_fn(params, seq, positions,
                      jnp.arange(l)[None, :] < length[:, None])
     else:
-      out, lps = packed_forward(apply_fn, params, seq, length, start,
-                                batch["children_actions"], pad_id=pad_id,
-                                max_seq_len=max_seq_len)
+      out, lps, step_values = packed_forward(
+          apply_fn, params, seq, length, start, batch["children_actions"],
+          pad_id=pad_id, max_seq_len=max_seq_len)
     at = jnp.minimum(start - 1, l - 1)  # last token of each node's prefix
     legal = batch["children_mask"]
     active = batch["active"] & jnp.any(legal, -1)
+    terms = {}
+    if level == "step":
+      # One-step lookahead: the policy over the K candidates against
+      # softmax(log-prob + scale * value after the step), on every move
+      # (two players: the value after a step is the opponent's).
+      mover = -step_values if two_player else step_values
+      lookahead = jax.lax.stop_gradient(losses_lib.masked_log_softmax(
+          lps + value_policy_scale * mover, legal))
+      terms["value_policy"] = losses_lib.policy_loss(
+          lps, jnp.where(legal, jnp.exp(lookahead), 0.0), legal, active)
     if policy_on_solved:
       active = active & (batch["outcome"] > 0.5)[:, None]
     if level == "token":
@@ -521,7 +549,7 @@ def search_loss_fn(apply_fn, *, level: str, value_target: str,
     sft_mask = targets_lib.sft_mask(answer.astype(jnp.float32),
                                     batch["outcome"] > 0.5)
     sft = losses_lib.lm_loss(out.logits[:, :-1], seq[:, 1:], sft_mask[:, 1:])
-    return {"policy": policy, "value": value, "sft": sft}
+    return {"policy": policy, "value": value, "sft": sft, **terms}
   return loss_fn
 
 
@@ -594,9 +622,11 @@ class SearchLearn:
         outcome_weight=s.value_mix, two_player=two_player, pad_id=task.pad_id,
         max_seq_len=mcfg.max_seq_len,
         step_policy_loss=s.get("step_policy_loss", "nll"),
-        policy_on_solved=bool(s.get("policy_on_solved", False)))
+        policy_on_solved=bool(s.get("policy_on_solved", False)),
+        value_policy_scale=float(s.get("value_policy_scale", 0.0)))
     weights = {"policy": s.policy_weight, "value": s.value_weight,
-               "sft": s.sft_weight}
+               "sft": s.sft_weight,
+               "value_policy": float(s.get("value_policy_weight", 0.0))}
     self.replay = None
     if s.replay_size:
       self._step = step_lib.make_replay_train_step(
