@@ -8,6 +8,7 @@ import models
 import tsearch
 from tests.test_family_helpers import FixedSteps, model_for
 from tsearch import algorithms as A
+from tsearch.tasks import vocab as V
 
 TASK = FixedSteps(steps=3, step_tokens=3)  # T = 9 answer tokens
 GD, ST = model_for(TASK)
@@ -115,3 +116,38 @@ def test_same_key_same_answers():
   a = run("beam", 8, beam_width=2)
   b = run("beam", 8, beam_width=2)
   np.testing.assert_array_equal(a.answers, b.answers)
+
+
+def test_mcts_act_on_solved_answers_with_a_verified_solution():
+  # FixedSteps: reward 1 when the answer's first digit is even, else -1.
+  # One-step answers: the verifier lookahead scores all K root steps at
+  # the root's expansion and pruning leaves no simulation to spend on them,
+  # so the most visited path is the root itself (answered greedily) while
+  # act_on_solved answers with a step the verifier accepted. The same key
+  # grows the same tree: only the answer's path differs.
+  one = FixedSteps(steps=1, step_tokens=3)
+  model = model_for(one)
+  problems = list(range(10, 42))
+  pt, pl = one.encode_prompts(problems)
+  kw = dict(task=one, pt=pt, pl=pl, model=model, num_children=4,
+            terminal_lookahead=True, prune_terminal_slots=True)
+  plain = run("mcts", 4, **kw)
+  act = run("mcts", 4, act_on_solved=True, **kw)
+  even = lambda out: (out.answers[:, 0] - V.DIGIT0) % 2 == 0  # noqa: E731
+  for out in (plain, act):
+    assert out.candidate_finished.all()
+    np.testing.assert_array_equal(out.answer_scores,
+                                  np.where(even(out), 1.0, -1.0))
+  changed = (act.answers != plain.answers).any(-1)
+  assert changed.any()
+  assert even(act)[changed].all()  # a changed answer is a solution
+  assert even(act).sum() > even(plain).sum()
+  # Three-step answers: where the tree holds a solution, the answer is one.
+  pt, pl = TASK.encode_prompts(problems)
+  kw = dict(pt=pt, pl=pl, num_children=3, terminal_lookahead=True,
+            prune_terminal_slots=True)
+  out, ref = run("mcts", 6, act_on_solved=True, **kw), run("mcts", 6, **kw)
+  assert even(out).sum() >= even(ref).sum()
+  assert (out.tokens_forwarded <= ref.tokens_forwarded).all()  # no completion
+  with pytest.raises(ValueError, match="prune_terminal_slots"):
+    run("mcts", 6, num_children=3, prune_terminal_slots=True)

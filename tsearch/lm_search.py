@@ -374,23 +374,29 @@ def _lookahead(config, value, scores, mask):
   return jnp.where(every, best, jnp.maximum(value, best))
 
 
+def solved_children(tree: Tree, *, threshold: float = 0.5) -> Array | None:
+  """``[B, N, K]`` child slots the verifier accepted at expansion
+  (``child_reward >= threshold``), visited or not, in a tree made by
+  :func:`lm_search`; None where the tree keeps no slot scores (token mode
+  without ``terminal_lookahead``)."""
+  emb = tree.embeddings
+  if "child_terminal" not in emb:
+    return None
+  return emb["child_terminal"] & (emb["child_reward"] >= threshold)
+
+
 def solved_slot(tree: Tree, max_depth: int, *, threshold: float = 0.5
                 ) -> tuple[Array, Array]:
-  """:func:`tsearch.solved_root_slot` that also counts child slots the
-  verifier accepted at expansion (``child_reward >= threshold``), visited or
-  not, in a tree made by :func:`lm_search` (where the tree keeps no slot
-  scores, token mode without ``terminal_lookahead``, it is
-  :func:`tsearch.solved_root_slot`). Jittable.
+  """:func:`tsearch.solved_root_slot` that also counts the
+  :func:`solved_children` slots of a tree made by :func:`lm_search`.
+  Jittable.
 
   Returns:
     ``found [B]`` bool and ``slot [B]`` int32 (0 where nothing is found).
   """
-  emb = tree.embeddings
-  if "child_terminal" not in emb:
-    return tsearch_tree.solved_root_slot(tree, max_depth, threshold=threshold)
-  solved_children = emb["child_terminal"] & (emb["child_reward"] >= threshold)
-  return tsearch_tree.solved_root_slot(tree, max_depth, threshold=threshold,
-                                       solved_children=solved_children)
+  return tsearch_tree.solved_root_slot(
+      tree, max_depth, threshold=threshold,
+      solved_children=solved_children(tree, threshold=threshold))
 
 
 # ---------------------------------------------------------------------------

@@ -187,34 +187,33 @@ def path_to_root(tree: Tree, node_index: Array, max_depth: int) -> Array:
   return path.T
 
 
-def solved_root_slot(tree: Tree, max_depth: int, *, threshold: float = 0.5,
-                     solved_children: Array | None = None
-                     ) -> tuple[Array, Array]:
-  """The root slot that leads to a solved terminal node, if the tree has one.
+def solved_node(tree: Tree, *, threshold: float = 0.5,
+                solved_children: Array | None = None
+                ) -> tuple[Array, Array, Array]:
+  """The shallowest proven solution in the tree, if it has one.
 
   For single-player tasks whose only reward is the verifier's at the end
   (puzzles): a terminal node whose incoming reward is ``>= threshold`` is a
-  proven solution, and the root slot on its path is a move that solves the
-  problem whatever the visit counts say (MCTS-Solver's rule, Winands et
-  al. 2008). Of several, the shallowest is taken (ties: lowest index).
-  Jittable.
+  proven solution (MCTS-Solver's rule, Winands et al. 2008); so is a child
+  slot in ``solved_children``, one level below its node. Of several, the
+  shallowest is taken (ties: lowest index). Jittable.
 
   Args:
     tree: the tree.
-    max_depth: static bound on node depth (as for :func:`path_to_root`).
     threshold: reward at or above which a terminal counts as solved.
     solved_children: optional ``[B, N, K]`` bool, child slots known to be
       solved terminals before they are visited (e.g. scored by the verifier
-      at expansion, ``tsearch.lm_search.solved_slot``); such a slot counts as
-      a solution one level below its node. Read on nodes in use only, and
-      whether or not the slot is still in ``children_mask`` (a search may
-      have pruned it because its outcome was known).
+      at expansion, ``tsearch.lm_search.solved_slot``). Read on nodes in use
+      only, and whether or not the slot is still in ``children_mask`` (a
+      search may have pruned it because its outcome was known).
 
   Returns:
-    ``found [B]`` bool and ``slot [B]`` int32 (0 where nothing is found).
+    ``found [B]`` bool, ``node [B]`` int32 (the solved terminal node, or the
+    node holding the solved slot) and ``slot [B]`` int32 (that slot; ``-1``
+    where the node itself is the solution or nothing is found).
   """
-  b = jnp.arange(tree.batch_size)
   n = tree.capacity
+  b = jnp.arange(tree.batch_size)
   big = jnp.iinfo(jnp.int32).max
   used = jnp.arange(n)[None] < tree.num_nodes[:, None]
   parent = jnp.maximum(tree.parents, 0)
@@ -222,7 +221,6 @@ def solved_root_slot(tree: Tree, max_depth: int, *, threshold: float = 0.5,
   reward = tree.children_rewards[b[:, None], parent, slot]  # [B, N]
   solved = (used & tree.node_terminal & (tree.node_depth >= 1)
             & (reward >= threshold))
-  # A node with a solved child slot: its solution is one level deeper.
   has_child = jnp.zeros_like(solved)
   child_slot = jnp.zeros_like(slot)
   if solved_children is not None:
@@ -233,6 +231,30 @@ def solved_root_slot(tree: Tree, max_depth: int, *, threshold: float = 0.5,
                     jnp.where(has_child, tree.node_depth + 1, big))
   node = jnp.argmin(depth, axis=1).astype(jnp.int32)
   found = jnp.any(solved | has_child, axis=1)
+  out_slot = jnp.where(found & has_child[b, node], child_slot[b, node], -1)
+  return found, jnp.where(found, node, ROOT_INDEX), out_slot.astype(jnp.int32)
+
+
+def solved_root_slot(tree: Tree, max_depth: int, *, threshold: float = 0.5,
+                     solved_children: Array | None = None
+                     ) -> tuple[Array, Array]:
+  """The root slot that leads to a solved terminal node, if the tree has one.
+
+  The root slot on the path to :func:`solved_node`'s solution: a move that
+  solves the problem whatever the visit counts say (MCTS-Solver's rule).
+  Jittable.
+
+  Args:
+    tree: the tree.
+    max_depth: static bound on node depth (as for :func:`path_to_root`).
+    threshold, solved_children: as for :func:`solved_node`.
+
+  Returns:
+    ``found [B]`` bool and ``slot [B]`` int32 (0 where nothing is found).
+  """
+  b = jnp.arange(tree.batch_size)
+  found, node, child_slot = solved_node(tree, threshold=threshold,
+                                        solved_children=solved_children)
   path = path_to_root(tree, node, max_depth)  # [B, D + 1], node first
   depths = jnp.where(path >= 0, tree.node_depth[b[:, None],
                                                 jnp.maximum(path, 0)], -1)
@@ -240,6 +262,5 @@ def solved_root_slot(tree: Tree, max_depth: int, *, threshold: float = 0.5,
   child = path[b, first]
   out = tree.action_from_parent[b, jnp.maximum(child, 0)]
   # A solved slot of the root itself is the move.
-  at_root = node == ROOT_INDEX
-  out = jnp.where(at_root, child_slot[b, node], out)
+  out = jnp.where(node == ROOT_INDEX, child_slot, out)
   return found, jnp.where(found, out, 0).astype(jnp.int32)

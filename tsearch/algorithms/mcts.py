@@ -16,18 +16,29 @@ instead (padding included), so they are larger.
 
 Note: like every ``lm_search`` tree, terminal nodes earn the task's verifier
 reward (the value head scores the rest); compare with the family's
-``terminal_score='verifier'``.
+``terminal_score='verifier'``. For puzzles, ``terminal_lookahead`` and
+``prune_terminal_slots`` search as the training rollouts do (every sampled
+step that ends the answer is scored by the verifier when its node is
+expanded; no simulation is spent on such known leaves), and
+``act_on_solved`` answers with the shallowest verified solution the tree
+holds (a visited terminal node, or a sampled step the lookahead scored)
+instead of the most visited path.
 """
 from __future__ import annotations
 
 import functools
+import importlib
 
 import jax
 import jax.numpy as jnp
 
 import models
 from tsearch import kv_arena
+from tsearch import tree as tree_lib
 from tsearch.lm_search import LMSearchConfig, lm_search
+
+lm = importlib.import_module("tsearch.lm_search")  # the module, not the
+                                                   # function tsearch exports
 from tsearch.algorithms import family
 from tsearch.algorithms import rows as rows_lib
 from tsearch.tree import ROOT_INDEX
@@ -68,9 +79,10 @@ def most_visited_leaf(tree, max_depth: int):
   return node
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "task", "config"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "task", "config",
+                                             "act_on_solved"))
 def _mcts(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
-          config):
+          config, act_on_solved=False):
   b = prompt_tokens.shape[0]
   out = lm_search(graphdef, state, task, prompt_tokens, prompt_lengths,
                      rng_key, config=config)
@@ -78,7 +90,16 @@ def _mcts(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
   leaf = most_visited_leaf(tree, config.max_depth)
   rb = jnp.arange(b)
   emb = tree.embeddings
+  slot = jnp.full((b,), -1, jnp.int32)
+  if act_on_solved:
+    found, node, slot = tree_lib.solved_node(
+        tree, solved_children=lm.solved_children(tree))
+    leaf = jnp.where(found, node, leaf)
   env_state = jax.tree.map(lambda x: x[rb, leaf], emb["env_state"])
+  if act_on_solved:  # a solved step not expanded yet: step it (it ends)
+    step = tree.children_actions[rb, leaf, jnp.maximum(slot, 0)]  # [B, S]
+    env_state = lm._step_tokens(task, env_state, jnp.where(  # pylint: disable=protected-access
+        (slot >= 0)[:, None], step, -1))
   ctx = kv_arena.path_context(tree, leaf, config.max_depth, out.prompt_cache)
   t = task.max_answer_length
   pad = ((0, 0), (0, 0), (0, t), (0, 0), (0, 0))
@@ -99,7 +120,7 @@ def _mcts(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
 
 def _search(policy, graphdef, state, task, prompt_tokens, prompt_lengths,
             rng_key, *, budget, num_children, step_length, max_depth, capacity,
-            **options):
+            act_on_solved=False, **options):
   n = family.check_budget(budget)
   prompt_tokens, prompt_lengths = family._check_inputs(  # pylint: disable=protected-access
       graphdef, state, task, prompt_tokens, prompt_lengths)
@@ -116,14 +137,16 @@ def _search(policy, graphdef, state, task, prompt_tokens, prompt_lengths,
       num_children=int(num_children), step_length=int(s), max_depth=int(d),
       capacity=capacity, keep_logits=True, **options)
   return _mcts(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key,
-               config=config)
+               config=config, act_on_solved=bool(act_on_solved))
 
 
 def mcts(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
          budget: int, num_children: int = 4, step_length: int | None = None,
          max_depth: int | None = None, capacity: int | None = None,
          dirichlet_fraction: float = 0.0, pb_c_init: float = 1.25,
-         step_temperature: float = 1.0) -> family.SearchOutput:
+         step_temperature: float = 1.0, terminal_lookahead: bool = False,
+         prune_terminal_slots: bool = False,
+         act_on_solved: bool = False) -> family.SearchOutput:
   """Step-level PUCT MCTS with ``budget`` simulations (see module docstring).
 
   Args:
@@ -135,25 +158,38 @@ def mcts(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
       ``ceil(T / S)``.
     capacity: tree nodes; fewer than ``budget + 1`` is a ValueError.
     dirichlet_fraction: root noise (0 for evaluation).
+    terminal_lookahead: score every sampled step that ends the answer with
+      the verifier when its node is expanded (``LMSearchConfig``).
+    prune_terminal_slots: puzzles, with ``terminal_lookahead``: spend no
+      simulation on those known leaves.
+    act_on_solved: puzzles: answer with the shallowest verified solution in
+      the tree where it holds one (see the module docstring).
   """
   return _search("puct", graphdef, state, task, prompt_tokens, prompt_lengths,
                  rng_key, budget=budget, num_children=num_children,
                  step_length=step_length, max_depth=max_depth,
                  capacity=capacity, dirichlet_fraction=dirichlet_fraction,
-                 pb_c_init=pb_c_init, step_temperature=step_temperature)
+                 pb_c_init=pb_c_init, step_temperature=step_temperature,
+                 terminal_lookahead=terminal_lookahead,
+                 prune_terminal_slots=prune_terminal_slots,
+                 act_on_solved=act_on_solved)
 
 
 def gumbel(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
            budget: int, num_children: int = 4, step_length: int | None = None,
            max_depth: int | None = None, capacity: int | None = None,
            gumbel_scale: float = 1.0,
-           step_temperature: float = 1.0) -> family.SearchOutput:
+           step_temperature: float = 1.0, terminal_lookahead: bool = False,
+           act_on_solved: bool = False) -> family.SearchOutput:
   """Step-level Gumbel MuZero search with ``budget`` simulations; as
-  :func:`mcts` (the answer still follows the most visited children)."""
+  :func:`mcts` (the answer still follows the most visited children, or
+  with ``act_on_solved`` a verified solution in the tree)."""
   return _search("gumbel", graphdef, state, task, prompt_tokens,
                  prompt_lengths, rng_key, budget=budget,
                  num_children=num_children, step_length=step_length,
                  max_depth=max_depth, capacity=capacity,
                  max_num_considered_actions=int(num_children),
-                 gumbel_scale=gumbel_scale, step_temperature=step_temperature)
+                 gumbel_scale=gumbel_scale, step_temperature=step_temperature,
+                 terminal_lookahead=terminal_lookahead,
+                 act_on_solved=act_on_solved)
 
