@@ -99,6 +99,14 @@ def test_config_validation_and_nan_check(tmp_path):
   c.search.terminal_lookahead = True
   config_lib.validate_config(c)  # together they are fine
   c = _tiny()
+  c.search.level, c.search.value_policy_weight = "token", 1.0
+  with pytest.raises(ValueError, match="value_policy_weight=1.0: the one-step"
+                     " value lookahead target needs --config.search.level="
+                     "step"):
+    config_lib.validate_config(c)
+  c.search.level = "step"
+  config_lib.validate_config(c)
+  c = _tiny()
   c.search.problem_split = "extended"
   with pytest.raises(ValueError, match="search.problem_split='extended': use "
                      r"one of \('train',\) for task"):
