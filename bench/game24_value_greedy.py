@@ -1,0 +1,110 @@
+"""How far greedy decoding could go by learning the value head's ranking.
+
+Run (a trained configs/game24.py workdir; ~1 min per checkpoint on a 2-core
+CPU):
+  python bench/game24_value_greedy.py --workdir /tmp/g24 --steps 3000,3065
+
+On the 100 validation and the 100 test puzzles, side by side per
+checkpoint:
+
+* greedy: the policy's own greedy decoding (``tsearch.algorithms`` greedy,
+  the strict env);
+* value-greedy: at each step every legal step ``a op b = c`` is written
+  after the answer so far and the one whose end the value head rates
+  highest is taken (the last step: any that makes 24). This is what a
+  policy that had learned the value head's ranking of all legal steps
+  perfectly would decode, so it bounds what distilling the value head into
+  the policy (``search.value_policy_weight``) can give greedy;
+* the share of puzzles whose value-greedy first step leaves a solvable
+  position (the exact solver decides) beside that of a uniformly random
+  legal first step.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from train import loop, puzzle_data
+from tsearch import algorithms
+from tsearch.tasks import countdown as cd
+from tsearch.tasks import game24_splits
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/game24.py",
+                                          "Run config.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
+_STEPS = flags.DEFINE_list("steps", None, "Checkpoints (default latest).")
+flags.mark_flags_as_required(["workdir"])
+_TARGET = Fraction(24)
+
+
+def _value_greedy(base, apply, params, numbers):
+  """``(solved, first step keeps a solvable position)`` for one puzzle."""
+  pool = [Fraction(x) for x in numbers]
+  prefix = base.encode(base.prompt_text((numbers, 24)))
+  first_ok = None
+  while len(pool) > 1:
+    cands = []
+    for i, j, op, c in puzzle_data.legal_steps(pool):
+      rest = [p for k, p in enumerate(pool) if k not in (i, j)] + [c]
+      cands.append((cd.steps_text([(pool[i], op, pool[j], c)]), rest))
+    if len(pool) == 2:  # the last step: the verifier's choice
+      pool = next((r for _, r in cands if r[0] == _TARGET), cands[0][1])
+      break
+    seqs = [prefix + base.encode(t) + [base.step_delimiter] for t, _ in cands]
+    width = 64
+    tokens = np.full((len(seqs), width), base.pad_id, np.int32)
+    for r, s in enumerate(seqs):
+      tokens[r, :len(s)] = s
+    lengths = np.array([len(s) for s in seqs])
+    positions = np.broadcast_to(np.arange(width), tokens.shape)
+    out = apply(params, jnp.asarray(tokens), jnp.asarray(positions, jnp.int32),
+                jnp.asarray(np.arange(width)[None] < lengths[:, None]))
+    values = np.asarray(out.value)[np.arange(len(seqs)), lengths - 1]
+    best = int(np.argmax(values))
+    prefix, pool = seqs[best], cands[best][1]
+    if first_ok is None:
+      first_ok = puzzle_data.solvable(tuple(sorted(pool)), _TARGET)
+  return pool == [_TARGET], bool(first_ok)
+
+
+def _random_first_step_keeps(numbers) -> float:
+  pool = [Fraction(x) for x in numbers]
+  keeps = [puzzle_data.solvable(tuple(sorted(
+      [p for k, p in enumerate(pool) if k not in (i, j)] + [c])), _TARGET)
+           for i, j, _, c in puzzle_data.legal_steps(pool)]
+  return float(np.mean(keeps))
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  splits = game24_splits()
+  steps = [int(s) for s in _STEPS.value] if _STEPS.value else [None]
+  print("checkpoint | split | greedy | value-greedy | value-greedy first "
+        "step keeps | random first step keeps")
+  for step in steps:
+    task, fns, params, step = loop.latest_params(config, _WORKDIR.value, step)
+    base = task.base
+    apply = jax.jit(fns.apply)
+    for split in ("validation", "test"):
+      problems = [(nums, 24) for _, nums in splits[split]]
+      prompts, plen = base.encode_prompts(problems)
+      out = algorithms.get_algorithm("greedy")(
+          fns.graphdef, fns.state(params), task, jnp.asarray(prompts),
+          jnp.asarray(plen), jax.random.key(0), budget=1)
+      greedy = float(np.mean(np.asarray(base.verify(jnp.asarray(prompts),
+                                                    out.answers)) > 0.5))
+      vg = [_value_greedy(base, apply, params, nums) for nums, _ in problems]
+      rand = np.mean([_random_first_step_keeps(nums) for nums, _ in problems])
+      print(f"{step} | {split} | {greedy:.0%} | "
+            f"{np.mean([s for s, _ in vg]):.0%} | "
+            f"{np.mean([f for _, f in vg]):.0%} | {rand:.0%}", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
