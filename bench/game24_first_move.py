@@ -118,11 +118,7 @@ def _greedy_steps(fns, params, task, problems, prompts, plen):
           tuple(sorted(left)), goal)
       if not alive[i, j]:
         break
-    pool = [Fraction(x) for x in numbers]
-    firsts = [puzzle_data.solvable(tuple(sorted(
-        [p for k, p in enumerate(pool) if k not in (i, j)] + [c])), goal)
-              for i, j, _, c in puzzle_data.legal_steps(pool)]
-    random_keeps.append(np.mean(firsts))
+    random_keeps.append(puzzle_data.random_step_keeps(numbers, goal))
   print(f"greedy: solved {solved.mean():.0%}; solvable after its first step "
         f"{alive[:, 0].mean():.0%}, after its second {alive[:, 1].mean():.0%}; "
         f"a random legal first step keeps {np.mean(random_keeps):.0%}")

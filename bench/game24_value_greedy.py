@@ -50,8 +50,8 @@ def _value_greedy(base, apply, params, numbers):
   while len(pool) > 1:
     cands = []
     for i, j, op, c in puzzle_data.legal_steps(pool):
-      rest = [p for k, p in enumerate(pool) if k not in (i, j)] + [c]
-      cands.append((cd.steps_text([(pool[i], op, pool[j], c)]), rest))
+      cands.append((cd.steps_text([(pool[i], op, pool[j], c)]),
+                    puzzle_data.after_step(pool, i, j, c)))
     if len(pool) == 2:  # the last step: the verifier's choice
       pool = next((r for _, r in cands if r[0] == _TARGET), cands[0][1])
       break
@@ -70,14 +70,6 @@ def _value_greedy(base, apply, params, numbers):
     if first_ok is None:
       first_ok = puzzle_data.solvable(tuple(sorted(pool)), _TARGET)
   return pool == [_TARGET], bool(first_ok)
-
-
-def _random_first_step_keeps(numbers) -> float:
-  pool = [Fraction(x) for x in numbers]
-  keeps = [puzzle_data.solvable(tuple(sorted(
-      [p for k, p in enumerate(pool) if k not in (i, j)] + [c])), _TARGET)
-           for i, j, _, c in puzzle_data.legal_steps(pool)]
-  return float(np.mean(keeps))
 
 
 def main(argv):
@@ -100,7 +92,8 @@ def main(argv):
       greedy = float(np.mean(np.asarray(base.verify(jnp.asarray(prompts),
                                                     out.answers)) > 0.5))
       vg = [_value_greedy(base, apply, params, nums) for nums, _ in problems]
-      rand = np.mean([_random_first_step_keeps(nums) for nums, _ in problems])
+      rand = np.mean([puzzle_data.random_step_keeps(nums, 24)
+                      for nums, _ in problems])
       print(f"{step} | {split} | {greedy:.0%} | "
             f"{np.mean([s for s, _ in vg]):.0%} | "
             f"{np.mean([f for _, f in vg]):.0%} | {rand:.0%}", flush=True)

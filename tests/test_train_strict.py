@@ -157,3 +157,16 @@ def test_example_stream_draws_game24_problems_from_its_split(strict):
   with pytest.raises(ValueError, match="Unknown split 'extended'"):
     data_lib.ExampleStream(get_task("countdown"), 4, source="generated",
                            seed=0).next("extended")
+
+
+def test_random_step_keeps_counts_solvable_first_steps():
+  from tsearch.tasks import countdown as cdm  # pylint: disable=import-outside-toplevel
+  assert puzzle_data.after_step([4, 9, 10, 13], 1, 3, 22) == [4, 10, 22]
+  for numbers in [(4, 9, 10, 13), (1, 1, 1, 8), (3, 3, 8, 8)]:
+    pool = [Fraction(x) for x in numbers]
+    steps = puzzle_data.legal_steps(pool)
+    ok = [cdm.solve([p for k, p in enumerate(pool) if k not in (i, j)] + [c],
+                    24) is not None for i, j, _, c in steps]
+    assert puzzle_data.random_step_keeps(numbers, 24) == pytest.approx(
+        np.mean(ok))
+  assert 0 < puzzle_data.random_step_keeps((4, 9, 10, 13), 24) < 0.5

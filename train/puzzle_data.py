@@ -78,6 +78,20 @@ def legal_steps(pool) -> list[tuple[int, int, str, Fraction]]:
   return out
 
 
+def after_step(pool, i: int, j: int, c) -> list:
+  """The numbers left after the step ``pool[i] op pool[j] = c``."""
+  return [p for k, p in enumerate(pool) if k not in (i, j)] + [c]
+
+
+def random_step_keeps(numbers, target) -> float:
+  """The share of legal first steps after which ``target`` is still
+  reachable (what a uniformly random first step keeps)."""
+  pool = [Fraction(x) for x in numbers]
+  return float(np.mean([
+      solvable(tuple(sorted(after_step(pool, i, j, c))), Fraction(target))
+      for i, j, _, c in legal_steps(pool)]))
+
+
 def random_derivation(numbers, target, rng):
   """A random legal derivation: ``(text, [solvable after each step])``."""
   pool = [Fraction(x) for x in numbers]
@@ -88,7 +102,7 @@ def random_derivation(numbers, target, rng):
       return random_derivation(numbers, target, rng)
     i, j, op, c = choices[rng.integers(len(choices))]
     steps.append((pool[i], op, pool[j], c))
-    pool = [p for k, p in enumerate(pool) if k not in (i, j)] + [c]
+    pool = after_step(pool, i, j, c)
     labels.append(solvable(tuple(sorted(pool)), Fraction(target)))
   return cd.steps_text(steps), labels
 
