@@ -9,10 +9,11 @@ Run, then the results table:
 
 Problems are generated (``Countdown.sample_problems``, solvable by
 construction); evaluation uses 100 problems from a seed no training step
-uses. Measured (about 17 min on a 2-core CPU; README, results/countdown.json):
+uses. Measured (about 13 min on a 2-core CPU; README, results/countdown.json):
 after the warm start greedy 12%, best-of-8 19%, MCTS 75% / 85% at 16 / 64
-simulations per move (K=32); after the 45 search steps 10% / 14% / 70% /
-85%.
+simulations per move (K=32); after the 45 search steps 13% / 16% / 70% /
+85% (without the value lookahead target, search.value_policy_weight=0:
+10% / 14% / 70% / 85%).
 """
 from train.config import default_config
 
@@ -34,8 +35,9 @@ def get_config():
                       value_weight=1.0)
   # The search of configs/game24.py (PUCT over K=8 distinct sampled steps,
   # verifier lookahead + pruning, acting on a verified solution); every
-  # search step draws new generated problems; the policy learns from
-  # verified rollouts only.
+  # search step draws new generated problems; the policy learns the
+  # search's weights on verified rollouts only and the value head's one-step
+  # lookahead over its K candidates on every move.
   c.search.update(steps=45, level="step", algorithm="puct",
                   num_simulations=16, num_children=8, capacity=32,
                   step_length=16, act_on_solved=True,
@@ -43,7 +45,8 @@ def get_config():
                   step_policy_loss="candidates", policy_on_solved=True,
                   policy_weight=1.0, sft_weight=1.0, value_target="mix",
                   value_mix=0.5, value_weight=0.5, replay_size=128,
-                  updates_per_search=2, learning_rate=2e-4)
+                  updates_per_search=2, learning_rate=2e-4,
+                  value_policy_weight=1.0, value_policy_scale=10.0)
   c.checkpoint.every_steps = 15
   c.checkpoint.keep = 20
   c.log_every_steps = 5
