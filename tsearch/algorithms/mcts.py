@@ -36,12 +36,12 @@ import models
 from tsearch import kv_arena
 from tsearch import tree as tree_lib
 from tsearch.lm_search import LMSearchConfig, lm_search
-
-lm = importlib.import_module("tsearch.lm_search")  # the module, not the
-                                                   # function tsearch exports
 from tsearch.algorithms import family
 from tsearch.algorithms import rows as rows_lib
 from tsearch.tree import ROOT_INDEX
+
+lm = importlib.import_module("tsearch.lm_search")  # the module, not the
+                                                   # function tsearch exports
 
 
 def _step_len(actions):
