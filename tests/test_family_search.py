@@ -151,3 +151,7 @@ def test_mcts_act_on_solved_answers_with_a_verified_solution():
   assert (out.tokens_forwarded <= ref.tokens_forwarded).all()  # no completion
   with pytest.raises(ValueError, match="prune_terminal_slots"):
     run("mcts", 6, num_children=3, prune_terminal_slots=True)
+  c4 = tsearch.get_task("connect_four")
+  with pytest.raises(ValueError, match="act_on_solved is for single-player "
+                     "puzzles.*connect_four has 2 players"):
+    run("mcts", 6, task=c4, act_on_solved=True)

@@ -106,6 +106,12 @@ def test_config_validation_and_nan_check(tmp_path):
     config_lib.validate_config(c)
   c.search.level = "step"
   config_lib.validate_config(c)
+  c.search.value_policy_scale = -1.0
+  with pytest.raises(ValueError, match="value_policy_scale=-1.0: must be >= 0"):
+    config_lib.validate_config(c)
+  c.search.value_policy_scale, c.search.value_policy_weight = 10.0, -0.5
+  with pytest.raises(ValueError, match="value_policy_weight=-0.5: must be >= 0"):
+    config_lib.validate_config(c)
   c = _tiny()
   c.search.problem_split = "extended"
   with pytest.raises(ValueError, match="search.problem_split='extended': use "

@@ -195,6 +195,7 @@ def test_step_policy_losses_nll_and_candidates():
   only = search_learn.search_loss_fn(
       fns.apply, step_policy_loss="candidates", policy_on_solved=True,
       **kw)(params, batch, None)
+  assert "value_policy" not in only  # only with value_policy_scale set
   ref_only = -np.sum(weights[0] * jax.nn.log_softmax(lp[0], -1)) / m
   assert int(only["policy"].count) == m
   np.testing.assert_allclose(only["policy"].total / only["policy"].count,

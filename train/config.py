@@ -138,6 +138,8 @@ def validate_config(config: ConfigDict) -> None:
        "the one-step value lookahead target needs --config.search.level=step.")
   need(config.search.value_policy_weight >= 0, "search.value_policy_weight",
        "must be >= 0.")
+  need(config.search.value_policy_scale >= 0, "search.value_policy_scale",
+       "must be >= 0 (a larger value-head score must raise a step's target).")
   need(not config.search.prune_terminal_slots
        or config.search.terminal_lookahead, "search.prune_terminal_slots",
        "needs --config.search.terminal_lookahead=True (a pruned step's "

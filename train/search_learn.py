@@ -466,7 +466,7 @@ def search_loss_fn(apply_fn, *, level: str, value_target: str,
                    outcome_weight: float, two_player: bool, pad_id: int,
                    max_seq_len: int = 0, step_policy_loss: str = "nll",
                    policy_on_solved: bool = False,
-                   value_policy_scale: float = 0.0):
+                   value_policy_scale: float | None = None):
   """Loss on a rollout's targets (see the module docstring).
 
   ``policy_on_solved``: the policy loss covers only the moves of
@@ -474,8 +474,8 @@ def search_loss_fn(apply_fn, *, level: str, value_target: str,
   rollout's visit counts, spread by a search that found nothing, are not a
   target); the value loss still covers every move.
 
-  Step level, also the term ``"value_policy"`` (trained where
-  ``search.value_policy_weight > 0``): on every move, the cross-entropy of
+  Step level with ``value_policy_scale`` set (``search.value_policy_weight
+  > 0``), also the term ``"value_policy"``: on every move, the cross-entropy of
   the model's distribution over the K candidates against the one-step
   lookahead ``softmax(log p(step) + value_policy_scale * v(step))``, ``v``
   the value head after each step (stop-gradient): the policy learns the
@@ -511,7 +511,7 @@ def search_loss_fn(apply_fn, *, level: str, value_target: str,
     legal = batch["children_mask"]
     active = batch["active"] & jnp.any(legal, -1)
     terms = {}
-    if level == "step":
+    if level == "step" and value_policy_scale is not None:
       # One-step lookahead: the policy over the K candidates against
       # softmax(log-prob + scale * value after the step), on every move
       # (two players: the value after a step is the opponent's).
@@ -623,7 +623,9 @@ class SearchLearn:
         max_seq_len=mcfg.max_seq_len,
         step_policy_loss=s.get("step_policy_loss", "nll"),
         policy_on_solved=bool(s.get("policy_on_solved", False)),
-        value_policy_scale=float(s.get("value_policy_scale", 0.0)))
+        value_policy_scale=(float(s.value_policy_scale)
+                            if s.get("value_policy_weight", 0.0) > 0
+                            else None))
     weights = {"policy": s.policy_weight, "value": s.value_weight,
                "sft": s.sft_weight,
                "value_policy": float(s.get("value_policy_weight", 0.0))}

@@ -122,6 +122,11 @@ def _search(policy, graphdef, state, task, prompt_tokens, prompt_lengths,
             rng_key, *, budget, num_children, step_length, max_depth, capacity,
             act_on_solved=False, **options):
   n = family.check_budget(budget)
+  if act_on_solved and getattr(task, "num_players", 1) != 1:
+    raise ValueError(
+        f"act_on_solved is for single-player puzzles (a terminal the verifier "
+        f"accepts is a solution); {task.name} has {task.num_players} players. "
+        "Leave act_on_solved=False.")
   prompt_tokens, prompt_lengths = family._check_inputs(  # pylint: disable=protected-access
       graphdef, state, task, prompt_tokens, prompt_lengths)
   mcfg = models.model_config_of(graphdef, state)
