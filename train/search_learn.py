@@ -519,7 +519,7 @@ def search_loss_fn(apply_fn, *, level: str, value_target: str,
       lookahead = jax.lax.stop_gradient(losses_lib.masked_log_softmax(
           lps + value_policy_scale * mover, legal))
       terms["value_policy"] = losses_lib.policy_loss(
-          lps, jnp.where(legal, jnp.exp(lookahead), 0.0), legal, active)
+          lps, jnp.exp(lookahead), legal, active)  # it zeroes illegal slots
     if policy_on_solved:
       active = active & (batch["outcome"] > 0.5)[:, None]
     if level == "token":

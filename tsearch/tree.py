@@ -203,7 +203,7 @@ def solved_node(tree: Tree, *, threshold: float = 0.5,
     threshold: reward at or above which a terminal counts as solved.
     solved_children: optional ``[B, N, K]`` bool, child slots known to be
       solved terminals before they are visited (e.g. scored by the verifier
-      at expansion, ``tsearch.lm_search.solved_slot``). Read on nodes in use
+      at expansion, ``tsearch.lm_search.solved_children``). Read on nodes in use
       only, and whether or not the slot is still in ``children_mask`` (a
       search may have pruned it because its outcome was known).
 
@@ -212,8 +212,8 @@ def solved_node(tree: Tree, *, threshold: float = 0.5,
     node holding the solved slot) and ``slot [B]`` int32 (that slot; ``-1``
     where the node itself is the solution or nothing is found).
   """
-  n = tree.capacity
   b = jnp.arange(tree.batch_size)
+  n = tree.capacity
   big = jnp.iinfo(jnp.int32).max
   used = jnp.arange(n)[None] < tree.num_nodes[:, None]
   parent = jnp.maximum(tree.parents, 0)
@@ -221,6 +221,7 @@ def solved_node(tree: Tree, *, threshold: float = 0.5,
   reward = tree.children_rewards[b[:, None], parent, slot]  # [B, N]
   solved = (used & tree.node_terminal & (tree.node_depth >= 1)
             & (reward >= threshold))
+  # A node with a solved child slot: its solution is one level deeper.
   has_child = jnp.zeros_like(solved)
   child_slot = jnp.zeros_like(slot)
   if solved_children is not None:
