@@ -105,7 +105,7 @@ def _greedy_steps(fns, params, task, problems, prompts, plen):
                                        jax.random.key(0), budget=1))(
       fns.state(params), jnp.asarray(prompts), jnp.asarray(plen))
   answers = np.asarray(out.answers)
-  solved = np.asarray(task.base.verify(jnp.asarray(prompts), out.answers))
+  solved = np.asarray(task.verify(jnp.asarray(prompts), out.answers))
   alive = np.zeros((len(problems), 2), bool)
   random_keeps = []
   for i, (numbers, target) in enumerate(problems):

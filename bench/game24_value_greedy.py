@@ -4,8 +4,8 @@ Run (a trained configs/game24.py workdir; ~1 min per checkpoint on a 2-core
 CPU):
   python bench/game24_value_greedy.py --workdir /tmp/g24 --steps 3000,3065
 
-On the 100 validation and the 100 test puzzles, side by side per
-checkpoint:
+On 100 training puzzles, the 100 validation and the 100 test puzzles, side
+by side per checkpoint:
 
 * greedy: the policy's own greedy decoding (``tsearch.algorithms`` greedy,
   the strict env);
@@ -17,7 +17,13 @@ checkpoint:
   the policy (``search.value_policy_weight``) can give greedy;
 * the share of puzzles whose value-greedy first step leaves a solvable
   position (the exact solver decides) beside that of a uniformly random
-  legal first step.
+  legal first step;
+* the value head's AUC on 3-number positions: over every legal first step
+  of every puzzle, how often it rates a step that leaves a solvable
+  position above one that does not (0.5: chance, 1: perfect). The train
+  row (100 training puzzles, every 11th of the split) tells fitting from
+  generalising: a value head that had learned its training positions would
+  score far higher there than on the held-out ones.
 """
 from __future__ import annotations
 
@@ -42,34 +48,56 @@ flags.mark_flags_as_required(["workdir"])
 _TARGET = Fraction(24)
 
 
-def _value_greedy(base, apply, params, numbers):
+def _step_values(task, apply, params, prefix, pool, step_texts):
+  """The value head at the end of ``prefix + step + "\\n"`` for each step
+  on ``pool`` (in the environment's notation: ``task.annotate``)."""
+  base = task.base
+  seqs = [prefix + base.encode(task.annotate(pool, t, complete=False))
+          + [base.step_delimiter] for t in step_texts]
+  width = 96
+  tokens = np.full((len(seqs), width), base.pad_id, np.int32)
+  for r, s in enumerate(seqs):
+    tokens[r, :len(s)] = s
+  lengths = np.array([len(s) for s in seqs])
+  positions = np.broadcast_to(np.arange(width), tokens.shape)
+  out = apply(params, jnp.asarray(tokens), jnp.asarray(positions, jnp.int32),
+              jnp.asarray(np.arange(width)[None] < lengths[:, None]))
+  return seqs, np.asarray(out.value)[np.arange(len(seqs)), lengths - 1]
+
+
+def _value_greedy(task, apply, params, numbers):
   """``(solved, first step keeps a solvable position)`` for one puzzle."""
   pool = [Fraction(x) for x in numbers]
-  prefix = base.encode(base.prompt_text((numbers, 24)))
+  prefix = task.base.encode(task.base.prompt_text((numbers, 24)))
   first_ok = None
   while len(pool) > 1:
-    cands = []
-    for i, j, op, c in puzzle_data.legal_steps(pool):
-      cands.append((cd.steps_text([(pool[i], op, pool[j], c)]),
-                    puzzle_data.after_step(pool, i, j, c)))
+    cands = puzzle_data.step_candidates(pool)
     if len(pool) == 2:  # the last step: the verifier's choice
       pool = next((r for _, r in cands if r[0] == _TARGET), cands[0][1])
       break
-    seqs = [prefix + base.encode(t) + [base.step_delimiter] for t, _ in cands]
-    width = 64
-    tokens = np.full((len(seqs), width), base.pad_id, np.int32)
-    for r, s in enumerate(seqs):
-      tokens[r, :len(s)] = s
-    lengths = np.array([len(s) for s in seqs])
-    positions = np.broadcast_to(np.arange(width), tokens.shape)
-    out = apply(params, jnp.asarray(tokens), jnp.asarray(positions, jnp.int32),
-                jnp.asarray(np.arange(width)[None] < lengths[:, None]))
-    values = np.asarray(out.value)[np.arange(len(seqs)), lengths - 1]
+    seqs, values = _step_values(task, apply, params, prefix, pool,
+                                [t for t, _ in cands])
     best = int(np.argmax(values))
     prefix, pool = seqs[best], cands[best][1]
     if first_ok is None:
       first_ok = puzzle_data.solvable(tuple(sorted(pool)), _TARGET)
   return pool == [_TARGET], bool(first_ok)
+
+
+def _first_step_auc(task, apply, params, puzzles) -> float:
+  """The value head's AUC over every legal first step of ``puzzles``."""
+  labels, scores = [], []
+  for numbers in puzzles:
+    pool = [Fraction(x) for x in numbers]
+    cands = puzzle_data.step_candidates(pool)
+    _, values = _step_values(
+        task, apply, params,
+        task.base.encode(task.base.prompt_text((numbers, 24))), pool,
+        [t for t, _ in cands])
+    labels += [puzzle_data.solvable(tuple(sorted(r)), _TARGET)
+               for _, r in cands]
+    scores += list(values)
+  return puzzle_data.ranking_auc(labels, scores)
 
 
 def main(argv):
@@ -78,25 +106,29 @@ def main(argv):
   splits = game24_splits()
   steps = [int(s) for s in _STEPS.value] if _STEPS.value else [None]
   print("checkpoint | split | greedy | value-greedy | value-greedy first "
-        "step keeps | random first step keeps")
+        "step keeps | random first step keeps | value AUC, 3 numbers left")
   for step in steps:
     task, fns, params, step = loop.latest_params(config, _WORKDIR.value, step)
     base = task.base
     apply = jax.jit(fns.apply)
-    for split in ("validation", "test"):
-      problems = [(nums, 24) for _, nums in splits[split]]
+    for split in ("train", "validation", "test"):
+      # 100 training puzzles spread over the ranks.
+      rows = splits[split][::11][:100] if split == "train" else splits[split]
+      problems = [(nums, 24) for _, nums in rows]
       prompts, plen = base.encode_prompts(problems)
       out = algorithms.get_algorithm("greedy")(
           fns.graphdef, fns.state(params), task, jnp.asarray(prompts),
           jnp.asarray(plen), jax.random.key(0), budget=1)
-      greedy = float(np.mean(np.asarray(base.verify(jnp.asarray(prompts),
+      greedy = float(np.mean(np.asarray(task.verify(jnp.asarray(prompts),
                                                     out.answers)) > 0.5))
-      vg = [_value_greedy(base, apply, params, nums) for nums, _ in problems]
+      vg = [_value_greedy(task, apply, params, nums) for nums, _ in problems]
       rand = np.mean([puzzle_data.random_step_keeps(nums, 24)
                       for nums, _ in problems])
       print(f"{step} | {split} | {greedy:.0%} | "
             f"{np.mean([s for s, _ in vg]):.0%} | "
-            f"{np.mean([f for _, f in vg]):.0%} | {rand:.0%}", flush=True)
+            f"{np.mean([f for _, f in vg]):.0%} | {rand:.0%} | "
+            f"{_first_step_auc(task, apply, params, [n for n, _ in problems]):.2f}",
+            flush=True)
 
 
 if __name__ == "__main__":

@@ -126,6 +126,10 @@ def test_config_validation_and_nan_check(tmp_path):
   c.search.act_on_solved = True
   with pytest.raises(ValueError, match="act_on_solved=True: is for single"):
     config_lib.validate_config(c)
+  c = _tiny()
+  c.task.show_left = True  # tiny is arithmetic, not strict
+  with pytest.raises(ValueError, match="task.show_left=True: the numbers-left"):
+    loop.setup_task(c)
   with pytest.raises(metrics_lib.NonFiniteMetricError, match="step 7"):
     metrics_lib.check_finite(7, {"loss": float("nan")})
 

@@ -170,3 +170,108 @@ def test_random_step_keeps_counts_solvable_first_steps():
     assert puzzle_data.random_step_keeps(numbers, 24) == pytest.approx(
         np.mean(ok))
   assert 0 < puzzle_data.random_step_keeps((4, 9, 10, 13), 24) < 0.5
+
+
+def test_step_candidates_are_the_legal_steps_written_out(env):
+  pool = [Fraction(x) for x in (4, 9, 10, 13)]
+  cands = puzzle_data.step_candidates(pool)
+  steps = puzzle_data.legal_steps(pool)
+  assert len(cands) == len(steps)
+  assert ("13-9=4", [Fraction(4), Fraction(10), Fraction(4)]) in cands
+  assert ("4/9=(4/9)", [Fraction(10), Fraction(13), Fraction(4, 9)]) in cands
+  # Every written step is one the strict environment accepts as a first
+  # step, and it leaves the numbers the candidate says.
+  texts = [env.encode(t) + [env.step_delimiter] for t, _ in cands]
+  answers = np.full((len(texts), max(map(len, texts))), V.PAD, np.int32)
+  for r, toks in enumerate(texts):
+    answers[r, :len(toks)] = toks
+  prompt, _ = env.encode_prompts([((4, 9, 10, 13), 24)] * len(texts))
+  ok, _, _, _ = _walk(env, jnp.asarray(prompt), jnp.asarray(answers))
+  assert ok.all()
+
+  @jax.jit
+  def numbers_left(prompts, answers):
+    def body(s, t):
+      new = env.step(s, t)
+      return jax.tree.map(lambda n, o: jnp.where(
+          (t != V.PAD).reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, s), None
+    s, _ = jax.lax.scan(body, env.init_state(prompts), answers.T)
+    return s.inner.num_n, s.inner.num_d, s.inner.avail
+  num_n, num_d, avail = jax.device_get(numbers_left(jnp.asarray(prompt),
+                                                    jnp.asarray(answers)))
+  for r, (text, left) in enumerate(cands):
+    got = sorted(Fraction(int(n), int(d)) for n, d, a in zip(
+        num_n[r], num_d[r], avail[r]) if a)
+    assert got == sorted(left), text
+
+
+def test_ranking_auc():
+  assert puzzle_data.ranking_auc([1, 0, 1, 0], [0.9, 0.1, 0.8, 0.2]) == 1.0
+  assert puzzle_data.ranking_auc([1, 0, 1, 0], [0.1, 0.9, 0.2, 0.8]) == 0.0
+  # One of the four positive-negative pairs misordered, one tied.
+  assert puzzle_data.ranking_auc([1, 1, 0, 0], [0.9, 0.5, 0.6, 0.5]) == \
+      pytest.approx((2 + 0 + 0.5) / 4)
+  with pytest.raises(ValueError, match="both positive and negative"):
+    puzzle_data.ranking_auc([1, 1], [0.2, 0.3])
+
+
+@pytest.fixture(scope="module")
+def left_env():
+  return StrictCountdown(get_task("game24", max_answer_length=72),
+                         show_left=True)
+
+
+def test_show_left_writes_the_numbers_left_and_forces_them(left_env):
+  env = left_env
+  assert env.annotate((4, 9, 10, 13), "13-9=4\n10-4=6\n4*6=24") == \
+      "13-9=4 4 4 10\n10-4=6 4 6\n4*6=24"
+  assert env.annotate((1, 5, 5, 5), "1/5=(1/5)", complete=False) == \
+      "1/5=(1/5) (1/5) 5 5"
+  with pytest.raises(ValueError, match="not among the numbers left"):
+    env.annotate((4, 9, 10, 13), "13-8=5\n10-4=6\n4*6=24")
+  problems = [((4, 9, 10, 13), 24), ((1, 5, 5, 5), 24), ((3, 3, 8, 8), 24),
+              ((1, 1, 1, 8), 24)]
+  prompts, _ = env.encode_prompts(problems)
+  answers = env.solution_tokens(problems)
+  assert "(1/5) 5 5\n" in env.decode(answers[1])
+  ok, legal, reward, terminal = _walk(env, jnp.asarray(prompts),
+                                      jnp.asarray(answers))
+  assert ok.all() and terminal.all()
+  np.testing.assert_array_equal(reward, 1.0)
+  np.testing.assert_array_equal(
+      jax.jit(env.verify)(jnp.asarray(prompts), jnp.asarray(answers)), 1.0)
+  # Every suffix token is the only legal one: the policy chooses nothing
+  # there (row 0: "13-9=4" is 6 tokens, then " 4 4 10" is forced).
+  for t in range(6, 6 + len(" 4 4 10")):
+    assert legal[0, t].sum() == 1
+  assert legal[0, 0].sum() > 1  # the first operand: a real choice
+  # A wrong number left (the first one's first digit changed) fails.
+  bad = np.asarray(answers).copy()
+  at = list(bad[0]).index(V.SPACE) + 1
+  bad[0, at] = V.DIGIT0 + (bad[0, at] - V.DIGIT0 + 1) % 10
+  assert float(jax.jit(env.verify)(jnp.asarray(prompts[:1]),
+                                   jnp.asarray(bad[:1]))[0]) == 0.0
+  # Without show_left the same environment writes and accepts plain steps.
+  plain = StrictCountdown(get_task("game24", max_answer_length=72))
+  assert plain.annotate((4, 9, 10, 13), "13-9=4\n10-4=6\n4*6=24") == \
+      "13-9=4\n10-4=6\n4*6=24"
+  assert plain != env and hash(plain) != hash(env)
+
+
+def test_solver_batch_with_show_left(left_env):
+  env = left_env
+  a = puzzle_data.solver_batch(env, 3, 16, max_len=88)
+  verify = jax.jit(env.verify)
+  for r in range(16):
+    ends = np.flatnonzero(a["value_mask"][r])
+    assert len(ends) == 4  # prompt end + 3 step ends
+    text = env.decode(a["tokens"][r][ends[0] + 1:ends[-1] + 1])
+    lines = text.replace("<eos>", "").split("\n")
+    # The first two steps end with the numbers left (3, then 2).
+    assert [len(line.split(" ")) for line in lines] == [4, 3, 1], text
+    if a["policy_weight"][r]:
+      answer = np.zeros((1, env.max_answer_length), np.int32)
+      answer[0, :ends[-1] - ends[0]] = a["tokens"][r][ends[0] + 1:ends[-1] + 1]
+      prompt = np.zeros((1, env.max_prompt_length), np.int32)
+      prompt[0, :ends[0] + 1] = a["tokens"][r][:ends[0] + 1]
+      assert float(verify(prompt, answer)[0]) == 1.0

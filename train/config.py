@@ -27,6 +27,8 @@ def default_config() -> ConfigDict:
       name="arithmetic", options=ConfigDict(),
       strict=False,  # Countdown/Game24: legal mask = the game's rules
                      # (train.strict.StrictCountdown).
+      show_left=False,  # strict: each step but the last ends with the
+                        # numbers left, sorted (forced tokens).
   ))
   c.data = ConfigDict(dict(
       source="generated",  # "tfds" (built by tsearch.data) or "generated"

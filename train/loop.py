@@ -51,7 +51,11 @@ def setup_task(config: ml_collections.ConfigDict):
   task = get_task(config.task.name, **config.task.options.to_dict())
   if config.task.get("strict", False):
     from train.strict import StrictCountdown  # pylint: disable=import-outside-toplevel
-    task = StrictCountdown(task)
+    task = StrictCountdown(task, show_left=config.task.get("show_left", False))
+  elif config.task.get("show_left", False):
+    raise ValueError("Bad config value task.show_left=True: the numbers-left "
+                     "suffix is written by the strict environment; set "
+                     "--config.task.strict=True (Countdown / Game of 24).")
   return task
 
 

@@ -83,6 +83,23 @@ def after_step(pool, i: int, j: int, c) -> list:
   return [p for k, p in enumerate(pool) if k not in (i, j)] + [c]
 
 
+def step_candidates(pool) -> list[tuple[str, list]]:
+  """``(step text, numbers left)`` of every legal step on ``pool``, in
+  :func:`legal_steps` order."""
+  return [(cd.steps_text([(pool[i], op, pool[j], c)]),
+           after_step(pool, i, j, c)) for i, j, op, c in legal_steps(pool)]
+
+
+def ranking_auc(labels, scores) -> float:
+  """How often a positive's score is above a negative's (ties count half):
+  0.5 is chance, 1 a perfect ranking."""
+  labels, scores = np.asarray(labels, bool), np.asarray(scores, np.float64)
+  if labels.all() or not labels.any():
+    raise ValueError("ranking_auc needs both positive and negative labels.")
+  pos, neg = scores[labels][:, None], scores[~labels][None]
+  return float(np.mean(pos > neg) + 0.5 * np.mean(pos == neg))
+
+
 def random_step_keeps(numbers, target) -> float:
   """The share of legal first steps after which ``target`` is still
   reachable (what a uniformly random first step keeps)."""
@@ -122,16 +139,20 @@ def solver_batch(task, seed: int, batch_size: int, *, max_len: int,
   policy_weight = np.zeros((batch_size,), np.float32)
   boundary = (task.step_delimiter, task.eos_id)
   fits = lambda text: len(task.encode(text)) < task.max_answer_length  # noqa: E731
+  # The environment's notation (train.strict: the numbers left after steps).
+  annotate = getattr(task, "annotate", lambda numbers, text: text)
   for r, (numbers, target) in enumerate(problems):
     if rng.random() < negative_fraction:
       text, labels = random_derivation(numbers, target, rng)
-      while not fits(text):
+      while not fits(annotate(numbers, text)):
         text, labels = random_derivation(numbers, target, rng)
+      text = annotate(numbers, text)
       solved = labels[-1]
       labels = [solvable(tuple(sorted(Fraction(x) for x in numbers)),
                          Fraction(target))] + labels
     else:
-      sols = [t for t in all_solutions(numbers, target) if fits(t)]
+      sols = [a for a in (annotate(numbers, t) for t in all_solutions(
+          numbers, target)) if fits(a)]
       if not sols:
         raise ValueError(f"Problem {(numbers, target)} has no solution.")
       text = sols[rng.integers(len(sols))]

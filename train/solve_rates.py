@@ -70,13 +70,12 @@ def _method_fn(config, task, fns, algo: str, n: int):
   if cache_key in _JITTED:
     return _JITTED[cache_key]
   from tsearch import algorithms  # pylint: disable=import-outside-toplevel
-  base = getattr(task, "base", task)
   if algo in ("greedy", "best_of_n"):
     fn = algorithms.get_algorithm(algo)
 
     def run(s, p, l, k):
       out = fn(fns.graphdef, s, task, p, l, k, budget=n)
-      return (base.verify(p, out.answers), out.model_calls,
+      return (task.verify(p, out.answers), out.model_calls,
               out.tokens_forwarded)
   elif algo == "mcts":
     cfg = search_learn.eval_search_config(config, task, n)

@@ -13,7 +13,18 @@ rules of the game, not just the syntax of ``a op b = c`` lines:
   wrong arithmetic), then ``\\n`` (or EOS after the last step).
 
 So an answer is always a valid derivation and only the final value decides
-the reward (the verifier is the wrapped task's). A state where no token is
+the reward (the verifier is the wrapped task's).
+
+``show_left=True`` writes the position out after every step but the last:
+the result is followed by the numbers left, sorted, each after a space
+(``13-9=4 4 10 13\n``). These tokens are forced (one legal token each),
+so the policy chooses exactly what it chose before, but the value read at
+the step's end sees the numbers left instead of having to work them out
+from the prompt and the steps (``bench/game24_value_probe.py``: the same
+model ranks 3-number positions with AUC 0.87 instead of 0.69 on the test
+puzzles). The wrapped task needs room for the longer answers
+(``max_answer_length``); :meth:`StrictCountdown.annotate` writes the
+suffixes into solver texts. A state where no token is
 legal (possible only if no operator fits) is terminal with reward 0. The
 wrapper is a drop-in environment for ``tsearch.lm_search``, the search
 family and the trainer; everything else (tokenizer, prompts, problems,
@@ -22,6 +33,8 @@ the order of the input numbers (augmentation).
 """
 from __future__ import annotations
 
+import re
+from fractions import Fraction
 from typing import Any
 
 import chex
@@ -35,6 +48,12 @@ from tsearch.tasks import vocab as V
 Array = chex.Array
 W = 2 * cd.MAX_NUMBER_DIGITS + 3  # tokens of "(nnnn/dddd)"
 _OPS = jnp.array([V.PLUS, V.MINUS, V.TIMES, V.DIVIDE], jnp.int32)
+_NUM = r"(\d+|\(\d+/\d+\))"
+_STEP_RE = re.compile(_NUM + r"([-+*/])" + _NUM + "=" + _NUM)
+
+
+def _parse_number(text: str) -> Fraction:
+  return Fraction(text.strip("()"))
 
 
 @chex.dataclass(frozen=True)
@@ -42,6 +61,7 @@ class StrictState:
   inner: Any  # the wrapped task's CountdownState, leaves [B, ...]
   buf: Array  # [B, W] int32 tokens of the number being written
   blen: Array  # [B] int32 tokens in buf
+  spos: Array  # [B] int32 tokens of the numbers-left suffix written
 
   # The trainer and the search family read these two.
   @property
@@ -98,11 +118,12 @@ def _combine(an, ad, op, bn, bd):
 class StrictCountdown:
   """See the module docstring. ``task``: a Countdown or Game24 task."""
 
-  def __init__(self, task):
+  def __init__(self, task, *, show_left: bool = False):
     if not isinstance(task, cd.Countdown):
       raise ValueError(f"StrictCountdown wraps a Countdown or Game24 task, "
                        f"got {task!r}; set task.strict=False for other tasks.")
     self.base = task
+    self.show_left = bool(show_left)
 
   def __getattr__(self, name):  # tokenizer, sizes, problems, ...
     if name == "base":
@@ -110,13 +131,15 @@ class StrictCountdown:
     return getattr(self.base, name)
 
   def __hash__(self):
-    return hash(("strict", self.base))
+    return hash(("strict", self.base, self.show_left))
 
   def __eq__(self, other):
-    return isinstance(other, StrictCountdown) and self.base == other.base
+    return (isinstance(other, StrictCountdown) and self.base == other.base
+            and self.show_left == other.show_left)
 
   def __repr__(self):
-    return f"StrictCountdown({self.base!r})"
+    left = ", show_left=True" if self.show_left else ""
+    return f"StrictCountdown({self.base!r}{left})"
 
   # ---------------------------------------------------------------- host side
   @property
@@ -129,12 +152,101 @@ class StrictCountdown:
     return [(tuple(int(x) for x in rng.permutation(nums)), t)
             for nums, t in problems]
 
+  def annotate(self, numbers, text: str, *, complete: bool = True) -> str:
+    """``text`` (the wrapped task's answer notation, ``a op b = c`` lines)
+    as this environment writes it: with ``show_left``, each step but the
+    last followed by the numbers left, sorted, each after a space.
+    ``complete=False``: ``text`` is the start of an answer, so its last
+    step is followed by the numbers left too."""
+    if not self.show_left:
+      return text
+    pool = [Fraction(x) for x in numbers]
+    lines = text.split("\n")
+    out = []
+    for n, line in enumerate(lines):
+      m = _STEP_RE.fullmatch(line)
+      if m is None:
+        raise ValueError(f"Cannot annotate {text!r}: line {line!r} is not "
+                         "one 'a op b=c' step.")
+      for x in (m.group(1), m.group(3)):
+        value = _parse_number(x)
+        if value not in pool:
+          raise ValueError(f"Cannot annotate {text!r}: {x} is not among the "
+                           f"numbers left {pool}.")
+        pool.remove(value)
+      pool.append(_parse_number(m.group(4)))
+      if n < len(lines) - 1 or not complete:
+        line += "".join(" " + cd.format_number(x) for x in sorted(pool))
+      out.append(line)
+    return "\n".join(out)
+
+  def solution_text(self, problem) -> str:
+    """The wrapped task's reference solution in this notation; with
+    ``show_left``, if that is too long, the shortest of all solutions."""
+    text = self.annotate(problem[0], self.base.solution_text(problem))
+    if len(self.encode(text)) < self.base.max_answer_length:
+      return text
+    from train import puzzle_data  # pylint: disable=import-outside-toplevel
+    return min((self.annotate(problem[0], t) for t in puzzle_data.all_solutions(
+        *problem)), key=lambda t: len(self.encode(t)))
+
+  def solution_tokens(self, problems):
+    return np.stack([self.encode_answer(self.solution_text(p))
+                     for p in problems])
+
   # --------------------------------------------------------------- device side
   def init_state(self, prompt_tokens):
     inner = self.base.init_state(prompt_tokens)
     b = inner.length.shape[0]
     return StrictState(inner=inner, buf=jnp.zeros((b, W), jnp.int32),
-                       blen=jnp.zeros((b,), jnp.int32))
+                       blen=jnp.zeros((b,), jnp.int32),
+                       spos=jnp.zeros((b,), jnp.int32))
+
+  def _left_suffix(self, state: StrictState):
+    """Tokens ``[B, S]`` (PAD after) and length ``[B]`` of the numbers left
+    after the step being written (each after a space, ascending), and
+    whether the state is at or in that suffix: the result written, not the
+    last step."""
+    s = state.inner
+    b, m = s.num_n.shape
+    rows = jnp.arange(b)
+    rn, rd, r_ok = _combine(s.a_n, s.a_d, s.op, s.b_n, s.b_d)
+
+    def take(avail, xn, xd):  # the first available slot holding x
+      hit = avail & (s.num_n == xn[:, None]) & (s.num_d == xd[:, None])
+      first = jax.nn.one_hot(jnp.argmax(hit, 1), m, dtype=bool)
+      return avail & ~(first & jnp.any(hit, 1, keepdims=True))
+    avail = take(take(s.avail, s.a_n, s.a_d), s.b_n, s.b_d)
+    nn = jnp.concatenate([s.num_n, rn[:, None]], 1)  # [B, M+1]
+    dd = jnp.concatenate([s.num_d, rd[:, None]], 1)
+    keep = jnp.concatenate([avail, r_ok[:, None]], 1)
+    # Exact order (parts <= 9999: the cross products fit in int32); equal
+    # numbers keep their slot order.
+    less = nn[:, :, None] * dd[:, None, :] < nn[:, None, :] * dd[:, :, None]
+    equal = nn[:, :, None] * dd[:, None, :] == nn[:, None, :] * dd[:, :, None]
+    idx = jnp.arange(m + 1)
+    before = keep[:, :, None] & (less | (equal & (idx[:, None] < idx[None, :])[None]))
+    rank = jnp.sum(before, 1)  # [B, M+1]: kept numbers before each one
+    tok, tlen = number_tokens(nn, dd)  # [B, M+1, W], [B, M+1]
+    piece = jnp.where(keep, tlen + 1, 0)  # " " + number
+    # Offset of each piece: the pieces of the numbers ranked before it.
+    ranked_before = keep[:, None, :] & (rank[:, None, :] < rank[:, :, None])
+    offset = jnp.sum(jnp.where(ranked_before, piece[:, None, :], 0), -1)
+    width = (m + 1) * (W + 1)
+    j = jnp.arange(W + 1)
+    pos = jnp.where(keep[..., None] & (j < piece[..., None]),
+                    offset[..., None] + j, width)  # width: dropped
+    val = jnp.where(j[None, None] == 0, V.SPACE, jnp.take_along_axis(
+        tok, jnp.broadcast_to(jnp.clip(j - 1, 0, W - 1), tok.shape[:2] + (
+            W + 1,)), -1))
+    suffix = jnp.full((b, width), V.PAD, jnp.int32).at[
+        rows[:, None, None], pos].set(val.astype(jnp.int32), mode="drop")
+    length = jnp.sum(piece, 1).astype(jnp.int32)
+    _, res_len = number_tokens(rn, rd)
+    last = s.steps + 1 == self.base.num_numbers - 1
+    at = (s.field == 2) & (state.blen == res_len) & r_ok & ~last & \
+        self.show_left
+    return suffix, length, at
 
   def _rules_mask(self, state: StrictState) -> Array:
     """``[B, V]`` tokens the rules allow (ignoring terminal states)."""
@@ -191,6 +303,12 @@ class StrictCountdown:
     end = (s.field == 2) & res_prefix & (state.blen == res_len)
     last = s.steps + 1 == self.base.num_numbers - 1
     mask = mask.at[:, V.EOS].max(end & last)
+    if self.show_left:  # the numbers left, one forced token at a time
+      suffix, slen, _ = self._left_suffix(state)
+      in_suffix = end & ~last & (state.spos < slen)
+      forced = suffix[rows, jnp.minimum(state.spos, suffix.shape[1] - 1)]
+      mask = mask.at[rows, jnp.where(in_suffix, forced, 0)].max(in_suffix)
+      end = end & (state.spos >= slen)
     mask = mask.at[:, V.NEWLINE].max(end & ~last)
     return mask
 
@@ -216,7 +334,24 @@ class StrictCountdown:
     at = jnp.minimum(state.blen, W - 1)
     buf = jnp.where(moved[:, None], 0, state.buf.at[rows, at].set(token))
     blen = jnp.where(moved, 0, jnp.minimum(state.blen + 1, W))
-    out = StrictState(inner=new, buf=buf, blen=blen)
+    spos = jnp.zeros_like(state.spos)
+    if self.show_left:
+      # A suffix token is recorded in the answer but not parsed by the
+      # wrapped task, whose step ends at the newline after the suffix.
+      suffix, slen, at_suffix = self._left_suffix(state)
+      in_suffix = at_suffix & (state.spos < slen)
+      expected = suffix[rows, jnp.minimum(state.spos, suffix.shape[1] - 1)]
+      pos = jnp.minimum(old.length, self.base.max_answer_length - 1)
+      recorded = old.replace(
+          tokens=old.tokens.at[rows, pos].set(token), length=old.length + 1,
+          valid=old.valid & (token == expected))
+      new = jax.tree.map(lambda r, n: jnp.where(
+          in_suffix.reshape(in_suffix.shape + (1,) * (n.ndim - 1)), r, n),
+                         recorded, new)
+      buf = jnp.where(in_suffix[:, None], state.buf, buf)
+      blen = jnp.where(in_suffix, state.blen, blen)
+      spos = jnp.where(in_suffix, state.spos + 1, 0)
+    out = StrictState(inner=new, buf=buf, blen=blen, spos=spos)
     return jax.tree.map(
         lambda n, o: jnp.where(active.reshape(active.shape + (1,) * (
             n.ndim - 1)), n, o), out, state)
@@ -235,5 +370,8 @@ class StrictCountdown:
     return state
 
   def verify(self, prompt_tokens, answer_tokens) -> Array:
-    """The wrapped task's verifier (the rules only restrict answers)."""
+    """The wrapped task's verifier (the rules only restrict answers); with
+    ``show_left`` the numbers-left suffixes must be the right ones."""
+    if self.show_left:
+      return self.reward(self.run(prompt_tokens, answer_tokens))
     return self.base.verify(prompt_tokens, answer_tokens)
