@@ -1,5 +1,5 @@
 """game24_left: ``configs/game24.py`` with the numbers left written after
-every step (``task.show_left``: ``13-9=4 4 10 13\\n``).
+every step (``task.show_left``: ``13-9=4 4 4 10\\n``).
 
 Run, then the results table (as for ``configs/game24.py``):
   python -m train --config configs/game24_left.py --workdir /tmp/game24_left

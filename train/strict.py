@@ -17,7 +17,7 @@ the reward (the verifier is the wrapped task's).
 
 ``show_left=True`` writes the position out after every step but the last:
 the result is followed by the numbers left, sorted, each after a space
-(``13-9=4 4 10 13\n``). These tokens are forced (one legal token each),
+(``13-9=4 4 4 10\n``). These tokens are forced (one legal token each),
 so the policy chooses exactly what it chose before, but the value read at
 the step's end sees the numbers left instead of having to work them out
 from the prompt and the steps (``bench/game24_value_probe.py``: the same
