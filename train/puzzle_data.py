@@ -143,10 +143,10 @@ def solver_batch(task, seed: int, batch_size: int, *, max_len: int,
   annotate = getattr(task, "annotate", lambda numbers, text: text)
   for r, (numbers, target) in enumerate(problems):
     if rng.random() < negative_fraction:
-      text, labels = random_derivation(numbers, target, rng)
-      while not fits(annotate(numbers, text)):
+      text = None
+      while text is None or not fits(text):
         text, labels = random_derivation(numbers, target, rng)
-      text = annotate(numbers, text)
+        text = annotate(numbers, text)
       solved = labels[-1]
       labels = [solvable(tuple(sorted(Fraction(x) for x in numbers)),
                          Fraction(target))] + labels

@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tsearch.tasks import base as tasks_base
 from tsearch.tasks import countdown as cd
 from tsearch.tasks import vocab as V
 
@@ -190,9 +191,8 @@ class StrictCountdown:
     return min((self.annotate(problem[0], t) for t in puzzle_data.all_solutions(
         *problem)), key=lambda t: len(self.encode(t)))
 
-  def solution_tokens(self, problems):
-    return np.stack([self.encode_answer(self.solution_text(p))
-                     for p in problems])
+  # The base Task's, reading this class's solution_text.
+  solution_tokens = tasks_base.Task.solution_tokens
 
   # --------------------------------------------------------------- device side
   def init_state(self, prompt_tokens):
@@ -211,12 +211,8 @@ class StrictCountdown:
     b, m = s.num_n.shape
     rows = jnp.arange(b)
     rn, rd, r_ok = _combine(s.a_n, s.a_d, s.op, s.b_n, s.b_d)
-
-    def take(avail, xn, xd):  # the first available slot holding x
-      hit = avail & (s.num_n == xn[:, None]) & (s.num_d == xd[:, None])
-      first = jax.nn.one_hot(jnp.argmax(hit, 1), m, dtype=bool)
-      return avail & ~(first & jnp.any(hit, 1, keepdims=True))
-    avail = take(take(s.avail, s.a_n, s.a_d), s.b_n, s.b_d)
+    _, avail = cd.take_first(s.avail, s.num_n, s.num_d, s.a_n, s.a_d)
+    _, avail = cd.take_first(avail, s.num_n, s.num_d, s.b_n, s.b_d)
     nn = jnp.concatenate([s.num_n, rn[:, None]], 1)  # [B, M+1]
     dd = jnp.concatenate([s.num_d, rd[:, None]], 1)
     keep = jnp.concatenate([avail, r_ok[:, None]], 1)
@@ -262,11 +258,9 @@ class StrictCountdown:
         state.blen[:, None] <= cand_len)
     # Operand candidates: field 0 any available slot; field 1 available
     # slots without the first slot holding a's value (as the verifier).
-    hit = s.avail & (s.num_n == s.a_n[:, None]) & (s.num_d == s.a_d[:, None])
-    first = jax.nn.one_hot(jnp.argmax(hit, 1), m, dtype=bool) & jnp.any(
-        hit, 1, keepdims=True)
     field = s.field[:, None]
-    cands = jnp.where(field == 0, s.avail, s.avail & ~first)  # [B, M]
+    cands = jnp.where(field == 0, s.avail, cd.take_first(
+        s.avail, s.num_n, s.num_d, s.a_n, s.a_d)[1])  # [B, M]
     # b-side results: a (field 0: each candidate slot) op b (each slot).
     an = jnp.where(field == 0, s.num_n, s.a_n[:, None])  # [B, Ma]
     ad = jnp.where(field == 0, s.num_d, s.a_d[:, None])

@@ -149,6 +149,16 @@ def gcd(a: chex.Array, b: chex.Array) -> chex.Array:
   return jax.lax.while_loop(cond, body, (jnp.abs(a), jnp.abs(b)))[0]
 
 
+def take_first(avail, num_n, num_d, xn, xd):
+  """Removes ``x = xn/xd`` ``[B]`` from the available slots ``avail [B, M]``
+  of ``num_n/num_d [B, M]``: ``(found [B], avail without x's first
+  available slot [B, M])``."""
+  hit = avail & (num_n == xn[:, None]) & (num_d == xd[:, None])
+  first = jax.nn.one_hot(jnp.argmax(hit, 1), hit.shape[1], dtype=bool)
+  found = hit.any(1)
+  return found, avail & ~(first & found[:, None])
+
+
 # Lexer states of the number being read.
 _START, _INT, _LPAREN, _NUMER, _SLASH, _DENOM, _CLOSED = range(7)
 
@@ -351,12 +361,8 @@ class Countdown(base.Task):
     valid = s.valid & ~(ended & ~canonical)
 
     # Check a finished step: operands available, arithmetic exact.
-    def take(avail, xn, xd):
-      hit = avail & (s.num_n == xn[:, None]) & (s.num_d == xd[:, None])
-      first = jax.nn.one_hot(jnp.argmax(hit, 1), hit.shape[1], dtype=bool)
-      return hit.any(1), avail & ~(first & hit.any(1)[:, None])
-    found_a, avail = take(s.avail, s.a_n, s.a_d)
-    found_b, avail = take(avail, s.b_n, s.b_d)
+    found_a, avail = take_first(s.avail, s.num_n, s.num_d, s.a_n, s.a_d)
+    found_b, avail = take_first(avail, s.num_n, s.num_d, s.b_n, s.b_d)
     an, ad, bn, bd = s.a_n, s.a_d, s.b_n, s.b_d
     rn = jnp.select([s.op == V.PLUS, s.op == V.MINUS, s.op == V.TIMES],
                     [an * bd + bn * ad, an * bd - bn * ad, an * bn], an * bd)
