@@ -14,6 +14,7 @@ from train import config as config_lib
 from train import loop
 from train import model as model_lib
 from train import search_learn
+from tsearch.tasks import vocab as V
 from train.strict import StrictCountdown
 from tsearch.tasks import get_task
 
@@ -90,7 +91,8 @@ def test_step_rollout_on_strict_countdown(prune):
   assert cfg.prune_terminal_slots == cfg.terminal_lookahead == prune
   r = jax.device_get(jax.jit(lambda p, k: search_learn.rollout(
       fns.graphdef, task, fns.state(p), prompt, plen, k, config=cfg,
-      num_moves=2, act_on_solved=prune))(params, jax.random.key(3)))
+      num_moves=2, act_on_solved=prune, record_choices=True))(
+          params, jax.random.key(3)))
   if prune:
     # The last move's steps all end the answer: pruned, so that move was
     # not searched (no slot, no policy target) and a scored step was taken.
@@ -122,6 +124,17 @@ def test_step_rollout_on_strict_countdown(prune):
       assert list(answer[start:end]) in committed  # one of the K steps
       if r["children_mask"][i, j].any():
         np.testing.assert_allclose(r["weights"][i, j].sum(), 1.0, rtol=1e-5)
+      # Choice tokens: from "=" on a step is forced (the exact result and
+      # the newline); every valid step makes at least one choice.
+      choice = r["children_choice"][i, j]
+      for c in range(3):
+        step = acts[c][acts[c] >= 0]
+        if not r["children_mask"][i, j, c]:
+          assert not choice[c].any()
+          continue
+        eq = list(step).index(V.EQUALS)
+        assert choice[c, :eq].any() and not choice[c, eq:].any(), \
+            task.decode(step)
 
 
 def test_packed_forward_matches_one_sequence_per_step():
@@ -158,6 +171,44 @@ def test_packed_forward_matches_one_sequence_per_step():
                           jnp.arange(one.shape[1])[None],
                           jnp.ones(one.shape, bool)).value[0, -1]
         np.testing.assert_allclose(sv[i, j, c], ref_v, atol=1e-5)
+
+
+def test_packed_forward_counts_only_choice_tokens():
+  task = get_task("arithmetic", max_digits=1)
+  fns, params = _model(task, 64)
+  rng = np.random.default_rng(2)
+  b, l, m, k, s = 2, 10, 2, 3, 4
+  seq = jnp.asarray(rng.integers(3, task.vocab.size, (b, l)), jnp.int32)
+  length, start = jnp.array([9, 10]), jnp.array([[4, 6], [5, 8]])
+  steps = jnp.asarray(rng.integers(3, task.vocab.size, (b, m, k, s)),
+                      jnp.int32)
+  kw = dict(pad_id=0, max_seq_len=64)
+  _, full, _ = search_learn.packed_forward(fns.apply, params, seq, length,
+                                           start, steps, **kw)
+  # Only the first two tokens a choice: the log-prob of the 2-token prefix.
+  choice = jnp.broadcast_to(jnp.arange(s) < 2, steps.shape)
+  _, two, _ = search_learn.packed_forward(fns.apply, params, seq, length,
+                                          start, steps, choice=choice, **kw)
+  ref = search_learn.step_logprobs(fns.apply, params, seq, start,
+                                   steps[..., :2], pad_id=0)
+  np.testing.assert_allclose(two, ref, rtol=1e-5, atol=1e-5)
+  assert np.all(np.asarray(two) > np.asarray(full))
+  # In the loss: the batch's children_choice.
+  batch = dict(
+      seq=seq, length=length, prompt_length=jnp.array([4, 5]),
+      offset=jnp.array([[0, 2], [0, 3]]), outcome=jnp.array([1.0, 1.0]),
+      weights=jnp.full((b, m, k), 1.0 / k), children_actions=steps,
+      children_mask=jnp.ones((b, m, k), bool), root_value=jnp.zeros((b, m)),
+      active=jnp.ones((b, m), bool))
+  loss = search_learn.search_loss_fn(
+      fns.apply, level="step", value_target="outcome", outcome_weight=1.0,
+      two_player=False, step_policy_loss="nll", **kw)
+  nll = loss(params, batch, None)["policy"]
+  nll_two = loss(params, dict(batch, children_choice=choice), None)["policy"]
+  np.testing.assert_allclose(nll.total / nll.count,
+                             -np.mean(np.asarray(full)), rtol=1e-4)
+  np.testing.assert_allclose(nll_two.total / nll_two.count,
+                             -np.mean(np.asarray(two)), rtol=1e-4)
 
 
 def test_step_policy_losses_nll_and_candidates():

@@ -245,6 +245,13 @@ def test_show_left_writes_the_numbers_left_and_forces_them(left_env):
   for t in range(6, 6 + len(" 4 4 10")):
     assert legal[0, t].sum() == 1
   assert legal[0, 0].sum() > 1  # the first operand: a real choice
+  # search_learn.choice_tokens: in "13-9=4 4 4 10\n" the choices are
+  # "1", "3", "-" and "9"; from "=" on every token is forced.
+  from train import search_learn  # pylint: disable=import-outside-toplevel
+  step = np.asarray(answers[:1, :len("13-9=4 4 4 10\n")])[:, None]
+  choice = jax.jit(lambda s, t: search_learn.choice_tokens(env, s, t))(
+      env.init_state(jnp.asarray(prompts[:1])), jnp.asarray(step))
+  np.testing.assert_array_equal(choice[0, 0], np.arange(step.shape[-1]) < 4)
   # A wrong number left (the first one's first digit changed) fails.
   bad = np.asarray(answers).copy()
   at = list(bad[0]).index(V.SPACE) + 1

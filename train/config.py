@@ -81,6 +81,9 @@ def default_config() -> ConfigDict:
                                    # reward lookahead already knows.
       step_policy_loss="nll",  # "step": "nll" (weighted NLL of the K steps)
                                # or "candidates" (CE over the K candidates).
+      choice_tokens_only=False,  # "step": a step's log-prob in the losses
+                                 # sums only its choice tokens (not those
+                                 # the env forces: search_learn.choice_tokens).
       max_moves=0,  # moves per rollout; 0: see search_learn.num_moves.
       max_depth=0,  # tree depth bound; 0: see search_learn.lm_search_config.
       dirichlet_fraction=0.25,  # PUCT root noise while training.
@@ -135,6 +138,10 @@ def validate_config(config: ConfigDict) -> None:
        "search.value_target", "use 'outcome', 'q' or 'mix'.")
   need(config.search.step_policy_loss in ("nll", "candidates"),
        "search.step_policy_loss", "use 'nll' or 'candidates'.")
+  need(not config.search.choice_tokens_only
+       or config.search.level == "step", "search.choice_tokens_only",
+       "applies to --config.search.level=step (a token-level child is one "
+       "token); set it False or use level='step'.")
   need(config.search.value_policy_weight == 0
        or config.search.level == "step", "search.value_policy_weight",
        "the one-step value lookahead target needs --config.search.level=step.")

@@ -181,7 +181,7 @@ def _used_sum(tree, x):
 
 def rollout(graphdef, task, model_state, prompt: Array, prompt_length: Array,
             key: Array, *, config: lm.LMSearchConfig, num_moves: int,
-            act_on_solved: bool = False):
+            act_on_solved: bool = False, record_choices: bool = False):
   """Searches and commits actions until every answer ends.
 
   Jittable (``graphdef``, ``task`` and ``config`` static). Each move runs
@@ -202,6 +202,8 @@ def rollout(graphdef, task, model_state, prompt: Array, prompt_length: Array,
       of the search's choice (:func:`tsearch.lm_search.solved_slot`: also
       a sampled child slot the verifier accepted, visited or not), and make
       it the move's policy target (one-hot).
+    record_choices: also return ``children_choice [B, M, K, S]``
+      (:func:`choice_tokens` of each move's candidate steps).
 
   Returns:
     A dict: ``seq [B, P + T]`` (prompt, then the committed answer),
@@ -286,6 +288,9 @@ def rollout(graphdef, task, model_state, prompt: Array, prompt_length: Array,
     mask = tree.children_mask[:, tsearch.ROOT_INDEX] & active[:, None]
     record = dict(weights=jnp.where(mask, weights, 0.0),
                   children_actions=children, children_mask=mask,
+                  **({"children_choice": choice_tokens(task, env_state,
+                                                       children)
+                      & mask[..., None]} if record_choices else {}),
                   root_value=tree.node_values[:, tsearch.ROOT_INDEX],
                   offset=env_state.length.astype(jnp.int32), active=active,
                   found=found & active)
@@ -317,6 +322,29 @@ def rollout(graphdef, task, model_state, prompt: Array, prompt_length: Array,
               outcome=task.reward(env_state).astype(jnp.float32),
               model_calls=calls, tokens_forwarded=toks,
               overflowed=overflowed | cache.overflowed, **records)
+
+
+def choice_tokens(task, state, steps: Array) -> Array:
+  """``[B, K, S]``: which tokens of the steps ``[B, K, S]`` (``-1``
+  padded), each taken from ``state``, were a choice: one of several legal
+  tokens.
+
+  A forced token (the only legal one: in the strict Game of 24, the ``=``,
+  the exact result and the numbers left) has probability 1 under the
+  policy the search samples from (``tsearch.lm_search`` masks illegal
+  tokens), so a step's log-probability under that policy sums its choice
+  tokens only (``search.choice_tokens_only``).
+  """
+  b, k, s = steps.shape
+  st = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), state)
+
+  def body(st, tok):
+    several = jnp.asarray(task.legal_mask(st), bool).sum(-1) > 1
+    st = _select(tok >= 0, task.step(st, jnp.maximum(tok, 0)), st)
+    return st, several & (tok >= 0)
+
+  _, choice = jax.lax.scan(body, st, steps.reshape(b * k, s).T)
+  return choice.T.reshape(b, k, s)
 
 
 def answer_sequence(prompt, prompt_length, answer, answer_length, *, pad_id):
@@ -366,6 +394,8 @@ def step_logprobs(apply_fn, params, seq: Array, start: Array, steps: Array,
     start: ``[B, M]`` position of each node's first new token (its prefix
       is ``seq[:, :start]``).
     steps: ``[B, M, K, S]`` candidate steps, ``-1`` padded.
+    choice: optional ``[B, M, K, S]`` bool (:func:`choice_tokens`): a step's
+      log-probability sums only these tokens (forced ones count as 0).
 
   Returns:
     ``[B, M, K]`` sum of the model's token log-probabilities of each step
@@ -394,7 +424,7 @@ def step_logprobs(apply_fn, params, seq: Array, start: Array, steps: Array,
 
 def packed_forward(apply_fn, params, seq: Array, length: Array,
                    start: Array, steps: Array, *, pad_id: int,
-                   max_seq_len: int):
+                   max_seq_len: int, choice: Array | None = None):
   """One forward over each committed sequence and all its candidate steps.
 
   Row ``b`` packs ``seq[b]`` (causal) followed by the ``M * K`` candidate
@@ -409,6 +439,8 @@ def packed_forward(apply_fn, params, seq: Array, length: Array,
     seq: ``[B, L]`` committed sequences; ``length [B]`` their lengths.
     start: ``[B, M]`` first position after each node's prefix.
     steps: ``[B, M, K, S]`` candidate steps, ``-1`` padded.
+    choice: optional ``[B, M, K, S]`` bool (:func:`choice_tokens`): a step's
+      log-probability sums only these tokens (forced ones count as 0).
 
   Returns:
     ``(out, step_logprobs, step_values)``: the model output on the ``L``
@@ -452,7 +484,10 @@ def packed_forward(apply_fn, params, seq: Array, length: Array,
   lp = jnp.take_along_axis(
       jnp.take_along_axis(logp, pred[..., None], 1),
       jnp.maximum(flat, 0)[..., None], -1)[..., 0]
-  lp = jnp.where(flat >= 0, lp, 0.0).reshape(b, m, k, s).sum(-1)
+  counted = flat >= 0
+  if choice is not None:
+    counted = counted & choice.reshape(b, n)
+  lp = jnp.where(counted, lp, 0.0).reshape(b, m, k, s).sum(-1)
   steps_len = (steps >= 0).sum(-1)  # [B, M, K]
   last = l + (jnp.arange(m * k) * s).reshape(m, k)[None] + steps_len - 1
   values = jnp.take_along_axis(out.value, jnp.clip(last, 0, l + n - 1)
@@ -483,6 +518,10 @@ def search_loss_fn(apply_fn, *, level: str, value_target: str,
   improved policy does with completed Q values), also from rollouts that
   found no solution.
 
+  A batch with ``children_choice`` (``search.choice_tokens_only``): the
+  steps' log-probabilities count their choice tokens only
+  (:func:`choice_tokens`), as the search's prior does.
+
   ``step_policy_loss`` (step level): ``"nll"``, the weighted log-likelihood
   of the K sampled steps (:func:`train.losses.weighted_step_nll`: raises
   every step with weight > 0); ``"candidates"``, the cross-entropy of the
@@ -506,7 +545,8 @@ def search_loss_fn(apply_fn, *, level: str, value_target: str,
     else:
       out, lps, step_values = packed_forward(
           apply_fn, params, seq, length, start, batch["children_actions"],
-          pad_id=pad_id, max_seq_len=max_seq_len)
+          pad_id=pad_id, max_seq_len=max_seq_len,
+          choice=batch.get("children_choice"))
     at = jnp.minimum(start - 1, l - 1)  # last token of each node's prefix
     legal = batch["children_mask"]
     active = batch["active"] & jnp.any(legal, -1)
@@ -602,11 +642,13 @@ class SearchLearn:
             f"{mcfg.max_seq_len}; raise --config.model.max_seq_len to "
             f"{packed} (RoPE: no parameters change).")
     cfg, moves = self.search_config, self.moves
+    choices = s.level == "step" and bool(s.get("choice_tokens_only", False))
 
     def prepare(params, batch, key):
       r = rollout(fns.graphdef, task, fns.state(params), batch["prompt"],
                   batch["prompt_length"], key, config=cfg, num_moves=moves,
-                  act_on_solved=bool(s.get("act_on_solved", False)))
+                  act_on_solved=bool(s.get("act_on_solved", False)),
+                  record_choices=choices)
       r["prompt_length"] = batch["prompt_length"]
       active = r["active"].astype(jnp.float32)
       stats = {"search/solve_rate": jnp.mean(r["outcome"] > 0.5),
@@ -615,7 +657,8 @@ class SearchLearn:
                "search/moves": jnp.mean(jnp.sum(active, -1)),
                "search/answer_tokens": jnp.mean(r["answer_length"]),
                "search/model_calls": jnp.mean(r["model_calls"])}
-      return {k: r[k] for k in _KEEP}, stats
+      keep = _KEEP + (("children_choice",) if choices else ())
+      return {k: r[k] for k in keep}, stats
 
     loss_fn = search_loss_fn(
         fns.apply, level=s.level, value_target=s.value_target,
