@@ -9,6 +9,10 @@ by side per checkpoint:
 
 * greedy: the policy's own greedy decoding (``tsearch.algorithms`` greedy,
   the strict env);
+* greedy first step keeps: the share of puzzles whose greedy first step
+  leaves a solvable position (the exact solver decides;
+  ``puzzle_data.first_step_keeps``): on these checkpoints nearly every
+  greedy failure is its first step;
 * value-greedy: at each step every legal step ``a op b = c`` is written
   after the answer so far and the one whose end the value head rates
   highest is taken (the last step: any that makes 24). This is what a
@@ -105,8 +109,9 @@ def main(argv):
   config = _CONFIG.value
   splits = game24_splits()
   steps = [int(s) for s in _STEPS.value] if _STEPS.value else [None]
-  print("checkpoint | split | greedy | value-greedy | value-greedy first "
-        "step keeps | random first step keeps | value AUC, 3 numbers left")
+  print("checkpoint | split | greedy | greedy first step keeps | "
+        "value-greedy | value-greedy first step keeps | random first step "
+        "keeps | value AUC, 3 numbers left")
   for step in steps:
     task, fns, params, step = loop.latest_params(config, _WORKDIR.value, step)
     base = task.base
@@ -121,10 +126,13 @@ def main(argv):
           jnp.asarray(plen), jax.random.key(0), budget=1)
       greedy = float(np.mean(np.asarray(task.verify(jnp.asarray(prompts),
                                                     out.answers)) > 0.5))
+      keeps = np.mean([bool(puzzle_data.first_step_keeps(
+          nums, task.decode(np.asarray(a)), 24)) for (nums, _), a in zip(
+              problems, np.asarray(out.answers))])
       vg = [_value_greedy(task, apply, params, nums) for nums, _ in problems]
       rand = np.mean([puzzle_data.random_step_keeps(nums, 24)
                       for nums, _ in problems])
-      print(f"{step} | {split} | {greedy:.0%} | "
+      print(f"{step} | {split} | {greedy:.0%} | {keeps:.0%} | "
             f"{np.mean([s for s, _ in vg]):.0%} | "
             f"{np.mean([f for _, f in vg]):.0%} | {rand:.0%} | "
             f"{_first_step_auc(task, apply, params, [n for n, _ in problems]):.2f}",

@@ -179,6 +179,12 @@ def test_step_candidates_are_the_legal_steps_written_out(env):
   assert len(cands) == len(steps)
   assert ("13-9=4", [Fraction(4), Fraction(10), Fraction(4)]) in cands
   assert ("4/9=(4/9)", [Fraction(10), Fraction(13), Fraction(4, 9)]) in cands
+  # first_step_keeps: 13-9=4 leaves 4 4 10 (4*10-4*4 is 24, not needed:
+  # (10-4)*4 is); 4/9 leaves 10 13 (4/9), from which 24 is out of reach.
+  assert puzzle_data.first_step_keeps((4, 9, 10, 13), "13-9=4 4 4 10\n", 24)
+  assert puzzle_data.first_step_keeps((4, 9, 10, 13), "13-9=4\n10-4=6", 24)
+  assert not puzzle_data.first_step_keeps((4, 9, 10, 13), "4/9=(4/9)", 24)
+  assert puzzle_data.first_step_keeps((4, 9, 10, 13), "13-8=5", 24) is None
   # Every written step is one the strict environment accepts as a first
   # step, and it leaves the numbers the candidate says.
   texts = [env.encode(t) + [env.step_delimiter] for t, _ in cands]

@@ -90,6 +90,18 @@ def step_candidates(pool) -> list[tuple[str, list]]:
            after_step(pool, i, j, c)) for i, j, op, c in legal_steps(pool)]
 
 
+def first_step_keeps(numbers, answer: str, target) -> bool | None:
+  """Whether the first step of ``answer`` (``"a op b=c"``, anything after
+  a space or newline ignored: the numbers left) leaves ``target``
+  reachable; None if it is no legal step on ``numbers``."""
+  pool = [Fraction(x) for x in numbers]
+  first = answer.split("\n")[0].split(" ")[0]
+  for text, left in step_candidates(pool):
+    if text == first:
+      return solvable(tuple(sorted(left)), Fraction(target))
+  return None
+
+
 def ranking_auc(labels, scores) -> float:
   """How often a positive's score is above a negative's (ties count half):
   0.5 is chance, 1 a perfect ranking."""
