@@ -260,14 +260,19 @@ def test_step_policy_losses_nll_and_candidates():
   _, _, sv = search_learn.packed_forward(
       fns.apply, params, batch["seq"], batch["length"], start, steps,
       pad_id=task.pad_id, max_seq_len=64)
+  # In the form step_policy_loss names: renormalised over the K
+  # candidates, or the weighted log-likelihood of the steps.
   for scale in (0.0, 10.0):
-    vp = search_learn.search_loss_fn(
-        fns.apply, policy_on_solved=True, value_policy_scale=scale,
-        **kw)(params, batch, None)["value_policy"]
     target = jax.nn.softmax(lp + scale * np.asarray(sv), -1)
-    ref_vp = -np.sum(target * jax.nn.log_softmax(lp, -1)) / (b * m)
-    assert int(vp.count) == b * m
-    np.testing.assert_allclose(vp.total / vp.count, ref_vp, rtol=1e-4)
+    for form, ref_lp in (("candidates", jax.nn.log_softmax(lp, -1)),
+                         ("nll", lp)):
+      vp = search_learn.search_loss_fn(
+          fns.apply, policy_on_solved=True, value_policy_scale=scale,
+          **dict(kw, step_policy_loss=form))(params, batch, None)[
+              "value_policy"]
+      ref_vp = -np.sum(target * ref_lp) / (b * m)
+      assert int(vp.count) == b * m
+      np.testing.assert_allclose(vp.total / vp.count, ref_vp, rtol=1e-4)
   assert not np.allclose(jax.nn.softmax(lp + 10 * np.asarray(sv), -1),
                          jax.nn.softmax(lp, -1), atol=1e-3)
 

@@ -516,7 +516,7 @@ def search_loss_fn(apply_fn, *, level: str, value_target: str,
   the value head after each step (stop-gradient): the policy learns the
   value head's ranking of the steps it samples (as Gumbel MuZero's
   improved policy does with completed Q values), also from rollouts that
-  found no solution.
+  found no solution. It is a loss of the form ``step_policy_loss`` names.
 
   A batch with ``children_choice`` (``search.choice_tokens_only``): the
   steps' log-probabilities count their choice tokens only
@@ -558,7 +558,9 @@ def search_loss_fn(apply_fn, *, level: str, value_target: str,
       mover = -step_values if two_player else step_values
       lookahead = jax.lax.stop_gradient(losses_lib.masked_log_softmax(
           lps + value_policy_scale * mover, legal))
-      terms["value_policy"] = losses_lib.policy_loss(
+      step_loss = (losses_lib.policy_loss if step_policy_loss == "candidates"
+                   else losses_lib.weighted_step_nll)
+      terms["value_policy"] = step_loss(
           lps, jnp.exp(lookahead), legal, active)  # it zeroes illegal slots
     if policy_on_solved:
       active = active & (batch["outcome"] > 0.5)[:, None]
