@@ -48,6 +48,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/game24.py",
                                           "Run config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
 _STEPS = flags.DEFINE_list("steps", None, "Checkpoints (default latest).")
+_SPLITS = flags.DEFINE_list(
+    "splits", ["train", "validation", "test"], "Rows: train (every 11th "
+    "training puzzle), validation, test, extended (100 of the puzzles with "
+    "a number in 14..20 that search.problem_split='extended' draws).")
+_VALUE = flags.DEFINE_bool("value", True, "Also value-greedy and the value "
+                           "AUC (--novalue: greedy columns only, faster).")
 flags.mark_flags_as_required(["workdir"])
 _TARGET = Fraction(24)
 
@@ -116,10 +122,14 @@ def main(argv):
     task, fns, params, step = loop.latest_params(config, _WORKDIR.value, step)
     base = task.base
     apply = jax.jit(fns.apply)
-    for split in ("train", "validation", "test"):
-      # 100 training puzzles spread over the ranks.
-      rows = splits[split][::11][:100] if split == "train" else splits[split]
-      problems = [(nums, 24) for _, nums in rows]
+    for split in _SPLITS.value:
+      if split == "extended":
+        ext = cd.game24_extended_puzzles()
+        problems = [(nums, 24) for nums in ext[::len(ext) // 100][:100]]
+      else:
+        # 100 training puzzles spread over the ranks.
+        rows = splits[split][::11][:100] if split == "train" else splits[split]
+        problems = [(nums, 24) for _, nums in rows]
       prompts, plen = base.encode_prompts(problems)
       out = algorithms.get_algorithm("greedy")(
           fns.graphdef, fns.state(params), task, jnp.asarray(prompts),
@@ -129,9 +139,13 @@ def main(argv):
       keeps = np.mean([bool(puzzle_data.first_step_keeps(
           nums, task.decode(np.asarray(a)), 24)) for (nums, _), a in zip(
               problems, np.asarray(out.answers))])
-      vg = [_value_greedy(task, apply, params, nums) for nums, _ in problems]
       rand = np.mean([puzzle_data.random_step_keeps(nums, 24)
                       for nums, _ in problems])
+      if not _VALUE.value:
+        print(f"{step} | {split} | {greedy:.0%} | {keeps:.0%} | - | - | "
+              f"{rand:.0%} | -", flush=True)
+        continue
+      vg = [_value_greedy(task, apply, params, nums) for nums, _ in problems]
       print(f"{step} | {split} | {greedy:.0%} | {keeps:.0%} | "
             f"{np.mean([s for s, _ in vg]):.0%} | "
             f"{np.mean([f for _, f in vg]):.0%} | {rand:.0%} | "
