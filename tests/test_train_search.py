@@ -137,15 +137,22 @@ def test_step_rollout_on_strict_countdown(prune):
             task.decode(step)
 
 
-def test_packed_forward_matches_one_sequence_per_step():
+def _packed_case(seed):
+  """A model, B=2 committed sequences of L=10 tokens and their M=2 x K=3
+  candidate steps of S=4 random tokens (numpy, to pad)."""
   task = get_task("arithmetic", max_digits=1)
   fns, params = _model(task, 64)
-  rng = np.random.default_rng(0)
-  b, l, m, k, s = 2, 10, 2, 3, 4
-  seq = jnp.asarray(rng.integers(3, task.vocab.size, (b, l)), jnp.int32)
-  length = jnp.array([9, 10])
-  start = jnp.array([[4, 6], [5, 8]])
-  steps = rng.integers(3, task.vocab.size, (b, m, k, s))
+  rng = np.random.default_rng(seed)
+  seq = jnp.asarray(rng.integers(3, task.vocab.size, (2, 10)), jnp.int32)
+  length, start = jnp.array([9, 10]), jnp.array([[4, 6], [5, 8]])
+  steps = rng.integers(3, task.vocab.size, (2, 2, 3, 4))
+  return fns, params, seq, length, start, steps
+
+
+def test_packed_forward_matches_one_sequence_per_step():
+  fns, params, seq, length, start, steps = _packed_case(0)
+  b, l = seq.shape
+  m, k = steps.shape[1:3]
   steps[0, 0, 1, 2:] = -1
   steps[1, 1, 2, 1:] = -1
   steps = jnp.asarray(steps, jnp.int32)
@@ -174,14 +181,9 @@ def test_packed_forward_matches_one_sequence_per_step():
 
 
 def test_packed_forward_counts_only_choice_tokens():
-  task = get_task("arithmetic", max_digits=1)
-  fns, params = _model(task, 64)
-  rng = np.random.default_rng(2)
-  b, l, m, k, s = 2, 10, 2, 3, 4
-  seq = jnp.asarray(rng.integers(3, task.vocab.size, (b, l)), jnp.int32)
-  length, start = jnp.array([9, 10]), jnp.array([[4, 6], [5, 8]])
-  steps = jnp.asarray(rng.integers(3, task.vocab.size, (b, m, k, s)),
-                      jnp.int32)
+  fns, params, seq, length, start, steps = _packed_case(2)
+  steps = jnp.asarray(steps, jnp.int32)
+  b, m, k, s = steps.shape
   kw = dict(pad_id=0, max_seq_len=64)
   _, full, _ = search_learn.packed_forward(fns.apply, params, seq, length,
                                            start, steps, **kw)
