@@ -113,6 +113,13 @@ def test_config_validation_and_nan_check(tmp_path):
   with pytest.raises(ValueError, match="value_policy_weight=-0.5: must be >= 0"):
     config_lib.validate_config(c)
   c = _tiny()
+  c.search.level, c.search.choice_tokens_only = "token", True
+  with pytest.raises(ValueError, match="choice_tokens_only=True: applies to "
+                     "--config.search.level=step"):
+    config_lib.validate_config(c)
+  c.search.level = "step"
+  config_lib.validate_config(c)
+  c = _tiny()
   c.search.problem_split = "extended"
   with pytest.raises(ValueError, match="search.problem_split='extended': use "
                      r"one of \('train',\) for task"):

@@ -97,7 +97,7 @@ def default_config() -> ConfigDict:
       value_policy_weight=0.0,  # "step": policy over the K candidates
                                 # toward the value head's one-step lookahead
       value_policy_scale=10.0,  # softmax(log p + scale * value) target, a
-                            # loss of the form step_policy_loss names.
+                                # loss of the form step_policy_loss names.
       problem_split="train",  # problems the search steps draw; Game of 24
                               # also "extended" / "train+extended" (puzzles
                               # beyond the ranked list, verifier only).

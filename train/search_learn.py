@@ -394,8 +394,6 @@ def step_logprobs(apply_fn, params, seq: Array, start: Array, steps: Array,
     start: ``[B, M]`` position of each node's first new token (its prefix
       is ``seq[:, :start]``).
     steps: ``[B, M, K, S]`` candidate steps, ``-1`` padded.
-    choice: optional ``[B, M, K, S]`` bool (:func:`choice_tokens`): a step's
-      log-probability sums only these tokens (forced ones count as 0).
 
   Returns:
     ``[B, M, K]`` sum of the model's token log-probabilities of each step
