@@ -246,6 +246,11 @@ class StrictCountdown:
 
   def _rules_mask(self, state: StrictState) -> Array:
     """``[B, V]`` tokens the rules allow (ignoring terminal states)."""
+    return self._rules(state)[0]
+
+  def _rules(self, state: StrictState):
+    """``(_rules_mask, _left_suffix or None)``: :meth:`step` reuses the
+    suffix rather than computing it twice."""
     s = state.inner
     b, m = s.num_n.shape
     vsize = self.base.vocab.size
@@ -297,30 +302,35 @@ class StrictCountdown:
     end = (s.field == 2) & res_prefix & (state.blen == res_len)
     last = s.steps + 1 == self.base.num_numbers - 1
     mask = mask.at[:, V.EOS].max(end & last)
+    left = None
     if self.show_left:  # the numbers left, one forced token at a time
-      suffix, slen, _ = self._left_suffix(state)
+      left = self._left_suffix(state)
+      suffix, slen, _ = left
       in_suffix = end & ~last & (state.spos < slen)
       forced = suffix[rows, jnp.minimum(state.spos, suffix.shape[1] - 1)]
       mask = mask.at[rows, jnp.where(in_suffix, forced, 0)].max(in_suffix)
       end = end & (state.spos >= slen)
     mask = mask.at[:, V.NEWLINE].max(end & ~last)
-    return mask
+    return mask, left
 
   def is_terminal(self, state: StrictState) -> Array:
-    dead = ~jnp.any(self._rules_mask(state), -1) | ~state.inner.valid
+    return self._terminal(state, self._rules_mask(state))
+
+  def _terminal(self, state: StrictState, mask: Array) -> Array:
+    dead = ~jnp.any(mask, -1) | ~state.inner.valid
     return self.base.is_terminal(state.inner) | dead
 
   def legal_mask(self, state: StrictState) -> Array:
     mask = self._rules_mask(state)
-    terminal = self.base.is_terminal(state.inner) | ~jnp.any(mask, -1) | \
-        ~state.inner.valid
+    terminal = self._terminal(state, mask)
     pad_only = jax.nn.one_hot(self.base.pad_id, self.base.vocab.size,
                               dtype=bool)
     return jnp.where(terminal[:, None], pad_only[None], mask)
 
   def step(self, state: StrictState, token: Array) -> StrictState:
     token = jnp.asarray(token, jnp.int32)
-    active = ~self.is_terminal(state)
+    mask, left = self._rules(state)
+    active = ~self._terminal(state, mask)
     old = state.inner
     new = self.base.step(old, token)
     moved = (new.field != old.field) | (new.steps != old.steps)
@@ -332,7 +342,7 @@ class StrictCountdown:
     if self.show_left:
       # A suffix token is recorded in the answer but not parsed by the
       # wrapped task, whose step ends at the newline after the suffix.
-      suffix, slen, at_suffix = self._left_suffix(state)
+      suffix, slen, at_suffix = left
       in_suffix = at_suffix & (state.spos < slen)
       expected = suffix[rows, jnp.minimum(state.spos, suffix.shape[1] - 1)]
       pos = jnp.minimum(old.length, self.base.max_answer_length - 1)
