@@ -58,6 +58,12 @@ flags.mark_flags_as_required(["workdir"])
 _TARGET = Fraction(24)
 
 
+def _prompt_ids(base, numbers) -> list[int]:
+  """The prompt's tokens as the model reads them (BOS first), unpadded."""
+  ids = base.encode_prompt((numbers, 24))
+  return [int(t) for t in ids[ids != base.pad_id]]
+
+
 def _step_values(task, apply, params, prefix, pool, step_texts):
   """The value head at the end of ``prefix + step + "\\n"`` for each step
   on ``pool`` (in the environment's notation: ``task.annotate``)."""
@@ -78,7 +84,7 @@ def _step_values(task, apply, params, prefix, pool, step_texts):
 def _value_greedy(task, apply, params, numbers):
   """``(solved, first step keeps a solvable position)`` for one puzzle."""
   pool = [Fraction(x) for x in numbers]
-  prefix = task.base.encode(task.base.prompt_text((numbers, 24)))
+  prefix = _prompt_ids(task.base, numbers)
   first_ok = None
   while len(pool) > 1:
     cands = puzzle_data.step_candidates(pool)
@@ -102,7 +108,7 @@ def _first_step_auc(task, apply, params, puzzles) -> float:
     cands = puzzle_data.step_candidates(pool)
     _, values = _step_values(
         task, apply, params,
-        task.base.encode(task.base.prompt_text((numbers, 24))), pool,
+        _prompt_ids(task.base, numbers), pool,
         [t for t, _ in cands])
     labels += [puzzle_data.solvable(tuple(sorted(r)), _TARGET)
                for _, r in cands]
