@@ -18,8 +18,11 @@ out, the cross-entropy of the policy renormalised over those steps
 ``softmax(beta * v + prior * log p)``, ``v`` the *frozen* warm start's value
 after each step, plus ``--sft`` times the warm start's own loss (one of all
 solutions of 32 training puzzles, ``puzzle_data.solver_batch``) as an
-anchor. Greedy on 100 training, the 100 validation and the 100 test puzzles
-every ``--eval_every`` updates.
+anchor. Every ``--eval_every`` updates, on 100 training, the 100 validation
+and the 100 test puzzles: greedy's solve rate, the policy's probability
+mass on the first steps that keep a solution (renormalised over the legal
+ones; the exact solver decides) and how often its most probable complete
+first step keeps one.
 """
 from __future__ import annotations
 
@@ -52,17 +55,18 @@ flags.mark_flags_as_required(["workdir"])
 _PUZZLES, _CANDS, _WIDTH = 16, 48, 48
 
 
-def _candidates(task, train, rng):
-  """Every legal first step of 16 shuffled training puzzles, written out."""
+def _candidates(task, puzzles, rng):
+  """Every legal first step of 16 shuffled training puzzles, written out
+  (``rng=None``: of ``puzzles[0]`` alone, in its own order, in row 0)."""
   base = task.base
   eq = base.encode("=")[0]
   toks = np.full((_PUZZLES, _CANDS, _WIDTH), base.pad_id, np.int32)
   choice = np.zeros(toks.shape, np.float32)
   lens = np.ones((_PUZZLES, _CANDS), np.int32)
   legal = np.zeros((_PUZZLES, _CANDS), bool)
-  for b in range(_PUZZLES):
-    nums = tuple(int(x) for x in rng.permutation(
-        train[rng.integers(len(train))]))
+  for b in range(_PUZZLES if rng is not None else 1):
+    nums = (tuple(puzzles[0]) if rng is None else tuple(
+        int(x) for x in rng.permutation(puzzles[rng.integers(len(puzzles))])))
     pool = [Fraction(x) for x in nums]
     prefix = [int(t) for t in base.encode_prompt((nums, 24))
               if t != base.pad_id]
@@ -125,22 +129,39 @@ def main(argv):
     return optax.apply_updates(p, u), o, aux
 
   greedy_fn = algorithms.get_algorithm("greedy")
-  def greedy(p):
-    out = []
+  step_lps = jax.jit(lambda p, toks, choice: jnp.sum(token_logprobs(
+      forward(p, toks), toks) * choice[:, 1:], -1))
+
+  def first_step_policy(p, numbers):
+    """(mass on keeping first steps, whether the most probable keeps)."""
+    toks, choice, _, legal = _candidates(task, [numbers], None)
+    n = int(legal[0].sum())
+    lp = np.asarray(step_lps(p, jnp.asarray(toks[0, :n]),
+                             jnp.asarray(choice[0, :n])))
+    pool = [Fraction(x) for x in numbers]
+    keeps = np.array([puzzle_data.solvable(tuple(sorted(left)), Fraction(24))
+                      for _, left in puzzle_data.step_candidates(pool)])
+    prob = np.exp(lp - lp.max())
+    return float((prob * keeps).sum() / prob.sum()), bool(keeps[lp.argmax()])
+
+  def evaluate(p):
+    cols = []
     for split in ("train", "validation", "test"):
       rows = splits[split][::11][:100] if split == "train" else splits[split]
       prompts, plen = base.encode_prompts([(n, 24) for _, n in rows])
       res = greedy_fn(fns.graphdef, fns.state(p), task, jnp.asarray(prompts),
                       jnp.asarray(plen), jax.random.key(0), budget=1)
-      out.append(float(np.mean(np.asarray(task.verify(
-          jnp.asarray(prompts), res.answers)) > 0.5)))
-    return " | ".join(f"{x:.0%}" for x in out)
+      solved = np.mean(np.asarray(task.verify(jnp.asarray(prompts),
+                                              res.answers)) > 0.5)
+      mass, top = np.mean([first_step_policy(p, n) for _, n in rows], 0)
+      cols.append(f"{solved:.0%} / {mass:.0%} / {top:.0%}")
+    return " | ".join(cols)
 
   print(f"checkpoint {step0}, beta {_BETA.value}, prior {_PRIOR.value}, "
         f"sft {_SFT.value}, learning rate {_LR.value}")
-  print("update | policy loss | anchor loss | seconds | greedy train | "
-        "validation | test")
-  print(f"0 | - | - | 0 | {greedy(params0)}", flush=True)
+  print("update | policy loss | anchor loss | seconds | train: greedy / mass "
+        "on keeping first steps / most probable keeps | validation | test")
+  print(f"0 | - | - | 0 | {evaluate(params0)}", flush=True)
   params, state = params0, opt.init(params0)
   rng = np.random.default_rng(0)
   t0 = time.time()
@@ -152,7 +173,7 @@ def main(argv):
         {k: jnp.asarray(v) for k, v in sft.items()})
     if i % _EVAL.value == 0:
       print(f"{i} | {float(pol):.3f} | {float(anchor):.3f} | "
-            f"{time.time() - t0:.0f} | {greedy(params)}", flush=True)
+            f"{time.time() - t0:.0f} | {evaluate(params)}", flush=True)
 
 
 if __name__ == "__main__":
