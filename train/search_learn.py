@@ -337,14 +337,9 @@ def choice_tokens(task, state, steps: Array) -> Array:
   """
   b, k, s = steps.shape
   st = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), state)
-
-  def body(st, tok):
-    several = jnp.asarray(task.legal_mask(st), bool).sum(-1) > 1
-    st = _select(tok >= 0, task.step(st, jnp.maximum(tok, 0)), st)
-    return st, several & (tok >= 0)
-
-  _, choice = jax.lax.scan(body, st, steps.reshape(b * k, s).T)
-  return choice.T.reshape(b, k, s)
+  _, choice = lm._step_tokens(task, st, steps.reshape(b * k, s),  # pylint: disable=protected-access
+                              with_choices=True)
+  return choice.reshape(b, k, s)
 
 
 def answer_sequence(prompt, prompt_length, answer, answer_length, *, pad_id):

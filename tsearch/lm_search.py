@@ -216,12 +216,21 @@ def _legal(env, state, vocab_size):
   return jnp.pad(legal, ((0, 0), (0, pad))) if pad else legal
 
 
-def _step_tokens(env, state, tokens):
-  """Steps ``tokens [B, S]`` (``-1`` = none) into ``state``."""
+def _step_tokens(env, state, tokens, *, with_choices: bool = False):
+  """Steps ``tokens [B, S]`` (``-1`` = none) into ``state``.
+
+  ``with_choices``: returns ``(state, choices [B, S])`` instead, ``choices``
+  true where the token was one of several legal ones when it was taken
+  (``train.search_learn.choice_tokens``).
+  """
   def body(st, tok):
-    return _select(tok >= 0, env.step(st, jnp.maximum(tok, 0)), st), None
-  state, _ = jax.lax.scan(body, state, tokens.T)
-  return state
+    several = None
+    if with_choices:
+      several = (jnp.asarray(env.legal_mask(st), bool).sum(-1) > 1) & (
+          tok >= 0)
+    return _select(tok >= 0, env.step(st, jnp.maximum(tok, 0)), st), several
+  state, choices = jax.lax.scan(body, state, tokens.T)
+  return (state, choices.T) if with_choices else state
 
 
 def _top_k_children(logits, legal, terminal, k):
