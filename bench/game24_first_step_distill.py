@@ -44,29 +44,36 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/game24_left.py",
                                           "Run config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Warm-start run directory.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint (default latest).")
-_UPDATES = flags.DEFINE_integer("updates", 300, "Updates.")
+_UPDATES = flags.DEFINE_integer("updates", 300, "Updates.", lower_bound=1)
 _BETA = flags.DEFINE_float("beta", 10.0, "Scale of the value in the target.")
 _PRIOR = flags.DEFINE_float("prior", 0.0, "Weight of log p in the target "
                             "(1: the search's softmax(log p + beta v)).")
 _SFT = flags.DEFINE_float("sft", 1.0, "Weight of the warm-start loss.")
 _LR = flags.DEFINE_float("learning_rate", 1e-4, "AdamW learning rate.")
-_EVAL = flags.DEFINE_integer("eval_every", 100, "Greedy every N updates.")
+_EVAL = flags.DEFINE_integer("eval_every", 100, "Greedy every N updates.",
+                             lower_bound=1)
 flags.mark_flags_as_required(["workdir"])
 _PUZZLES, _CANDS, _WIDTH = 16, 48, 48
 
 
-def _candidates(task, puzzles, rng):
-  """Every legal first step of 16 shuffled training puzzles, written out
-  (``rng=None``: of ``puzzles[0]`` alone, in its own order, in row 0)."""
+def _shuffled_puzzles(train, rng) -> list[tuple[int, ...]]:
+  """16 random training puzzles, each with its numbers shuffled."""
+  return [tuple(int(x) for x in rng.permutation(train[rng.integers(
+      len(train))])) for _ in range(_PUZZLES)]
+
+
+def _candidates(task, puzzles):
+  """Every legal first step of each puzzle written out after its prompt:
+  tokens ``[N, C, W]``, their choice-token targets, lengths ``[N, C]``,
+  legal slots ``[N, C]`` and each step's numbers left (``N`` puzzles)."""
   base = task.base
   eq = base.encode("=")[0]
-  toks = np.full((_PUZZLES, _CANDS, _WIDTH), base.pad_id, np.int32)
+  toks = np.full((len(puzzles), _CANDS, _WIDTH), base.pad_id, np.int32)
   choice = np.zeros(toks.shape, np.float32)
-  lens = np.ones((_PUZZLES, _CANDS), np.int32)
-  legal = np.zeros((_PUZZLES, _CANDS), bool)
-  for b in range(_PUZZLES if rng is not None else 1):
-    nums = (tuple(puzzles[0]) if rng is None else tuple(
-        int(x) for x in rng.permutation(puzzles[rng.integers(len(puzzles))])))
+  lens = np.ones(toks.shape[:2], np.int32)
+  legal = np.zeros(toks.shape[:2], bool)
+  lefts = []
+  for b, nums in enumerate(puzzles):
     pool = [Fraction(x) for x in nums]
     prefix = [int(t) for t in base.encode_prompt((nums, 24))
               if t != base.pad_id]
@@ -80,7 +87,8 @@ def _candidates(task, puzzles, rng):
       lens[b, c], legal[b, c] = len(seq), True
       # Target positions of the choice tokens (those before "=").
       choice[b, c, len(prefix):len(prefix) + step.index(eq)] = 1.0
-  return toks, choice, lens, legal
+    lefts.append([left for _, left in cands])
+  return toks, choice, lens, legal, lefts
 
 
 def main(argv):
@@ -134,13 +142,12 @@ def main(argv):
 
   def first_step_policy(p, numbers):
     """(mass on keeping first steps, whether the most probable keeps)."""
-    toks, choice, _, legal = _candidates(task, [numbers], None)
+    toks, choice, _, legal, (lefts,) = _candidates(task, [numbers])
     n = int(legal[0].sum())
     lp = np.asarray(step_lps(p, jnp.asarray(toks[0, :n]),
                              jnp.asarray(choice[0, :n])))
-    pool = [Fraction(x) for x in numbers]
     keeps = np.array([puzzle_data.solvable(tuple(sorted(left)), Fraction(24))
-                      for _, left in puzzle_data.step_candidates(pool)])
+                      for left in lefts])
     prob = np.exp(lp - lp.max())
     return float((prob * keeps).sum() / prob.sum()), bool(keeps[lp.argmax()])
 
@@ -169,7 +176,8 @@ def main(argv):
     sft = puzzle_data.solver_batch(task, 10_000 + i, 32, max_len=96,
                                    negative_fraction=0.0)
     params, state, (pol, anchor) = update(
-        params, state, *map(jnp.asarray, _candidates(task, train, rng)),
+        params, state, *map(jnp.asarray, _candidates(
+            task, _shuffled_puzzles(train, rng))[:4]),
         {k: jnp.asarray(v) for k, v in sft.items()})
     if i % _EVAL.value == 0:
       print(f"{i} | {float(pol):.3f} | {float(anchor):.3f} | "
