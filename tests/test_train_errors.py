@@ -135,7 +135,10 @@ def test_config_validation_and_nan_check(tmp_path):
     config_lib.validate_config(c)
   c = _tiny()
   c.task.show_left = True  # tiny is arithmetic, not strict
-  with pytest.raises(ValueError, match="task.show_left=True: the numbers-left"):
+  with pytest.raises(ValueError, match="task.show_left=True: the numbers"):
+    loop.setup_task(c)
+  c.task.show_left, c.task.left_first = False, True
+  with pytest.raises(ValueError, match="task.left_first=True: the numbers"):
     loop.setup_task(c)
   with pytest.raises(metrics_lib.NonFiniteMetricError, match="step 7"):
     metrics_lib.check_finite(7, {"loss": float("nan")})

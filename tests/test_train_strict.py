@@ -288,3 +288,103 @@ def test_solver_batch_with_show_left(left_env):
       prompt = np.zeros((1, env.max_prompt_length), np.int32)
       prompt[0, :ends[0] + 1] = a["tokens"][r][:ends[0] + 1]
       assert float(verify(prompt, answer)[0]) == 1.0
+
+
+@pytest.fixture(scope="module")
+def first_env():
+  return StrictCountdown(get_task("game24", max_answer_length=72),
+                         left_first=True)
+
+
+def _answers(env, texts):
+  out = np.zeros((len(texts), env.max_answer_length), np.int32)
+  for r, text in enumerate(texts):
+    tokens = env.encode(text) + ([env.eos_id] if text.count("\n") == 2 else [])
+    out[r, :len(tokens)] = tokens
+  return jnp.asarray(out)
+
+
+def test_left_first_chooses_the_numbers_left_then_a_step_reaching_them(
+    first_env):
+  env = first_env
+  assert env.annotate((4, 9, 10, 13), "13-9=4\n10-4=6\n4*6=24") == \
+      "4 4 10:13-9=4\n4 6:10-4=6\n4*6=24"
+  assert env.annotate((1, 5, 5, 5), "1/5=(1/5)", complete=False) == \
+      "(1/5) 5 5:1/5=(1/5)"
+  with pytest.raises(ValueError, match="two notations"):
+    StrictCountdown(get_task("game24"), show_left=True, left_first=True)
+  assert env != StrictCountdown(get_task("game24", max_answer_length=72),
+                                show_left=True)
+  # Every solution, in this notation, is legal, solves and verifies.
+  problems = [((4, 9, 10, 13), 24), ((1, 5, 5, 5), 24), ((3, 3, 8, 8), 24),
+              ((1, 1, 1, 8), 24)]
+  probs = [p for p in problems for _ in puzzle_data.all_solutions(*p)[:5]]
+  texts = [env.annotate(p[0], t) for p in problems
+           for t in puzzle_data.all_solutions(*p)[:5]]
+  prompts = jnp.asarray(env.encode_prompts(probs)[0])
+  answers = _answers(env, texts)
+  ok, legal, reward, terminal = _walk(env, prompts, answers)
+  assert ok.all() and terminal.all()
+  np.testing.assert_array_equal(reward, 1.0)
+  np.testing.assert_array_equal(jax.jit(env.verify)(prompts, answers), 1.0)
+  # The first token: the first character of the smallest number left by
+  # some legal step, and nothing else.
+  pool = [Fraction(x) for x in (4, 9, 10, 13)]
+  lefts = [left for _, left in puzzle_data.step_candidates(pool)]
+  assert {env.vocab.symbols[t] for t in np.flatnonzero(legal[0, 0])} == {
+      cd_format(min(left))[0] for left in lefts}
+  # Every legal first step, written after its numbers left, is accepted.
+  steps = [env.annotate((4, 9, 10, 13), t, complete=False)
+           for t, _ in puzzle_data.step_candidates(pool)]
+  ok, legal, _, _ = _walk(env, jnp.repeat(prompts[:1], len(steps), 0),
+                          _answers(env, steps))
+  assert ok.all()
+  # After "4 13 19:" only 9+10 and 10+9 reach those numbers.
+  row = steps.index("4 13 19:9+10=19")
+  at = len("4 13 19:")
+  assert {env.vocab.symbols[t] for t in np.flatnonzero(legal[row, at])} == \
+      {"1", "9"}
+  assert np.flatnonzero(legal[row, at + 1]) == [V.PLUS]  # "9" then only "+"
+  # Numbers left that no step reaches (4 13 18) or a step that does not
+  # reach the numbers written (9-10... is not 4 13 19) fail.
+  for text in ("4 13 18:9+10=19", "4 13 19:13-9=4"):
+    ok, _, _, _ = _walk(env, prompts[:1], _answers(env, [text]))
+    assert not ok.all(), text
+  bad = _answers(env, ["4 13 18:9+10=19\n4 6:19-13=6\n4*6=24"])
+  assert float(jax.jit(env.verify)(prompts[:1], bad)[0]) == 0.0
+  # search_learn.choice_tokens: the numbers left hold the choices; only
+  # 13-9 reaches 4 4 10, so the step after them is forced.
+  from train import search_learn  # pylint: disable=import-outside-toplevel
+  text = "4 4 10:13-9=4\n"
+  step = np.asarray(env.encode(text))[None, None]
+  choice = jax.jit(lambda s, t: search_learn.choice_tokens(env, s, t))(
+      env.init_state(prompts[:1]), jnp.asarray(step))
+  assert choice[0, 0, 0]  # the smallest number left: 1, 3, 4, 5, ...
+  assert not np.asarray(choice[0, 0, text.index(":"):len(text)]).any()
+
+
+def cd_format(x):
+  from tsearch.tasks import countdown as cd  # pylint: disable=import-outside-toplevel
+  return cd.format_number(x)
+
+
+def test_solver_batch_with_left_first(first_env):
+  env = first_env
+  a = puzzle_data.solver_batch(env, 3, 16, max_len=88)
+  verify = jax.jit(env.verify)
+  for r in range(16):
+    ends = np.flatnonzero(a["value_mask"][r])
+    assert len(ends) == 4  # prompt end + 3 step ends
+    text = env.decode(a["tokens"][r][ends[0] + 1:ends[-1] + 1])
+    lines = text.replace("<eos>", "").split("\n")
+    # The first two steps start with the numbers left (3, then 2).
+    assert [len(line.split(":")[0].split(" ")) for line in lines[:2]] == \
+        [3, 2] and ":" not in lines[2], text
+    if a["policy_weight"][r]:
+      answer = np.zeros((1, env.max_answer_length), np.int32)
+      answer[0, :ends[-1] - ends[0]] = a["tokens"][r][ends[0] + 1:ends[-1] + 1]
+      prompt = np.zeros((1, env.max_prompt_length), np.int32)
+      prompt[0, :ends[0] + 1] = a["tokens"][r][:ends[0] + 1]
+      assert float(verify(prompt, answer)[0]) == 1.0
+  assert puzzle_data.first_step_keeps((4, 9, 10, 13), "4 4 10:13-9=4", 24)
+  assert not puzzle_data.first_step_keeps((4, 9, 10, 13), "9 10 17:4+13=17", 24)

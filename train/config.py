@@ -29,6 +29,10 @@ def default_config() -> ConfigDict:
                      # (train.strict.StrictCountdown).
       show_left=False,  # strict: each step but the last ends with the
                         # numbers left, sorted (forced tokens).
+      left_first=False,  # strict: each step that leaves more than one
+                         # number starts with them ("4 4 10:13-9=4"), so
+                         # the policy chooses the position, then a step
+                         # that reaches it.
   ))
   c.data = ConfigDict(dict(
       source="generated",  # "tfds" (built by tsearch.data) or "generated"

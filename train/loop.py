@@ -51,11 +51,14 @@ def setup_task(config: ml_collections.ConfigDict):
   task = get_task(config.task.name, **config.task.options.to_dict())
   if config.task.get("strict", False):
     from train.strict import StrictCountdown  # pylint: disable=import-outside-toplevel
-    task = StrictCountdown(task, show_left=config.task.get("show_left", False))
-  elif config.task.get("show_left", False):
-    raise ValueError("Bad config value task.show_left=True: the numbers-left "
-                     "suffix is written by the strict environment; set "
-                     "--config.task.strict=True (Countdown / Game of 24).")
+    task = StrictCountdown(task, show_left=config.task.get("show_left", False),
+                           left_first=config.task.get("left_first", False))
+  else:
+    for key in ("show_left", "left_first"):
+      if config.task.get(key, False):
+        raise ValueError(f"Bad config value task.{key}=True: the numbers "
+                         "left are written by the strict environment; set "
+                         "--config.task.strict=True (Countdown / Game of 24).")
   return task
 
 

@@ -63,6 +63,11 @@ class StrictState:
   buf: Array  # [B, W] int32 tokens of the number being written
   blen: Array  # [B] int32 tokens in buf
   spos: Array  # [B] int32 tokens of the numbers-left suffix written
+  # left_first: which of the C = n * 4 * n steps on the numbers available
+  # still agree with the numbers-left prefix written so far (all True at a
+  # step's start; [B, 0] otherwise), and whether the prefix is complete.
+  alive: Array  # [B, C] bool
+  chosen: Array  # [B] bool
 
   # The trainer and the search family read these two.
   @property
@@ -105,6 +110,41 @@ def number_tokens(n, d):
   return tokens, jnp.where(frac, ln + ld + 3, ln).astype(jnp.int32)
 
 
+def sorted_tokens(nn, dd, keep):
+  """The kept numbers of each row, ascending, each after a space.
+
+  Args:
+    nn, dd: ``[R, K]`` int32 numerators / denominators in lowest terms.
+    keep: ``[R, K]`` bool, the numbers to write.
+  Returns:
+    tokens ``[R, K * (W + 1)]`` (PAD after) and their count ``[R]``.
+  """
+  r, k = nn.shape
+  rows = jnp.arange(r)
+  # Exact order (parts <= 9999: the cross products fit in int32); equal
+  # numbers keep their slot order.
+  less = nn[:, :, None] * dd[:, None, :] < nn[:, None, :] * dd[:, :, None]
+  equal = nn[:, :, None] * dd[:, None, :] == nn[:, None, :] * dd[:, :, None]
+  idx = jnp.arange(k)
+  before = keep[:, :, None] & (less | (equal & (idx[:, None] < idx[None, :])[None]))
+  rank = jnp.sum(before, 1)  # [R, K]: kept numbers before each one
+  tok, tlen = number_tokens(nn, dd)  # [R, K, W], [R, K]
+  piece = jnp.where(keep, tlen + 1, 0)  # " " + number
+  # Offset of each piece: the pieces of the numbers ranked before it.
+  ranked_before = keep[:, None, :] & (rank[:, None, :] < rank[:, :, None])
+  offset = jnp.sum(jnp.where(ranked_before, piece[:, None, :], 0), -1)
+  width = k * (W + 1)
+  j = jnp.arange(W + 1)
+  pos = jnp.where(keep[..., None] & (j < piece[..., None]),
+                  offset[..., None] + j, width)  # width: dropped
+  val = jnp.where(j[None, None] == 0, V.SPACE, jnp.take_along_axis(
+      tok, jnp.broadcast_to(jnp.clip(j - 1, 0, W - 1), tok.shape[:2] + (
+          W + 1,)), -1))
+  out = jnp.full((r, width), V.PAD, jnp.int32).at[
+      rows[:, None, None], pos].set(val.astype(jnp.int32), mode="drop")
+  return out, jnp.sum(piece, 1).astype(jnp.int32)
+
+
 def _combine(an, ad, op, bn, bd):
   """Exact ``a op b`` in lowest terms and whether the notation can write it."""
   rn = jnp.select([op == V.PLUS, op == V.MINUS, op == V.TIMES],
@@ -119,12 +159,27 @@ def _combine(an, ad, op, bn, bd):
 class StrictCountdown:
   """See the module docstring. ``task``: a Countdown or Game24 task."""
 
-  def __init__(self, task, *, show_left: bool = False):
+  def __init__(self, task, *, show_left: bool = False,
+               left_first: bool = False):
     if not isinstance(task, cd.Countdown):
       raise ValueError(f"StrictCountdown wraps a Countdown or Game24 task, "
                        f"got {task!r}; set task.strict=False for other tasks.")
+    if show_left and left_first:
+      raise ValueError("show_left and left_first are two notations of the "
+                       "numbers left (after a step / before it); set one.")
     self.base = task
     self.show_left = bool(show_left)
+    self.left_first = bool(left_first)
+    n = task.num_numbers
+    # The steps the left_first prefix chooses among, on the (at most n)
+    # available numbers in slot order: first operand i, operator, second j,
+    # and the other n - 2 numbers.
+    i, op, j = (x.reshape(-1) for x in np.meshgrid(
+        np.arange(n), np.arange(4), np.arange(n), indexing="ij"))
+    self._cand = (i, op, j, np.array(
+        [[k for k in range(n) if k not in (a, b)][:n - 2] if a != b
+         else list(range(n - 2)) for a, b in zip(i, j)], np.int32).reshape(
+             len(i), n - 2))
 
   def __getattr__(self, name):  # tokenizer, sizes, problems, ...
     if name == "base":
@@ -132,15 +187,22 @@ class StrictCountdown:
     return getattr(self.base, name)
 
   def __hash__(self):
-    return hash(("strict", self.base, self.show_left))
+    return hash(("strict", self.base, self.show_left, self.left_first))
 
   def __eq__(self, other):
     return (isinstance(other, StrictCountdown) and self.base == other.base
-            and self.show_left == other.show_left)
+            and self.show_left == other.show_left
+            and self.left_first == other.left_first)
 
   def __repr__(self):
     left = ", show_left=True" if self.show_left else ""
+    left += ", left_first=True" if self.left_first else ""
     return f"StrictCountdown({self.base!r}{left})"
+
+  @property
+  def writes_left(self) -> bool:
+    """Whether answers carry the numbers left (either notation)."""
+    return self.show_left or self.left_first
 
   # ---------------------------------------------------------------- host side
   @property
@@ -156,10 +218,12 @@ class StrictCountdown:
   def annotate(self, numbers, text: str, *, complete: bool = True) -> str:
     """``text`` (the wrapped task's answer notation, ``a op b = c`` lines)
     as this environment writes it: with ``show_left``, each step but the
-    last followed by the numbers left, sorted, each after a space.
-    ``complete=False``: ``text`` is the start of an answer, so its last
-    step is followed by the numbers left too."""
-    if not self.show_left:
+    last followed by the numbers left, sorted, each after a space
+    (``13-9=4 4 4 10``); with ``left_first``, each step that leaves more
+    than one number preceded by them and a colon (``4 4 10:13-9=4``).
+    ``complete=False``: ``text`` is the start of an answer, so (show_left)
+    its last step is followed by the numbers left too."""
+    if not self.writes_left:
       return text
     pool = [Fraction(x) for x in numbers]
     lines = text.split("\n")
@@ -176,8 +240,11 @@ class StrictCountdown:
                            f"numbers left {pool}.")
         pool.remove(value)
       pool.append(_parse_number(m.group(4)))
-      if n < len(lines) - 1 or not complete:
-        line += "".join(" " + cd.format_number(x) for x in sorted(pool))
+      left = " ".join(cd.format_number(x) for x in sorted(pool))
+      if self.left_first and len(pool) > 1:
+        line = left + ":" + line
+      elif self.show_left and (n < len(lines) - 1 or not complete):
+        line += " " + left
       out.append(line)
     return "\n".join(out)
 
@@ -198,9 +265,46 @@ class StrictCountdown:
   def init_state(self, prompt_tokens):
     inner = self.base.init_state(prompt_tokens)
     b = inner.length.shape[0]
+    c = len(self._cand[0]) if self.left_first else 0
     return StrictState(inner=inner, buf=jnp.zeros((b, W), jnp.int32),
                        blen=jnp.zeros((b,), jnp.int32),
-                       spos=jnp.zeros((b,), jnp.int32))
+                       spos=jnp.zeros((b,), jnp.int32),
+                       alive=jnp.ones((b, c), bool),
+                       chosen=jnp.zeros((b,), bool))
+
+  def _afterstates(self, s):
+    """Every step on the numbers available (``left_first``).
+
+    Returns ``(ok, a_n, a_d, op, b_n, b_d, prefix, plen)``: ``[B, C]``
+    whether the step is legal, its operands and operator token, and the
+    tokens ``[B, C, S]`` (PAD after) and length ``[B, C]`` of its prefix:
+    the numbers left after it, ascending, space-separated, then ``:``.
+    """
+    b = s.num_n.shape[0]
+    n = self.base.num_numbers
+    ci, cop, cj, cother = (jnp.asarray(x) for x in self._cand)
+    # The available numbers (at most n) first, in slot order.
+    order = jnp.argsort(~s.avail, axis=1, stable=True)[:, :n]
+    take = lambda x: jnp.take_along_axis(x, order, 1)  # noqa: E731
+    nn, dd, av = take(s.num_n), take(s.num_d), take(s.avail)  # [B, n]
+    an, ad, bn, bd = nn[:, ci], dd[:, ci], nn[:, cj], dd[:, cj]  # [B, C]
+    op = _OPS[cop][None]
+    rn, rd, ok = _combine(an, ad, op, bn, bd)
+    ok = ok & av[:, ci] & av[:, cj] & (ci != cj)[None]
+    left_n = jnp.concatenate([nn[:, cother], rn[..., None]], -1)  # [B,C,n-1]
+    left_d = jnp.concatenate([dd[:, cother], rd[..., None]], -1)
+    keep = jnp.concatenate([av[:, cother], ok[..., None]], -1)
+    c = ci.shape[0]
+    tok, length = sorted_tokens(left_n.reshape(b * c, n - 1),
+                                left_d.reshape(b * c, n - 1),
+                                keep.reshape(b * c, n - 1))
+    # " x y z" -> "x y z:"
+    tok, length = tok.reshape(b, c, -1), length.reshape(b, c)
+    prefix = jnp.concatenate([tok[..., 1:], tok[..., :1] * 0 + V.PAD], -1)
+    prefix = jnp.where(jnp.arange(prefix.shape[-1]) == length[..., None] - 1,
+                       V.COLON, prefix)
+    return ok, an, ad, jnp.broadcast_to(_OPS[cop], ok.shape), bn, bd, \
+        prefix, length
 
   def _left_suffix(self, state: StrictState):
     """Tokens ``[B, S]`` (PAD after) and length ``[B]`` of the numbers left
@@ -208,36 +312,13 @@ class StrictCountdown:
     whether the state is at or in that suffix: the result written, not the
     last step."""
     s = state.inner
-    b, m = s.num_n.shape
-    rows = jnp.arange(b)
     rn, rd, r_ok = _combine(s.a_n, s.a_d, s.op, s.b_n, s.b_d)
     _, avail = cd.take_first(s.avail, s.num_n, s.num_d, s.a_n, s.a_d)
     _, avail = cd.take_first(avail, s.num_n, s.num_d, s.b_n, s.b_d)
     nn = jnp.concatenate([s.num_n, rn[:, None]], 1)  # [B, M+1]
     dd = jnp.concatenate([s.num_d, rd[:, None]], 1)
     keep = jnp.concatenate([avail, r_ok[:, None]], 1)
-    # Exact order (parts <= 9999: the cross products fit in int32); equal
-    # numbers keep their slot order.
-    less = nn[:, :, None] * dd[:, None, :] < nn[:, None, :] * dd[:, :, None]
-    equal = nn[:, :, None] * dd[:, None, :] == nn[:, None, :] * dd[:, :, None]
-    idx = jnp.arange(m + 1)
-    before = keep[:, :, None] & (less | (equal & (idx[:, None] < idx[None, :])[None]))
-    rank = jnp.sum(before, 1)  # [B, M+1]: kept numbers before each one
-    tok, tlen = number_tokens(nn, dd)  # [B, M+1, W], [B, M+1]
-    piece = jnp.where(keep, tlen + 1, 0)  # " " + number
-    # Offset of each piece: the pieces of the numbers ranked before it.
-    ranked_before = keep[:, None, :] & (rank[:, None, :] < rank[:, :, None])
-    offset = jnp.sum(jnp.where(ranked_before, piece[:, None, :], 0), -1)
-    width = (m + 1) * (W + 1)
-    j = jnp.arange(W + 1)
-    pos = jnp.where(keep[..., None] & (j < piece[..., None]),
-                    offset[..., None] + j, width)  # width: dropped
-    val = jnp.where(j[None, None] == 0, V.SPACE, jnp.take_along_axis(
-        tok, jnp.broadcast_to(jnp.clip(j - 1, 0, W - 1), tok.shape[:2] + (
-            W + 1,)), -1))
-    suffix = jnp.full((b, width), V.PAD, jnp.int32).at[
-        rows[:, None, None], pos].set(val.astype(jnp.int32), mode="drop")
-    length = jnp.sum(piece, 1).astype(jnp.int32)
+    suffix, length = sorted_tokens(nn, dd, keep)
     _, res_len = number_tokens(rn, rd)
     last = s.steps + 1 == self.base.num_numbers - 1
     at = (s.field == 2) & (state.blen == res_len) & r_ok & ~last & \
@@ -275,6 +356,35 @@ class StrictCountdown:
     pair = s.avail[:, :, None] & s.avail[:, None, :] & ~jnp.eye(
         m, dtype=bool)[None]  # [B, Ma, Mb]
     op_ok = jnp.any(res_ok & pair[:, :, None, :], -1)  # [B, Ma, 4]
+    pre = None
+    if self.left_first:
+      # The prefix chose the numbers left: a, op and b must be one of the
+      # steps that leave them (the ones still alive).
+      ok, can, cad, cop, cbn, cbd, pre_tok, plen = self._afterstates(s)
+      alive = state.alive & ok  # [B, C]
+      same = lambda xn, xd, yn, yd: (xn == yn) & (xd == yd)  # noqa: E731
+      a_is = same(can[:, :, None], cad[:, :, None], s.num_n[:, None],
+                  s.num_d[:, None])  # [B, C, M]: candidate's a is slot k's
+      op_is = cop[..., None] == _OPS  # [B, C, 4]
+      a_ok = jnp.any(alive[..., None] & a_is, 1)  # [B, M]
+      aop_ok = jnp.any((alive[..., None, None] & a_is[..., None]
+                        & op_is[:, :, None]), 1)  # [B, M, 4]
+      typed = alive & same(can, cad, s.a_n[:, None], s.a_d[:, None]) & (
+          cop == s.op[:, None])
+      b_ok = jnp.any(typed[..., None] & same(
+          cbn[:, :, None], cbd[:, :, None], s.num_n[:, None],
+          s.num_d[:, None]), 1)  # [B, M]
+      chosen = state.chosen[:, None]
+      cands = cands & (~chosen | jnp.where(field == 0, a_ok, b_ok))
+      op_ok = op_ok & (~chosen[..., None] | aop_ok)
+      # Writing the prefix: a step's start, before its first operand.
+      last_step = s.steps + 1 == self.base.num_numbers - 1
+      in_pre = ~last_step & ~state.chosen & (s.field == 0) & (
+          state.blen == 0)
+      live = alive & (state.spos[:, None] < plen)
+      here = jnp.take_along_axis(pre_tok, jnp.minimum(
+          state.spos, pre_tok.shape[-1] - 1)[:, None, None], -1)[..., 0]
+      pre = (in_pre, live, here)
     # Field 2: the one exact result.
     rn, rd, r_ok = _combine(s.a_n, s.a_d, s.op, s.b_n, s.b_d)
     res_tok, res_len = number_tokens(rn, rd)
@@ -311,6 +421,12 @@ class StrictCountdown:
       mask = mask.at[rows, jnp.where(in_suffix, forced, 0)].max(in_suffix)
       end = end & (state.spos >= slen)
     mask = mask.at[:, V.NEWLINE].max(end & ~last)
+    if self.left_first:
+      in_pre, live, here = pre
+      pre_mask = jnp.zeros((b, vsize), bool).at[
+          rows[:, None], jnp.where(live, here, 0)].max(live)
+      mask = jnp.where(in_pre[:, None], pre_mask, mask)
+      return mask, pre
     return mask, left
 
   def is_terminal(self, state: StrictState) -> Array:
@@ -339,23 +455,38 @@ class StrictCountdown:
     buf = jnp.where(moved[:, None], 0, state.buf.at[rows, at].set(token))
     blen = jnp.where(moved, 0, jnp.minimum(state.blen + 1, W))
     spos = jnp.zeros_like(state.spos)
+    alive, chosen = state.alive, state.chosen
+    # Numbers-left tokens (a suffix, or a left_first prefix) are recorded
+    # in the answer but not parsed by the wrapped task.
+    held = None
     if self.show_left:
-      # A suffix token is recorded in the answer but not parsed by the
-      # wrapped task, whose step ends at the newline after the suffix.
       suffix, slen, at_suffix = left
-      in_suffix = at_suffix & (state.spos < slen)
-      expected = suffix[rows, jnp.minimum(state.spos, suffix.shape[1] - 1)]
+      held = at_suffix & (state.spos < slen)
+      ok = token == suffix[rows, jnp.minimum(state.spos, suffix.shape[1] - 1)]
+    if self.left_first:
+      in_pre, live, here = left
+      held = in_pre
+      match = live & (here == token[:, None])
+      ok = jnp.any(match, 1)
+      alive = jnp.where(held[:, None], match, alive)
+      chosen = chosen | (held & (token == V.COLON))
+    if held is not None:
       pos = jnp.minimum(old.length, self.base.max_answer_length - 1)
       recorded = old.replace(
           tokens=old.tokens.at[rows, pos].set(token), length=old.length + 1,
-          valid=old.valid & (token == expected))
+          valid=old.valid & ok)
       new = jax.tree.map(lambda r, n: jnp.where(
-          in_suffix.reshape(in_suffix.shape + (1,) * (n.ndim - 1)), r, n),
+          held.reshape(held.shape + (1,) * (n.ndim - 1)), r, n),
                          recorded, new)
-      buf = jnp.where(in_suffix[:, None], state.buf, buf)
-      blen = jnp.where(in_suffix, state.blen, blen)
-      spos = jnp.where(in_suffix, state.spos + 1, 0)
-    out = StrictState(inner=new, buf=buf, blen=blen, spos=spos)
+      buf = jnp.where(held[:, None], state.buf, buf)
+      blen = jnp.where(held, state.blen, blen)
+      spos = jnp.where(held, state.spos + 1, 0)
+    if self.left_first:  # a new step chooses its numbers left afresh
+      next_step = new.steps != old.steps
+      alive = alive | next_step[:, None]
+      chosen = chosen & ~next_step
+    out = StrictState(inner=new, buf=buf, blen=blen, spos=spos, alive=alive,
+                      chosen=chosen)
     return jax.tree.map(
         lambda n, o: jnp.where(active.reshape(active.shape + (1,) * (
             n.ndim - 1)), n, o), out, state)
@@ -376,6 +507,6 @@ class StrictCountdown:
   def verify(self, prompt_tokens, answer_tokens) -> Array:
     """The wrapped task's verifier (the rules only restrict answers); with
     ``show_left`` the numbers-left suffixes must be the right ones."""
-    if self.show_left:
+    if self.writes_left:
       return self.reward(self.run(prompt_tokens, answer_tokens))
     return self.base.verify(prompt_tokens, answer_tokens)

@@ -1,0 +1,30 @@
+"""game24_left_first: ``configs/game24.py`` with every step that leaves more
+than one number starting with those numbers (``task.left_first``:
+``4 4 10:13-9=4\\n4 6:10-4=6\\n4*6=24``).
+
+Run, then the results table (as for ``configs/game24.py``):
+  python -m train --config configs/game24_left_first.py --workdir /tmp/g24f
+  python -m train.solve_rates --config configs/game24_left_first.py \\
+      --workdir /tmp/g24f --stages warm_start:3000,search_and_learn:3065 \\
+      --methods greedy:1,best_of_n:8,mcts:16,mcts:64 \\
+      --out results/game24_left_first.json
+
+The strict environment lets the prefix name only positions one legal step
+reaches, then only the steps that reach it. So the policy's first choice
+is the position it moves to (an afterstate), a function of three numbers
+that recurs across puzzles, instead of a step whose consequence it has to
+work out; ``configs/game24_left.py`` writes the same numbers after the
+step, where only the value head reads them. Answers and steps as long as
+there: ``max_answer_length`` 72, ``search.step_length`` 24,
+``model.max_seq_len`` 672.
+"""
+from configs import game24
+
+
+def get_config():
+  c = game24.get_config()
+  c.task.left_first = True
+  c.task.options = dict(max_answer_length=72)
+  c.model.max_seq_len = 672
+  c.search.step_length = 24
+  return c
