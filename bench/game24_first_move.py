@@ -46,8 +46,9 @@ _STEP_RE = re.compile(r"\s*(\(?[\d/]+\)?)\s*([-+*/])\s*(\(?[\d/]+\)?)\s*=")
 
 
 def _left_after(numbers, step_text):
-  """The numbers left after one ``a op b = c`` step (None: no full step)."""
-  m = _STEP_RE.match(step_text)
+  """The numbers left after one ``a op b = c`` step (None: no full step);
+  a ``left_first`` prefix (the numbers left, then ``:``) is skipped."""
+  m = _STEP_RE.match(step_text.split(":")[-1])
   if m is None:
     return None
   a, op, b = m.groups()

@@ -24,7 +24,17 @@ from the prompt and the steps (``bench/game24_value_probe.py``: the same
 model ranks 3-number positions with AUC 0.87 instead of 0.69 on the test
 puzzles). The wrapped task needs room for the longer answers
 (``max_answer_length``); :meth:`StrictCountdown.annotate` writes the
-suffixes into solver texts. A state where no token is
+suffixes into solver texts.
+
+``left_first=True`` writes the same numbers *before* each step that leaves
+more than one number, then a colon (``4 4 10:13-9=4\n4 6:10-4=6\n4*6=24``).
+These tokens are choices: the legal mask allows only the positions some
+legal step reaches (it enumerates every step on the numbers available,
+``_afterstates``), and after the colon only the steps that reach the
+position written. So the policy first chooses the position it moves to (an
+afterstate: a few numbers, the same across puzzles) and then how to get
+there, instead of choosing a step whose consequence it has to work out.
+A state where no token is
 legal (possible only if no operator fits) is terminal with reward 0. The
 wrapper is a drop-in environment for ``tsearch.lm_search``, the search
 family and the trainer; everything else (tokenizer, prompts, problems,
