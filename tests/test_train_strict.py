@@ -271,23 +271,30 @@ def test_show_left_writes_the_numbers_left_and_forces_them(left_env):
   assert plain != env and hash(plain) != hash(env)
 
 
-def test_solver_batch_with_show_left(left_env):
-  env = left_env
+def _solver_batch_lines(env):
+  """Each row's answer lines of a solver batch; asserts every row has 3
+  step ends and every solved row verifies."""
   a = puzzle_data.solver_batch(env, 3, 16, max_len=88)
   verify = jax.jit(env.verify)
+  out = []
   for r in range(16):
     ends = np.flatnonzero(a["value_mask"][r])
     assert len(ends) == 4  # prompt end + 3 step ends
     text = env.decode(a["tokens"][r][ends[0] + 1:ends[-1] + 1])
-    lines = text.replace("<eos>", "").split("\n")
-    # The first two steps end with the numbers left (3, then 2).
-    assert [len(line.split(" ")) for line in lines] == [4, 3, 1], text
+    out.append(text.replace("<eos>", "").split("\n"))
     if a["policy_weight"][r]:
       answer = np.zeros((1, env.max_answer_length), np.int32)
       answer[0, :ends[-1] - ends[0]] = a["tokens"][r][ends[0] + 1:ends[-1] + 1]
       prompt = np.zeros((1, env.max_prompt_length), np.int32)
       prompt[0, :ends[0] + 1] = a["tokens"][r][:ends[0] + 1]
-      assert float(verify(prompt, answer)[0]) == 1.0
+      assert float(verify(prompt, answer)[0]) == 1.0, text
+  return out
+
+
+def test_solver_batch_with_show_left(left_env):
+  for lines in _solver_batch_lines(left_env):
+    # The first two steps end with the numbers left (3, then 2).
+    assert [len(line.split(" ")) for line in lines] == [4, 3, 1], lines
 
 
 @pytest.fixture(scope="module")
@@ -369,22 +376,9 @@ def cd_format(x):
 
 
 def test_solver_batch_with_left_first(first_env):
-  env = first_env
-  a = puzzle_data.solver_batch(env, 3, 16, max_len=88)
-  verify = jax.jit(env.verify)
-  for r in range(16):
-    ends = np.flatnonzero(a["value_mask"][r])
-    assert len(ends) == 4  # prompt end + 3 step ends
-    text = env.decode(a["tokens"][r][ends[0] + 1:ends[-1] + 1])
-    lines = text.replace("<eos>", "").split("\n")
+  for lines in _solver_batch_lines(first_env):
     # The first two steps start with the numbers left (3, then 2).
     assert [len(line.split(":")[0].split(" ")) for line in lines[:2]] == \
-        [3, 2] and ":" not in lines[2], text
-    if a["policy_weight"][r]:
-      answer = np.zeros((1, env.max_answer_length), np.int32)
-      answer[0, :ends[-1] - ends[0]] = a["tokens"][r][ends[0] + 1:ends[-1] + 1]
-      prompt = np.zeros((1, env.max_prompt_length), np.int32)
-      prompt[0, :ends[0] + 1] = a["tokens"][r][:ends[0] + 1]
-      assert float(verify(prompt, answer)[0]) == 1.0
+        [3, 2] and ":" not in lines[2], lines
   assert puzzle_data.first_step_keeps((4, 9, 10, 13), "4 4 10:13-9=4", 24)
   assert not puzzle_data.first_step_keeps((4, 9, 10, 13), "9 10 17:4+13=17", 24)

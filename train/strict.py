@@ -366,6 +366,7 @@ class StrictCountdown:
     pair = s.avail[:, :, None] & s.avail[:, None, :] & ~jnp.eye(
         m, dtype=bool)[None]  # [B, Ma, Mb]
     op_ok = jnp.any(res_ok & pair[:, :, None, :], -1)  # [B, Ma, 4]
+    last = s.steps + 1 == self.base.num_numbers - 1
     pre = None
     if self.left_first:
       # The prefix chose the numbers left: a, op and b must be one of the
@@ -388,8 +389,7 @@ class StrictCountdown:
       cands = cands & (~chosen | jnp.where(field == 0, a_ok, b_ok))
       op_ok = op_ok & (~chosen[..., None] | aop_ok)
       # Writing the prefix: a step's start, before its first operand.
-      last_step = s.steps + 1 == self.base.num_numbers - 1
-      in_pre = ~last_step & ~state.chosen & (s.field == 0) & (
+      in_pre = ~last & ~state.chosen & (s.field == 0) & (
           state.blen == 0)
       live = alive & (state.spos[:, None] < plen)
       here = jnp.take_along_axis(pre_tok, jnp.minimum(
@@ -420,7 +420,6 @@ class StrictCountdown:
     eq = (s.field == 1) & jnp.any(full & b_res_ok, 1)
     mask = mask.at[:, V.EQUALS].max(eq)
     end = (s.field == 2) & res_prefix & (state.blen == res_len)
-    last = s.steps + 1 == self.base.num_numbers - 1
     mask = mask.at[:, V.EOS].max(end & last)
     left = None
     if self.show_left:  # the numbers left, one forced token at a time
@@ -516,7 +515,8 @@ class StrictCountdown:
 
   def verify(self, prompt_tokens, answer_tokens) -> Array:
     """The wrapped task's verifier (the rules only restrict answers); with
-    ``show_left`` the numbers-left suffixes must be the right ones."""
+    ``show_left`` / ``left_first`` the numbers left written must be the
+    right ones (and, left_first, the step must reach them)."""
     if self.writes_left:
       return self.reward(self.run(prompt_tokens, answer_tokens))
     return self.base.verify(prompt_tokens, answer_tokens)
