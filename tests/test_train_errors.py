@@ -125,6 +125,17 @@ def test_config_validation_and_nan_check(tmp_path):
                      r"one of \('train',\) for task"):
     config_lib.validate_config(c)
   c = _tiny()
+  c.warm_start.problem_split = "train+extended"
+  with pytest.raises(ValueError, match="warm_start.problem_split="
+                     r"'train\+extended': use one of \('train',\)"):
+    config_lib.validate_config(c)
+  c = config_lib.load_config_file(os.path.join(REPO, "configs", "game24.py"))
+  c.warm_start.problem_split = "train+extended"
+  config_lib.validate_config(c)
+  c.warm_start.data = "reference"
+  with pytest.raises(ValueError, match="needs --config.warm_start.data=solver"):
+    config_lib.validate_config(c)
+  c = _tiny()
   c.eval.mcts_num_children = -1
   with pytest.raises(ValueError, match="eval.mcts_num_children=-1"):
     config_lib.validate_config(c)

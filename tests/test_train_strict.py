@@ -123,6 +123,27 @@ def test_solver_batch_is_seeded_and_verifies():
   assert 0 < a["policy_weight"].mean() < 1
 
 
+def test_solver_batch_split_draws_extended_puzzles():
+  """``split="train+extended"`` (warm_start.problem_split) writes traces of
+  puzzles with a number above 13, which the train split never has."""
+  env = StrictCountdown(get_task("game24"))
+
+  def numbers(batch):  # the prompts' numbers, row by row
+    return [[int(x) for x in env.decode(
+        [t for t in row[:env.max_prompt_length]
+         if t not in (env.pad_id, env.bos_id)]
+    ).split(":")[0].split()] for row in batch["tokens"]]
+
+  train = puzzle_data.solver_batch(env, 5, 32, max_len=64)
+  both = puzzle_data.solver_batch(env, 5, 32, max_len=64,
+                                  split="train+extended")
+  assert all(max(n) <= 13 for n in numbers(train))
+  assert any(max(n) > 13 for n in numbers(both))
+  assert both["policy_weight"].sum() > 0
+  with pytest.raises(ValueError, match="split must be"):
+    puzzle_data.solver_batch(env, 5, 4, max_len=64, split="bogus")
+
+
 @pytest.mark.parametrize("strict", [False, True])
 def test_example_stream_draws_game24_problems_from_its_split(strict):
   from tsearch.tasks import game24_splits  # pylint: disable=import-outside-toplevel

@@ -59,6 +59,10 @@ def default_config() -> ConfigDict:
       data="reference",  # "reference": the task's reference solutions;
                          # "solver": train.puzzle_data (Countdown/Game24).
       negative_fraction=0.5,  # "solver": share of random derivations.
+      problem_split="train",  # "solver": puzzles it writes solutions of;
+                              # Game of 24 also "train+extended" (an oracle
+                              # ablation: the solver's solutions of puzzles
+                              # search-and-learn otherwise only verifies).
   ))
   # Search-and-learn iterations after the warm start.
   c.search = ConfigDict(dict(
@@ -163,6 +167,13 @@ def validate_config(config: ConfigDict) -> None:
                          else ())
   need(config.search.problem_split in splits, "search.problem_split",
        f"use one of {splits} for task {config.task.name!r}.")
+  need(config.warm_start.problem_split in splits,
+       "warm_start.problem_split", f"use one of {splits} for task "
+       f"{config.task.name!r}.")
+  need(config.warm_start.problem_split == "train"
+       or config.warm_start.data == "solver", "warm_start.problem_split",
+       "only the solver writes solutions beyond the dataset; it needs "
+       "--config.warm_start.data=solver.")
   need(config.search.problem_split == "train"
        or config.data.source == "generated", "search.problem_split",
        "draws puzzles beyond the built dataset; it needs "

@@ -210,7 +210,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         batch = puzzle_data.solver_batch(
             task, data_lib._step_seed(config.seed, step, jax.process_index()),  # pylint: disable=protected-access
             examples["prompt"].shape[0], max_len=max_len,
-            negative_fraction=config.warm_start.negative_fraction)
+            negative_fraction=config.warm_start.negative_fraction,
+            split=config.warm_start.problem_split)
         state, metrics = supervised_step(
             state, step_lib.shard_batch(batch, mesh), key)
       elif step < warm:

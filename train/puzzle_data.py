@@ -138,11 +138,15 @@ def random_derivation(numbers, target, rng):
 
 
 def solver_batch(task, seed: int, batch_size: int, *, max_len: int,
-                 negative_fraction: float = 0.5) -> dict[str, np.ndarray]:
+                 negative_fraction: float = 0.5,
+                 split: str = "train") -> dict[str, np.ndarray]:
   """A warm-start batch (the format of :func:`train.data.supervised_batch`,
-  with a per-token ``value_target [B, T]``); see the module docstring."""
+  with a per-token ``value_target [B, T]``) of ``split``'s problems (a
+  ``sample_problems`` split; Game of 24 also ``"train+extended"``); see the
+  module docstring."""
   rng = np.random.default_rng(seed)
-  problems = task.sample_problems(int(rng.integers(2 ** 31)), batch_size)
+  kw = {} if split == "train" else dict(split=split)
+  problems = task.sample_problems(int(rng.integers(2 ** 31)), batch_size, **kw)
   prompts, prompt_lengths = task.encode_prompts(problems)
   tokens = np.full((batch_size, max_len), task.pad_id, np.int32)
   token_mask = np.zeros((batch_size, max_len), np.float32)
