@@ -165,11 +165,9 @@ def validate_config(config: ConfigDict) -> None:
   from tsearch.tasks import Game24  # pylint: disable=import-outside-toplevel
   splits = ("train",) + (Game24.extra_splits if config.task.name == "game24"
                          else ())
-  need(config.search.problem_split in splits, "search.problem_split",
-       f"use one of {splits} for task {config.task.name!r}.")
-  need(config.warm_start.problem_split in splits,
-       "warm_start.problem_split", f"use one of {splits} for task "
-       f"{config.task.name!r}.")
+  for key in ("search.problem_split", "warm_start.problem_split"):
+    need(_get(config, key) in splits, key,
+         f"use one of {splits} for task {config.task.name!r}.")
   need(config.warm_start.problem_split == "train"
        or config.warm_start.data == "solver", "warm_start.problem_split",
        "only the solver writes solutions beyond the dataset; it needs "
