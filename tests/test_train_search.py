@@ -387,3 +387,19 @@ def test_bad_replay_config_is_a_clear_error(tmp_path):
   c = _tiny(tmp_path, replay_size=4)
   with pytest.raises(ValueError, match="replay_size"):
     config_lib.validate_config(c)
+
+
+def test_search_steps_with_a_warm_start_anchor(tmp_path):
+  # search.anchor_weight: every search update also trains on a warm-start
+  # batch; the total is the weighted sum with the warm start's weights.
+  c = _tiny(tmp_path, anchor_weight=2.0, replay_size=16, updates_per_search=1)
+  last = loop.train(c, str(tmp_path / "run"))
+  assert last["loss/anchor"] > 0 and last["loss/anchor_value"] > 0
+  vw, pw = c.warm_start.value_weight, c.warm_start.policy_weight
+  np.testing.assert_allclose(
+      last["loss"], last["loss/policy"] + 0.5 * last["loss/value"]
+      + 0.5 * last["loss/sft"] + 2.0 * pw * last["loss/anchor"]
+      + 2.0 * vw * last["loss/anchor_value"], rtol=1e-5)
+  c.search.anchor_weight = -1.0
+  with pytest.raises(ValueError, match="search.anchor_weight"):
+    config_lib.validate_config(c)

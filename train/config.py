@@ -109,6 +109,9 @@ def default_config() -> ConfigDict:
       problem_split="train",  # problems the search steps draw; Game of 24
                               # also "extended" / "train+extended" (puzzles
                               # beyond the ranked list, verifier only).
+      anchor_weight=0.0,  # > 0: every search update also trains on a fresh
+                          # warm-start batch (its LM and value losses at
+                          # this weight), against forgetting (PPO-ptx).
   ))
   c.checkpoint = ConfigDict(dict(every_steps=50, keep=3))
   c.log_every_steps = 10
@@ -178,6 +181,17 @@ def validate_config(config: ConfigDict) -> None:
        "--config.data.source=generated.")
   need(config.eval.mcts_num_children >= 0, "eval.mcts_num_children",
        "must be >= 0 (0: search.num_children).")
+  need(config.search.get("anchor_weight", 0.0) >= 0, "search.anchor_weight",
+       "must be >= 0 (0 turns the warm-start anchor off).")
+  need(not (config.search.get("anchor_weight", 0.0)
+            and config.task.name == "connect_four"), "search.anchor_weight",
+       "connect_four has no warm-start data to anchor on; set it to 0.")
+  need(not config.search.get("anchor_weight", 0.0)
+       or config.warm_start.data == "solver"
+       or config.search.problem_split == "train", "search.anchor_weight",
+       "the anchor on reference solutions uses the search's problems, which "
+       "must then have them: set --config.search.problem_split=train or "
+       "--config.warm_start.data=solver.")
   need(config.warm_start.data in ("reference", "solver"), "warm_start.data",
        "use 'reference' or 'solver'.")
   need(config.search.replay_size >= 0, "search.replay_size", "must be >= 0.")

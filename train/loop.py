@@ -198,6 +198,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "num_kv_heads", "head_dim", "mlp_dim", "max_seq_len")}},
             "task": task.name}
 
+  def warm_batch(step, examples):
+    """This process's warm-start batch of ``step`` (also the search steps'
+    anchor, ``search.anchor_weight``)."""
+    seed = data_lib._step_seed(config.seed, step, jax.process_index())  # pylint: disable=protected-access
+    if config.warm_start.data == "solver":
+      from train import puzzle_data  # pylint: disable=import-outside-toplevel
+      return puzzle_data.solver_batch(
+          task, seed, examples["prompt"].shape[0], max_len=max_len,
+          negative_fraction=config.warm_start.negative_fraction,
+          split=config.warm_start.problem_split)
+    return data_lib.supervised_batch(
+        task, examples, max_len=max_len,
+        corrupt_fraction=config.warm_start.corrupt_fraction, seed=seed,
+        verify_fn=verify)
+
   last = {}
   t0, steps_timed = time.time(), 0
   with ckpt_lib.StopRequest() as stop:
@@ -205,25 +220,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       key = jax.random.fold_in(base_key, step)
       examples = stream.next(
           None if step < warm else config.search.problem_split)
-      if step < warm and config.warm_start.data == "solver":
-        from train import puzzle_data  # pylint: disable=import-outside-toplevel
-        batch = puzzle_data.solver_batch(
-            task, data_lib._step_seed(config.seed, step, jax.process_index()),  # pylint: disable=protected-access
-            examples["prompt"].shape[0], max_len=max_len,
-            negative_fraction=config.warm_start.negative_fraction,
-            split=config.warm_start.problem_split)
+      if step < warm:
         state, metrics = supervised_step(
-            state, step_lib.shard_batch(batch, mesh), key)
-      elif step < warm:
-        batch = data_lib.supervised_batch(
-            task, examples, max_len=max_len,
-            corrupt_fraction=config.warm_start.corrupt_fraction,
-            seed=data_lib._step_seed(config.seed, step, jax.process_index()),  # pylint: disable=protected-access
-            verify_fn=verify)
-        state, metrics = supervised_step(
-            state, step_lib.shard_batch(batch, mesh), key)
+            state, step_lib.shard_batch(warm_batch(step, examples), mesh),
+            key)
       else:
-        state, metrics = search_learn.step(state, examples, key)
+        state, metrics = search_learn.step(
+            state, examples, key, anchor=warm_batch(step, examples)
+            if config.search.get("anchor_weight", 0.0) else None)
       done = step + 1
       steps_timed += 1
       if done % config.log_every_steps == 0 or done == total:

@@ -588,6 +588,16 @@ def search_loss_fn(apply_fn, *, level: str, value_target: str,
   return loss_fn
 
 
+def _anchored(loss_fn, supervised_fn):
+  """``loss_fn`` plus the warm-start loss on the batch's anchor rows, as the
+  terms ``"anchor"`` (language model) and ``"anchor_value"``."""
+  def anchored(params, batch, key):
+    terms = loss_fn(params, batch, key)
+    sup = supervised_fn(params, batch[step_lib.ANCHOR], key)
+    return {**terms, "anchor": sup["policy"], "anchor_value": sup["value"]}
+  return anchored
+
+
 _KEEP = ("seq", "length", "prompt_length", "outcome", "weights",
          "children_actions", "children_mask", "root_value", "offset",
          "active")
@@ -667,6 +677,13 @@ class SearchLearn:
     weights = {"policy": s.policy_weight, "value": s.value_weight,
                "sft": s.sft_weight,
                "value_policy": float(s.get("value_policy_weight", 0.0))}
+    self.anchor_weight = float(s.get("anchor_weight", 0.0))
+    if self.anchor_weight:
+      loss_fn = _anchored(loss_fn, step_lib.supervised_loss_fn(fns.apply))
+      weights["anchor"] = (self.anchor_weight
+                           * float(config.warm_start.policy_weight))
+      weights["anchor_value"] = (self.anchor_weight
+                                 * float(config.warm_start.value_weight))
     self.replay = None
     if s.replay_size:
       self._step = step_lib.make_replay_train_step(
@@ -683,10 +700,21 @@ class SearchLearn:
       self._step = step_lib.make_train_step(
           loss_fn, optimizer, mesh, prepare_fn=prepare, loss_weights=weights)
 
-  def step(self, state, examples, key):
+  def step(self, state, examples, key, anchor=None):
+    """One search-and-learn step on ``examples`` (this process's prompts);
+    ``anchor``: with ``search.anchor_weight > 0``, this process's rows of a
+    warm-start batch (``step.supervised_loss_fn``'s), trained on in every
+    update of the step."""
+    if (anchor is None) != (not self.anchor_weight):
+      raise ValueError(
+          f"search.anchor_weight={self.anchor_weight} needs a warm-start "
+          "batch in every search step (and 0 none); got "
+          f"{'none' if anchor is None else 'one'}.")
     batch = {"prompt": np.asarray(examples["prompt"], np.int32),
              "prompt_length": np.asarray(examples["prompt_length"], np.int32)}
     batch = step_lib.shard_batch(batch, self.mesh)
+    if anchor is not None:
+      batch[step_lib.ANCHOR] = step_lib.shard_batch(anchor, self.mesh)
     if self.replay is None:
       return self._step(state, batch, key)
     state, self.replay, metrics = self._step(state, self.replay, batch, key)

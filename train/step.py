@@ -131,6 +131,21 @@ def _update_fn(loss_fn: LossFn, optimizer, loss_weights, num_devices):
   return update
 
 
+# A batch entry that ``prepare_fn`` does not see and the replay buffer does
+# not store: it reaches the loss of every update as it is (the search-and-
+# learn warm-start anchor, ``search.anchor_weight``).
+ANCHOR = "anchor"
+
+
+def _split_anchor(batch):
+  batch = dict(batch)
+  return batch, batch.pop(ANCHOR, None)
+
+
+def _with_anchor(rows, anchor):
+  return rows if anchor is None else {**rows, ANCHOR: anchor}
+
+
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
                     mesh: jax.sharding.Mesh, *,
                     loss_weights: Mapping[str, float],
@@ -148,7 +163,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     prepare_fn: optional ``prepare_fn(params, batch, key) -> (batch, stats)``
       run on each device's shard before the loss and outside the gradient
       (e.g. the search that makes the targets); ``stats`` is a dict of
-      scalars, averaged over devices into the metrics.
+      scalars, averaged over devices into the metrics. A batch entry
+      ``ANCHOR`` bypasses it and reaches the loss unchanged.
 
   Returns:
     The jitted step. ``metrics`` holds ``loss``, each term's global mean
@@ -160,9 +176,10 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     key = jax.random.fold_in(key, lax.axis_index(DATA))
     stats = {}
     if prepare_fn is not None:
+      batch, anchor = _split_anchor(batch)
       prepare_key, key = jax.random.split(key)
       batch, stats = prepare_fn(state.params, batch, prepare_key)
-      batch = lax.stop_gradient(batch)
+      batch = _with_anchor(lax.stop_gradient(batch), anchor)
     new_state, metrics = update(state, batch, key)
     metrics.update(lax.pmean(stats, DATA))
     return new_state, metrics
@@ -238,7 +255,8 @@ def make_replay_train_step(loss_fn: LossFn,
   rows that are written into its part of the replay buffer (see
   :func:`init_replay`); then ``updates`` optimizer updates each train on as
   many rows as the device's share of the batch, drawn uniformly with
-  replacement from the filled part of its buffer. Metrics are the mean over
+  replacement from the filled part of its buffer (a batch entry ``ANCHOR``
+  is not stored: every update's loss gets it as it is). Metrics are the mean over
   the updates (plus ``prepare_fn``'s stats and ``replay/size``).
   """
   if updates < 1:
@@ -247,6 +265,7 @@ def make_replay_train_step(loss_fn: LossFn,
 
   def per_device(state: TrainState, replay, batch, key):
     key = jax.random.fold_in(key, lax.axis_index(DATA))
+    batch, anchor = _split_anchor(batch)
     prepare_key, key = jax.random.split(key)
     rows, stats = prepare_fn(state.params, batch, prepare_key)
     rows = lax.stop_gradient(rows)
@@ -262,7 +281,8 @@ def make_replay_train_step(loss_fn: LossFn,
     def one(state, key):
       sample_key, loss_key = jax.random.split(key)
       idx = jax.random.randint(sample_key, (n_new,), 0, filled)
-      return update(state, jax.tree.map(lambda x: x[idx], data), loss_key)
+      return update(state, _with_anchor(
+          jax.tree.map(lambda x: x[idx], data), anchor), loss_key)
 
     state, metrics = lax.scan(one, state, jax.random.split(key, updates))
     metrics = jax.tree.map(lambda m: jnp.mean(m, 0), metrics)
