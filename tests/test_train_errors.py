@@ -135,6 +135,22 @@ def test_config_validation_and_nan_check(tmp_path):
   c.warm_start.data = "reference"
   with pytest.raises(ValueError, match="needs --config.warm_start.data=solver"):
     config_lib.validate_config(c)
+  c = config_lib.load_config_file(os.path.join(REPO, "configs", "game24.py"))
+  c.search.anchor_weight = 1.0
+  config_lib.validate_config(c)  # solver anchor, extended search problems
+  c.warm_start.data = "reference"
+  with pytest.raises(ValueError, match="anchor_weight=1.0: the anchor on "
+                     "reference solutions .* set --config.search.problem_split"
+                     "=train or --config.warm_start.data=solver"):
+    config_lib.validate_config(c)
+  c.search.problem_split = "train"
+  config_lib.validate_config(c)
+  c = config_lib.load_config_file(os.path.join(REPO, "configs",
+                                               "connect_four.py"))
+  c.search.anchor_weight = 0.5
+  with pytest.raises(ValueError, match="anchor_weight=0.5: connect_four has "
+                     "no warm-start data"):
+    config_lib.validate_config(c)
   c = _tiny()
   c.eval.mcts_num_children = -1
   with pytest.raises(ValueError, match="eval.mcts_num_children=-1"):

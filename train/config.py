@@ -181,13 +181,13 @@ def validate_config(config: ConfigDict) -> None:
        "--config.data.source=generated.")
   need(config.eval.mcts_num_children >= 0, "eval.mcts_num_children",
        "must be >= 0 (0: search.num_children).")
-  need(config.search.get("anchor_weight", 0.0) >= 0, "search.anchor_weight",
+  anchor = config.search.get("anchor_weight", 0.0)
+  need(anchor >= 0, "search.anchor_weight",
        "must be >= 0 (0 turns the warm-start anchor off).")
-  need(not (config.search.get("anchor_weight", 0.0)
-            and config.task.name == "connect_four"), "search.anchor_weight",
+  need(not (anchor and config.task.name == "connect_four"),
+       "search.anchor_weight",
        "connect_four has no warm-start data to anchor on; set it to 0.")
-  need(not config.search.get("anchor_weight", 0.0)
-       or config.warm_start.data == "solver"
+  need(not anchor or config.warm_start.data == "solver"
        or config.search.problem_split == "train", "search.anchor_weight",
        "the anchor on reference solutions uses the search's problems, which "
        "must then have them: set --config.search.problem_split=train or "

@@ -256,8 +256,8 @@ def make_replay_train_step(loss_fn: LossFn,
   :func:`init_replay`); then ``updates`` optimizer updates each train on as
   many rows as the device's share of the batch, drawn uniformly with
   replacement from the filled part of its buffer (a batch entry ``ANCHOR``
-  is not stored: every update's loss gets it as it is). Metrics are the mean over
-  the updates (plus ``prepare_fn``'s stats and ``replay/size``).
+  is not stored: every update's loss gets it as it is). Metrics are the
+  mean over the updates (plus ``prepare_fn``'s stats and ``replay/size``).
   """
   if updates < 1:
     raise ValueError(f"search.updates_per_search={updates} must be >= 1.")
