@@ -1,5 +1,6 @@
 """LM search: every node's logits/value equal a plain forward over its prefix."""
 import dataclasses
+import functools
 import importlib
 
 import jax
@@ -358,6 +359,50 @@ def test_solved_slot_reads_unvisited_winning_slots():
   found, slot = jax.jit(lm.solved_slot, static_argnums=1)(tree, 4)
   np.testing.assert_array_equal(found, [True, False])
   np.testing.assert_array_equal(slot, [3, 0])
+
+
+def test_solved_slot_by_prior_reads_the_prior_before_noise():
+  g, st = make_model(num_layers=1)
+  env = ToyEnv(vocab_size=16, max_len=4)
+  prompt, lengths = prompts()
+  lm = importlib.import_module("tsearch.lm_search")
+  config = tsearch.LMSearchConfig(
+      mode="step", policy="puct", num_simulations=4, num_children=4,
+      step_length=2, max_depth=4, dirichlet_fraction=0.5)
+  key = jax.random.key(3)
+  root, _ = lm.make_lm_root(g, st, env, prompt, lengths,
+                            jax.random.split(key)[0], config=config)
+  tree = tsearch.lm_search(g, st, env, prompt, lengths, key,
+                           config=config).search_tree
+  prior = np.asarray(tree.embeddings["child_prior"][:, 0])
+  legal = np.asarray(tree.children_mask[:, 0])
+  np.testing.assert_allclose(prior[legal], np.asarray(root.prior_logits)[legal],
+                             rtol=1e-5)
+  # The stored root prior has the root noise mixed in; child_prior has not.
+  assert not np.allclose(np.asarray(tree.children_prior_logits[:, 0])[legal],
+                         prior[legal], atol=1e-3)
+  # Two verified root slots per row: by_prior takes the likelier one.
+  order = np.argsort(-np.where(legal, prior, -np.inf), axis=-1)
+  term = np.zeros(np.shape(tree.embeddings["child_terminal"]), bool)
+  for b in range(2):
+    term[b, 0, order[b, :2]] = True
+  emb = {**tree.embeddings, "child_terminal": jnp.asarray(term),
+         "child_reward": jnp.asarray(term * 1.0)}
+  tree = tree.replace(embeddings=emb)
+  found, slot = jax.jit(functools.partial(lm.solved_slot, by_prior=True),
+                        static_argnums=1)(tree, 4)
+  np.testing.assert_array_equal(found, [True, True])
+  np.testing.assert_array_equal(slot, order[:, 0])
+  # Without it, the lowest solved slot (all at depth 1).
+  _, slot = lm.solved_slot(tree, 4)
+  np.testing.assert_array_equal(slot, np.sort(order[:, :2], axis=-1)[:, 0])
+  token = tsearch.LMSearchConfig(mode="token", policy="puct",
+                                 num_simulations=2, num_children=4,
+                                 max_depth=4)
+  plain = tsearch.lm_search(g, st, env, prompt, lengths, key,
+                            config=token).search_tree
+  with pytest.raises(ValueError, match="terminal_lookahead=True"):
+    lm.solved_slot(plain, 4, by_prior=True)
 
 
 def assert_terminal_rewards(tree, env):

@@ -160,6 +160,19 @@ def test_config_validation_and_nan_check(tmp_path):
   c.search.act_on_solved = True
   with pytest.raises(ValueError, match="act_on_solved=True: is for single"):
     config_lib.validate_config(c)
+  c = config_lib.load_config_file(os.path.join(REPO, "configs", "game24.py"))
+  c.search.solved_by_prior = True
+  config_lib.validate_config(c)  # step level, acting on solutions
+  c.search.act_on_solved = False
+  with pytest.raises(ValueError, match="solved_by_prior=True: chooses among "
+                     ".* set --config.search.act_on_solved=True"):
+    config_lib.validate_config(c)
+  c.search.act_on_solved, c.search.level = True, "token"
+  c.search.terminal_lookahead, c.search.prune_terminal_slots = False, False
+  c.search.value_policy_weight, c.search.choice_tokens_only = 0.0, False
+  with pytest.raises(ValueError, match="solved_by_prior=True: reads the root "
+                     "prior .*terminal_lookahead=True"):
+    config_lib.validate_config(c)
   c = _tiny()
   c.task.show_left = True  # tiny is arithmetic, not strict
   with pytest.raises(ValueError, match="task.show_left=True: the numbers"):

@@ -75,8 +75,9 @@ def test_token_rollout_commits_verified_trajectories():
   assert np.all(r["model_calls"] >= 2)  # the root and the committed child
 
 
-@pytest.mark.parametrize("prune", [False, True])
-def test_step_rollout_on_strict_countdown(prune):
+@pytest.mark.parametrize("prune,by_prior", [(False, False), (True, False),
+                                            (True, True)])
+def test_step_rollout_on_strict_countdown(prune, by_prior):
   task = StrictCountdown(get_task("countdown", num_numbers=3, max_number=9,
                                   max_target=20))
   fns, params = _model(task, 160)
@@ -91,7 +92,8 @@ def test_step_rollout_on_strict_countdown(prune):
   assert cfg.prune_terminal_slots == cfg.terminal_lookahead == prune
   r = jax.device_get(jax.jit(lambda p, k: search_learn.rollout(
       fns.graphdef, task, fns.state(p), prompt, plen, k, config=cfg,
-      num_moves=2, act_on_solved=prune, record_choices=True))(
+      num_moves=2, act_on_solved=prune, solved_by_prior=by_prior,
+      record_choices=True))(
           params, jax.random.key(3)))
   if prune:
     # The last move's steps all end the answer: pruned, so that move was

@@ -145,6 +145,63 @@ def test_solved_root_slot_with_solved_child_slots():
   assert int(got[1]) == root_slot(1, deep1)
 
 
+def test_solved_root_slots_and_prefer():
+  """Every root slot with a proven solution below it is found, and
+  ``prefer`` picks the best-scored of them, not the shallowest."""
+  t, parents, depth, slot, n, terminal, rewards = _solved_fixture()
+  mask = np.array(t.children_mask)
+  sc = np.zeros_like(mask)
+
+  def root_slot(b, node):
+    while depth[b, node] > 1:
+      node = parents[b, node]
+    return slot[b, node]
+
+  want = np.zeros((B, K), bool)
+  # Row 0: solved leaves under two different root slots, one shallow and
+  # one deep.
+  by_slot = {}
+  for i in range(1, n[0]):
+    by_slot.setdefault(root_slot(0, i), []).append(i)
+  assert len(by_slot) >= 2
+  deep = max(range(1, n[0]), key=lambda i: depth[0, i])
+  s_b = root_slot(0, deep)
+  s_a = min(s for s in by_slot if s != s_b)
+  shallow = min(by_slot[s_a], key=lambda i: depth[0, i])  # depth 1
+  for node in (shallow, deep):
+    terminal[0, node] = True
+    rewards[0, parents[0, node], slot[0, node]] = 1.0
+  want[0, [s_a, s_b]] = True
+  # Row 1: a solved slot of the root itself and one of a deeper node.
+  sc[1, 0, 0] = True
+  d = max(range(1, n[1]), key=lambda i: depth[1, i])
+  sc[1, d, 0] = True
+  want[1, [0, root_slot(1, d)]] = True
+  # Row 2: only a terminal below the threshold: nothing.
+  leaf = max(range(1, n[2]), key=lambda i: depth[2, i])
+  terminal[2, leaf] = True
+  rewards[2, parents[2, leaf], slot[2, leaf]] = 0.3
+  t = t.replace(node_terminal=jnp.asarray(terminal),
+                children_rewards=jnp.asarray(rewards))
+  got = jax.jit(lambda t, s: tsearch.tree.solved_root_slots(
+      t, SIMS, solved_children=s))(t, jnp.asarray(sc))
+  np.testing.assert_array_equal(got, want)
+  # prefer: the best-scored solving slot, whatever the depths.
+  for scores in (np.array([[0., 1., 2.]] * B), np.array([[2., 1., 0.]] * B)):
+    found, got = jax.jit(lambda t, s, p: tsearch.solved_root_slot(
+        t, SIMS, solved_children=s, prefer=p))(
+            t, jnp.asarray(sc), jnp.asarray(scores, jnp.float32))
+    np.testing.assert_array_equal(found, [True, True, False])
+    for b in range(2):
+      assert int(got[b]) == int(np.argmax(np.where(want[b], scores[b],
+                                                   -np.inf)))
+    assert int(got[2]) == 0
+  # Without prefer row 0 follows the shallowest solution.
+  assert depth[0, shallow] < depth[0, deep]
+  _, got = tsearch.solved_root_slot(t, SIMS, solved_children=jnp.asarray(sc))
+  assert int(got[0]) == s_a
+
+
 def test_reroot_then_continue_search():
   mdp = _mdp()
   first = _first_search(mdp)

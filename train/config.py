@@ -100,6 +100,8 @@ def default_config() -> ConfigDict:
                           # the optim schedule spans the warm start only.
       act_on_solved=False,  # puzzles: follow a verified terminal found in
                             # the tree (tsearch.solved_root_slot).
+      solved_by_prior=False,  # act_on_solved: of several solving root
+                              # slots, the one the prior favours.
       policy_on_solved=False,  # policy loss on solved trajectories only
                                # (their moves' search weights); value on all.
       value_policy_weight=0.0,  # "step": policy over the K candidates
@@ -210,6 +212,14 @@ def validate_config(config: ConfigDict) -> None:
   need(not (config.task.name == "connect_four" and config.search.act_on_solved),
        "search.act_on_solved", "is for single-player puzzles; a won terminal "
        "in a two-player tree is not a forced win. Set it to False.")
+  need(not config.search.solved_by_prior or config.search.act_on_solved,
+       "search.solved_by_prior", "chooses among the solutions "
+       "search.act_on_solved follows; set --config.search.act_on_solved=True "
+       "or leave it False.")
+  need(not config.search.solved_by_prior or config.search.level == "step"
+       or config.search.terminal_lookahead, "search.solved_by_prior",
+       "reads the root prior the tree keeps with its slot scores (step level, "
+       "or token level with --config.search.terminal_lookahead=True).")
   need(0.0 <= config.warm_start.corrupt_fraction < 1.0,
        "warm_start.corrupt_fraction", "must be in [0, 1).")
   need(config.data.max_len <= config.model.max_seq_len, "data.max_len",

@@ -181,7 +181,8 @@ def _used_sum(tree, x):
 
 def rollout(graphdef, task, model_state, prompt: Array, prompt_length: Array,
             key: Array, *, config: lm.LMSearchConfig, num_moves: int,
-            act_on_solved: bool = False, record_choices: bool = False):
+            act_on_solved: bool = False, solved_by_prior: bool = False,
+            record_choices: bool = False):
   """Searches and commits actions until every answer ends.
 
   Jittable (``graphdef``, ``task`` and ``config`` static). Each move runs
@@ -202,6 +203,10 @@ def rollout(graphdef, task, model_state, prompt: Array, prompt_length: Array,
       of the search's choice (:func:`tsearch.lm_search.solved_slot`: also
       a sampled child slot the verifier accepted, visited or not), and make
       it the move's policy target (one-hot).
+    solved_by_prior: with ``act_on_solved``, of several root slots that
+      lead to a verified solution take the one the policy's prior favours
+      (``solved_slot(by_prior=True)``), not the shallowest solution's:
+      the targets then sharpen the policy's own choice among solutions.
     record_choices: also return ``children_choice [B, M, K, S]``
       (:func:`choice_tokens` of each move's candidate steps).
 
@@ -274,7 +279,8 @@ def rollout(graphdef, task, model_state, prompt: Array, prompt_length: Array,
       action = jnp.where(root_live, action, scored)
     found = jnp.zeros((b,), bool)
     if act_on_solved:
-      found, slot = lm.solved_slot(tree, config.max_depth)
+      found, slot = lm.solved_slot(tree, config.max_depth,
+                                   by_prior=solved_by_prior)
       action = jnp.where(found, slot, action)
       # A proven solution is the policy target (MCTS-Solver), not the
       # visits, which an exhausting search spreads over what it has not
@@ -653,6 +659,7 @@ class SearchLearn:
       r = rollout(fns.graphdef, task, fns.state(params), batch["prompt"],
                   batch["prompt_length"], key, config=cfg, num_moves=moves,
                   act_on_solved=bool(s.get("act_on_solved", False)),
+                  solved_by_prior=bool(s.get("solved_by_prior", False)),
                   record_choices=choices)
       r["prompt_length"] = batch["prompt_length"]
       active = r["active"].astype(jnp.float32)

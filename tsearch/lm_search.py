@@ -88,7 +88,8 @@ class LMSearchConfig:
       If every valid slot ends the episode the value is exactly the best
       slot's reward (the tree holds no other move from there).
       The slots' scores are kept (embedding ``child_terminal``,
-      ``child_reward`` ``[B, N, K]``; :func:`solved_slot` reads them) with
+      ``child_reward`` ``[B, N, K]``, and ``child_prior``, the slots' prior
+      logits before pruning and root noise; :func:`solved_slot` reads them) with
       the lookahead on and always in step mode, where sampling has stepped
       the environment anyway; token mode without the lookahead skips the
       extra environment step over the ``B x K`` slots.
@@ -363,11 +364,12 @@ def _children(graphdef, mstate, env, config, ctx, logits, state, terminal,
                        terminal, child_start, key)
 
 
-def _embedding(config, kv, env_state, calls, tokens, logits, scores):
+def _embedding(config, kv, env_state, calls, tokens, logits, scores, prior):
   emb = dict(kv=kv, env_state=env_state, model_calls=calls,
              tokens_forwarded=tokens)
-  if scores is not None:
-    emb.update(child_terminal=scores[0], child_reward=scores[1])
+  if scores is not None:  # and the prior before pruning and root noise
+    emb.update(child_terminal=scores[0], child_reward=scores[1],
+               child_prior=prior)
   if config.keep_logits:
     emb["logits"] = logits
   return emb
@@ -394,18 +396,32 @@ def solved_children(tree: Tree, *, threshold: float = 0.5) -> Array | None:
   return emb["child_terminal"] & (emb["child_reward"] >= threshold)
 
 
-def solved_slot(tree: Tree, max_depth: int, *, threshold: float = 0.5
-                ) -> tuple[Array, Array]:
+def solved_slot(tree: Tree, max_depth: int, *, threshold: float = 0.5,
+                by_prior: bool = False) -> tuple[Array, Array]:
   """:func:`tsearch.solved_root_slot` that also counts the
   :func:`solved_children` slots of a tree made by :func:`lm_search`.
   Jittable.
 
+  ``by_prior``: of the root slots that lead to a verified solution, the one
+  the policy's prior favours (``solved_root_slot``'s ``prefer`` with the
+  root's prior logits before pruning and root noise, embedding
+  ``child_prior``; needs a tree that keeps slot scores, i.e.
+  ``terminal_lookahead`` or step mode).
+
   Returns:
     ``found [B]`` bool and ``slot [B]`` int32 (0 where nothing is found).
   """
+  prefer = None
+  if by_prior:
+    if "child_prior" not in tree.embeddings:
+      raise ValueError("solved_slot(by_prior=True) reads the root's prior "
+                       "from the slot scores a tree keeps only in step mode "
+                       "or with terminal_lookahead=True; turn one on.")
+    prefer = tree.embeddings["child_prior"][:, tsearch_tree.ROOT_INDEX]
   return tsearch_tree.solved_root_slot(
       tree, max_depth, threshold=threshold,
-      solved_children=solved_children(tree, threshold=threshold))
+      solved_children=solved_children(tree, threshold=threshold),
+      prefer=prefer)
 
 
 # ---------------------------------------------------------------------------
@@ -460,7 +476,8 @@ def make_lm_root(graphdef: nnx.GraphDef, state: nnx.State, env: Any,
   value = _lookahead(config, value, scores, mask)
   kv = kv_arena.node_kv_example(mcfg, b, config.step_length)
   kv["start"] = prompt_lengths
-  emb = _embedding(config, kv, env_state, calls + 1, toks + p, logits, scores)
+  emb = _embedding(config, kv, env_state, calls + 1, toks + p, logits, scores,
+                   prior)
   root = RootOutput(prior_logits=prior, value=value, embedding=emb,
                     children_actions=actions, children_mask=mask)
   return root, prompt
@@ -518,7 +535,7 @@ def make_lm_expand_fn(graphdef: nnx.GraphDef, env: Any, *,
         prior_logits=prior, value=value, terminal=terminal,
         children_actions=actions, children_mask=mask,
         embedding=_embedding(config, node_kv, env_state, calls + 1, toks + s,
-                             logits, scores))
+                             logits, scores, prior))
 
   return expand_fn
 

@@ -237,23 +237,37 @@ def solved_node(tree: Tree, *, threshold: float = 0.5,
 
 
 def solved_root_slot(tree: Tree, max_depth: int, *, threshold: float = 0.5,
-                     solved_children: Array | None = None
-                     ) -> tuple[Array, Array]:
+                     solved_children: Array | None = None,
+                     prefer: Array | None = None) -> tuple[Array, Array]:
   """The root slot that leads to a solved terminal node, if the tree has one.
 
   The root slot on the path to :func:`solved_node`'s solution: a move that
   solves the problem whatever the visit counts say (MCTS-Solver's rule).
-  Jittable.
+  With ``prefer``, of all root slots whose subtree holds a proven solution
+  (:func:`solved_root_slots`), the one ``prefer`` scores highest instead:
+  with the policy's prior logits, the policy's own favourite among the
+  moves that solve, so a policy target built from it sharpens the policy
+  where it is already right instead of moving its argmax to another
+  solution. Jittable.
 
   Args:
     tree: the tree.
     max_depth: static bound on node depth (as for :func:`path_to_root`).
     threshold, solved_children: as for :func:`solved_node`.
+    prefer: optional ``[B, K]`` scores of the root slots (e.g. the prior
+      logits before the search's root noise); the best-scored solving slot
+      is taken (ties: lowest slot), not the shallowest solution's.
 
   Returns:
     ``found [B]`` bool and ``slot [B]`` int32 (0 where nothing is found).
   """
   b = jnp.arange(tree.batch_size)
+  if prefer is not None:
+    solving = solved_root_slots(tree, max_depth, threshold=threshold,
+                                solved_children=solved_children)
+    slot = jnp.argmax(jnp.where(solving, prefer, -jnp.inf), axis=-1)
+    found = jnp.any(solving, axis=-1)
+    return found, jnp.where(found, slot, 0).astype(jnp.int32)
   found, node, child_slot = solved_node(tree, threshold=threshold,
                                         solved_children=solved_children)
   path = path_to_root(tree, node, max_depth)  # [B, D + 1], node first
@@ -265,3 +279,40 @@ def solved_root_slot(tree: Tree, max_depth: int, *, threshold: float = 0.5,
   # A solved slot of the root itself is the move.
   out = jnp.where(node == ROOT_INDEX, child_slot, out)
   return found, jnp.where(found, out, 0).astype(jnp.int32)
+
+
+def solved_root_slots(tree: Tree, max_depth: int, *, threshold: float = 0.5,
+                      solved_children: Array | None = None) -> Array:
+  """``[B, K]`` bool: the root slots whose subtree holds a proven solution.
+
+  A proven solution is as for :func:`solved_node`: a terminal node at depth
+  >= 1 whose incoming reward is ``>= threshold``, or a ``solved_children``
+  slot of a node in use. Jittable.
+
+  Args:
+    tree: the tree.
+    max_depth: static bound on node depth (as for :func:`path_to_root`).
+    threshold, solved_children: as for :func:`solved_node`.
+  """
+  b = jnp.arange(tree.batch_size)[:, None]
+  n, k = tree.capacity, tree.num_children
+  used = jnp.arange(n)[None] < tree.num_nodes[:, None]
+  parent = jnp.maximum(tree.parents, 0)
+  from_slot = jnp.maximum(tree.action_from_parent, 0)
+  reward = tree.children_rewards[b, parent, from_slot]  # [B, N]
+  depth = tree.node_depth
+  solved = used & tree.node_terminal & (depth >= 1) & (reward >= threshold)
+  root_slots = jnp.zeros((tree.batch_size, k), bool)
+  if solved_children is not None:
+    sc = solved_children & used[..., None]
+    solved = solved | (jnp.any(sc, axis=-1) & (depth >= 1))
+    root_slots = sc[:, ROOT_INDEX]  # the root's own solved slots
+  # Each node's depth-1 ancestor: walk up until depth 1 (the root stays).
+  ancestor = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), depth.shape)
+  for _ in range(max(max_depth - 1, 0)):
+    up = jnp.take_along_axis(depth, ancestor, axis=1) > 1
+    ancestor = jnp.where(up, jnp.take_along_axis(parent, ancestor, axis=1),
+                         ancestor)
+  first = jnp.take_along_axis(from_slot, ancestor, axis=1)  # [B, N]
+  hits = solved[..., None] & (first[..., None] == jnp.arange(k))  # [B, N, K]
+  return root_slots | jnp.any(hits, axis=1)
