@@ -1,4 +1,6 @@
 """Tree contracts: empty_tree, path_to_root, reroot (+ search after reroot)."""
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -68,6 +70,13 @@ def _solved_fixture():
           np.zeros_like(np.asarray(t.children_rewards)))
 
 
+def _root_slot(parents, depth, slot, b, node):
+  """The root slot above ``node`` of row ``b`` (numpy walk up)."""
+  while depth[b, node] > 1:
+    node = parents[b, node]
+  return slot[b, node]
+
+
 def test_solved_root_slot_follows_the_shallowest_verified_terminal():
   t, parents, depth, slot, n, terminal, rewards = _solved_fixture()
 
@@ -75,10 +84,7 @@ def test_solved_root_slot_follows_the_shallowest_verified_terminal():
     terminal[b, node] = True
     rewards[b, parents[b, node], slot[b, node]] = reward
 
-  def root_slot(b, node):
-    while depth[b, node] > 1:
-      node = parents[b, node]
-    return slot[b, node]
+  root_slot = functools.partial(_root_slot, parents, depth, slot)
 
   nodes = [sorted(range(1, n[b]), key=lambda i: -depth[b, i]) for b in range(B)]
   deep0 = nodes[0][0]
@@ -105,10 +111,7 @@ def test_solved_root_slot_with_solved_child_slots():
   mask = np.array(t.children_mask)
   sc = np.zeros_like(mask)
 
-  def root_slot(b, node):
-    while depth[b, node] > 1:
-      node = parents[b, node]
-    return slot[b, node]
+  root_slot = functools.partial(_root_slot, parents, depth, slot)
 
   # Row 0: a deep node has a solved (unvisited) child slot.
   deep0 = max(range(1, n[0]), key=lambda i: depth[0, i])
@@ -149,13 +152,9 @@ def test_solved_root_slots_and_prefer():
   """Every root slot with a proven solution below it is found, and
   ``prefer`` picks the best-scored of them, not the shallowest."""
   t, parents, depth, slot, n, terminal, rewards = _solved_fixture()
-  mask = np.array(t.children_mask)
-  sc = np.zeros_like(mask)
+  sc = np.zeros(t.children_mask.shape, bool)
 
-  def root_slot(b, node):
-    while depth[b, node] > 1:
-      node = parents[b, node]
-    return slot[b, node]
+  root_slot = functools.partial(_root_slot, parents, depth, slot)
 
   want = np.zeros((B, K), bool)
   # Row 0: solved leaves under two different root slots, one shallow and
