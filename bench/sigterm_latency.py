@@ -16,7 +16,8 @@ since the last logged one: up to ``log_every_steps``).
 ``--config.search.steps=0``; search steps of about a minute on a 2-core
 CPU). Prints the seconds from signal to exit, the median seconds per step
 (from the run's ``steps_per_second`` after its first line), their ratio,
-and the steps saved. The ratio means something only when a step takes seconds or more: with
+and the steps saved. The ratio means something only when a step takes
+seconds or more: with
 ``configs/tiny.py`` (``-- --config.warm_start.steps=0
 --config.search.steps=400``, a smoke check) the checkpoint write and exit,
 about a second, are hundreds of its 10-ms steps.
