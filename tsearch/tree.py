@@ -187,6 +187,33 @@ def path_to_root(tree: Tree, node_index: Array, max_depth: int) -> Array:
   return path.T
 
 
+def _proven(tree: Tree, threshold: float, solved_children: Array | None
+            ) -> tuple[Array, Array | None]:
+  """``solved [B, N]``: nodes in use, at depth >= 1, that are terminals the
+  verifier accepted (incoming reward >= threshold); and ``solved_children``
+  restricted to nodes in use (None if not given)."""
+  b = jnp.arange(tree.batch_size)[:, None]
+  used = jnp.arange(tree.capacity)[None] < tree.num_nodes[:, None]
+  parent = jnp.maximum(tree.parents, 0)
+  slot = jnp.maximum(tree.action_from_parent, 0)
+  reward = tree.children_rewards[b, parent, slot]  # [B, N]
+  solved = (used & tree.node_terminal & (tree.node_depth >= 1)
+            & (reward >= threshold))
+  sc = None if solved_children is None else solved_children & used[..., None]
+  return solved, sc
+
+
+def _root_slot_above(tree: Tree, node: Array, max_depth: int) -> Array:
+  """``[B]`` int32: the root slot on the path to ``node [B]`` (the node's
+  own ``action_from_parent`` at depth 1; -1 for the root itself)."""
+  b = jnp.arange(tree.batch_size)
+  path = path_to_root(tree, node, max_depth)  # [B, D + 1], node first
+  depths = jnp.where(path >= 0, tree.node_depth[b[:, None],
+                                                jnp.maximum(path, 0)], -1)
+  first = jnp.argmax(depths == 1, axis=1)  # the depth-1 ancestor
+  return tree.action_from_parent[b, jnp.maximum(path[b, first], 0)]
+
+
 def solved_node(tree: Tree, *, threshold: float = 0.5,
                 solved_children: Array | None = None
                 ) -> tuple[Array, Array, Array]:
@@ -213,19 +240,12 @@ def solved_node(tree: Tree, *, threshold: float = 0.5,
     where the node itself is the solution or nothing is found).
   """
   b = jnp.arange(tree.batch_size)
-  n = tree.capacity
   big = jnp.iinfo(jnp.int32).max
-  used = jnp.arange(n)[None] < tree.num_nodes[:, None]
-  parent = jnp.maximum(tree.parents, 0)
-  slot = jnp.maximum(tree.action_from_parent, 0)
-  reward = tree.children_rewards[b[:, None], parent, slot]  # [B, N]
-  solved = (used & tree.node_terminal & (tree.node_depth >= 1)
-            & (reward >= threshold))
+  solved, sc = _proven(tree, threshold, solved_children)
   # A node with a solved child slot: its solution is one level deeper.
   has_child = jnp.zeros_like(solved)
-  child_slot = jnp.zeros_like(slot)
-  if solved_children is not None:
-    sc = solved_children & used[..., None]
+  child_slot = jnp.zeros(solved.shape, jnp.int32)
+  if sc is not None:
     has_child = jnp.any(sc, axis=-1) & ~solved
     child_slot = jnp.argmax(sc, axis=-1).astype(jnp.int32)
   depth = jnp.where(solved, tree.node_depth,
@@ -261,7 +281,6 @@ def solved_root_slot(tree: Tree, max_depth: int, *, threshold: float = 0.5,
   Returns:
     ``found [B]`` bool and ``slot [B]`` int32 (0 where nothing is found).
   """
-  b = jnp.arange(tree.batch_size)
   if prefer is not None:
     solving = solved_root_slots(tree, max_depth, threshold=threshold,
                                 solved_children=solved_children)
@@ -270,12 +289,7 @@ def solved_root_slot(tree: Tree, max_depth: int, *, threshold: float = 0.5,
     return found, jnp.where(found, slot, 0).astype(jnp.int32)
   found, node, child_slot = solved_node(tree, threshold=threshold,
                                         solved_children=solved_children)
-  path = path_to_root(tree, node, max_depth)  # [B, D + 1], node first
-  depths = jnp.where(path >= 0, tree.node_depth[b[:, None],
-                                                jnp.maximum(path, 0)], -1)
-  first = jnp.argmax(depths == 1, axis=1)  # the depth-1 ancestor
-  child = path[b, first]
-  out = tree.action_from_parent[b, jnp.maximum(child, 0)]
+  out = _root_slot_above(tree, node, max_depth)
   # A solved slot of the root itself is the move.
   out = jnp.where(node == ROOT_INDEX, child_slot, out)
   return found, jnp.where(found, out, 0).astype(jnp.int32)
@@ -294,25 +308,15 @@ def solved_root_slots(tree: Tree, max_depth: int, *, threshold: float = 0.5,
     max_depth: static bound on node depth (as for :func:`path_to_root`).
     threshold, solved_children: as for :func:`solved_node`.
   """
-  b = jnp.arange(tree.batch_size)[:, None]
-  n, k = tree.capacity, tree.num_children
-  used = jnp.arange(n)[None] < tree.num_nodes[:, None]
-  parent = jnp.maximum(tree.parents, 0)
-  from_slot = jnp.maximum(tree.action_from_parent, 0)
-  reward = tree.children_rewards[b, parent, from_slot]  # [B, N]
-  depth = tree.node_depth
-  solved = used & tree.node_terminal & (depth >= 1) & (reward >= threshold)
+  k = tree.num_children
+  solved, sc = _proven(tree, threshold, solved_children)
   root_slots = jnp.zeros((tree.batch_size, k), bool)
-  if solved_children is not None:
-    sc = solved_children & used[..., None]
-    solved = solved | (jnp.any(sc, axis=-1) & (depth >= 1))
+  if sc is not None:
+    solved = solved | (jnp.any(sc, axis=-1) & (tree.node_depth >= 1))
     root_slots = sc[:, ROOT_INDEX]  # the root's own solved slots
-  # Each node's depth-1 ancestor: walk up until depth 1 (the root stays).
-  ancestor = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), depth.shape)
-  for _ in range(max(max_depth - 1, 0)):
-    up = jnp.take_along_axis(depth, ancestor, axis=1) > 1
-    ancestor = jnp.where(up, jnp.take_along_axis(parent, ancestor, axis=1),
-                         ancestor)
-  first = jnp.take_along_axis(from_slot, ancestor, axis=1)  # [B, N]
-  hits = solved[..., None] & (first[..., None] == jnp.arange(k))  # [B, N, K]
+  nodes = jnp.broadcast_to(jnp.arange(tree.capacity, dtype=jnp.int32),
+                           solved.shape)
+  above = jax.vmap(lambda node: _root_slot_above(tree, node, max_depth),
+                   in_axes=1, out_axes=1)(nodes)  # [B, N]
+  hits = solved[..., None] & (above[..., None] == jnp.arange(k))  # [B, N, K]
   return root_slots | jnp.any(hits, axis=1)
