@@ -1,7 +1,9 @@
 """game24: Game of 24 from scratch on CPU — solver warm start, then step-level
 search-and-learn over the tree KV cache.
 
-Run (about 42 minutes on a 2-core CPU), then the results table:
+Run (about 42 minutes on the 2-core CPU of the results below; the step
+rates measured on a slower 2-core AMD EPYC, BENCHMARKS.md "A short warm
+start", put it at about 65 there), then the results table:
   python -m train --config configs/game24.py --workdir /tmp/game24
   python -m train.solve_rates --config configs/game24.py --workdir /tmp/game24 \\
       --stages warm_start:3000,search_and_learn:3065 \\
