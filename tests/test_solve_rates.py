@@ -40,9 +40,10 @@ def test_rows_match_the_methods_run_directly(tmp_path):
       np.mean(np.asarray(g.tokens_forwarded)))
   sc = search_learn.lm_search_config(config.search, task, num_simulations=3,
                                      acting_temperature=0.0, noise=False)
-  r = search_learn.rollout(fns.graphdef, task, fns.state(params), prompts,
-                           plen, key, config=sc, num_moves=2,
-                           act_on_solved=True)
+  # Jitted as evaluate runs it (the same rollout eagerly takes minutes).
+  r = jax.jit(lambda s, p, l, k: search_learn.rollout(
+      fns.graphdef, task, s, p, l, k, config=sc, num_moves=2,
+      act_on_solved=True))(fns.state(params), prompts, plen, key)
   assert rows[1]["solve_rate"] == float(np.mean(np.asarray(r["outcome"]) > .5))
   assert rows[1]["model_calls"] == pytest.approx(
       np.mean(np.asarray(r["model_calls"])))
