@@ -91,11 +91,20 @@ class StrictState:
 
 def _int_tokens(x):
   """Digits of ``x`` in ``[0, 9999]``: tokens ``[..., 4]`` and count."""
-  nd = (1 + (x >= 10) + (x >= 100) + (x >= 1000)).astype(jnp.int32)
-  i = jnp.arange(cd.MAX_NUMBER_DIGITS)
-  power = 10 ** jnp.clip(nd[..., None] - 1 - i, 0, cd.MAX_NUMBER_DIGITS)
-  digit = (x[..., None] // power) % 10
-  return (V.DIGIT0 + digit).astype(jnp.int32), nd
+  # lax ops, not ``10 ** e`` and ``//``/``%``: with a traced exponent jnp's
+  # power unrolls a square-and-multiply loop and its floor division adds
+  # sign fixes, which for x >= 0 change nothing. This runs in every rules
+  # mask the search traces; the jnp form was a quarter of a step rollout's
+  # program and its compile time.
+  x = jnp.asarray(x, jnp.int32)
+  nd = (1 + (x >= 10).astype(jnp.int32) + (x >= 100).astype(jnp.int32)
+        + (x >= 1000).astype(jnp.int32))
+  e = jax.lax.clamp(0, nd[..., None] - 1 - jnp.arange(
+      cd.MAX_NUMBER_DIGITS, dtype=jnp.int32), cd.MAX_NUMBER_DIGITS - 1)
+  power = jax.lax.select_n(e, *[jnp.full(e.shape, 10 ** k, jnp.int32)
+                                for k in range(cd.MAX_NUMBER_DIGITS)])
+  digit = jax.lax.rem(jax.lax.div(x[..., None], power), 10)
+  return V.DIGIT0 + digit, nd
 
 
 def number_tokens(n, d):
@@ -161,7 +170,8 @@ def _combine(an, ad, op, bn, bd):
                   [an * bd + bn * ad, an * bd - bn * ad, an * bn], an * bd)
   rd = jnp.where(op == V.DIVIDE, ad * bn, ad * bd)
   g = jnp.maximum(cd.gcd(rn, rd), 1)
-  rn, rd = rn // g, rd // g
+  # g divides both exactly, so truncating division is floor division.
+  rn, rd = jax.lax.div(rn, g), jax.lax.div(rd, g)
   ok = (rd > 0) & (rn >= 0) & (rn <= cd.MAX_NUMBER) & (rd <= cd.MAX_NUMBER)
   return jnp.where(ok, rn, 0), jnp.where(ok, rd, 1), ok
 

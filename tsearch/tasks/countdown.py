@@ -145,7 +145,8 @@ def gcd(a: chex.Array, b: chex.Array) -> chex.Array:
   def body(c):
     x, y = c
     safe = jnp.where(y == 0, 1, y)
-    return jnp.where(y == 0, x, y), jnp.where(y == 0, 0, x % safe)
+    # x, y >= 0: lax.rem is ``%`` without jnp's sign fix-ups.
+    return jnp.where(y == 0, x, y), jnp.where(y == 0, 0, jax.lax.rem(x, safe))
   return jax.lax.while_loop(cond, body, (jnp.abs(a), jnp.abs(b)))[0]
 
 
@@ -369,7 +370,9 @@ class Countdown(base.Task):
     rd = jnp.where(s.op == V.DIVIDE, ad * bn, ad * bd)
     div0 = rd == 0
     g = jnp.maximum(gcd(rn, rd), 1)
-    match = (rn // g == val_n) & (rd // g == val_d) & (rn >= 0)
+    # g divides both exactly: truncating division is floor division.
+    match = ((jax.lax.div(rn, g) == val_n) & (jax.lax.div(rd, g) == val_d)
+             & (rn >= 0))
     step_ok = found_a & found_b & ~div0 & match
     valid = valid & ~(end_c & ~step_ok)
     m = s.num_n.shape[1]
