@@ -169,14 +169,16 @@ def test_packed_forward_matches_one_sequence_per_step():
                     jnp.arange(l)[None] < length[:, None])
   np.testing.assert_allclose(out.value[0, :9], plain.value[0, :9], atol=1e-5)
   np.testing.assert_allclose(out.logits[1], plain.logits[1], atol=1e-4)
-  # The value after each step: its prefix and the step, forwarded alone.
+  # The value after each step: its prefix and the step, forwarded alone
+  # (jitted: eagerly each op compiles for each of the lengths).
+  apply = jax.jit(fns.apply)
   for i in range(b):
     for j in range(m):
       for c in range(k):
         step = np.asarray(steps[i, j, c])
         one = np.concatenate([np.asarray(seq[i, :int(start[i, j])]),
                               step[step >= 0]])[None]
-        ref_v = fns.apply(params, jnp.asarray(one),
+        ref_v = apply(params, jnp.asarray(one),
                           jnp.arange(one.shape[1])[None],
                           jnp.ones(one.shape, bool)).value[0, -1]
         np.testing.assert_allclose(sv[i, j, c], ref_v, atol=1e-5)
