@@ -179,8 +179,8 @@ def test_packed_forward_matches_one_sequence_per_step():
         one = np.concatenate([np.asarray(seq[i, :int(start[i, j])]),
                               step[step >= 0]])[None]
         ref_v = apply(params, jnp.asarray(one),
-                          jnp.arange(one.shape[1])[None],
-                          jnp.ones(one.shape, bool)).value[0, -1]
+                      jnp.arange(one.shape[1])[None],
+                      jnp.ones(one.shape, bool)).value[0, -1]
         np.testing.assert_allclose(sv[i, j, c], ref_v, atol=1e-5)
 
 
