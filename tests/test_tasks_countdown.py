@@ -82,6 +82,21 @@ def test_gcd():
   np.testing.assert_array_equal(cd.gcd(a, b), [math.gcd(int(x), int(y)) for x, y in zip(a, b)])
 
 
+def test_exact_step_matches_fractions():
+  V = cd.V
+  ops = {V.PLUS: lambda a, b: a + b, V.MINUS: lambda a, b: a - b,
+         V.TIMES: lambda a, b: a * b, V.DIVIDE: lambda a, b: a / b}
+  rows = [(an, ad, op, bn, bd) for an, ad in ((0, 1), (3, 1), (7, 2), (12, 5))
+          for bn, bd in ((0, 1), (4, 1), (2, 3), (13, 1)) for op in ops]
+  n, d = jax.jit(cd.exact_step)(*(jnp.array(c, jnp.int32) for c in zip(*rows)))
+  for (an, ad, op, bn, bd), ni, di in zip(rows, np.asarray(n), np.asarray(d)):
+    if op == V.DIVIDE and bn == 0:
+      assert di == 0, (an, ad, op, bn, bd)
+      continue
+    want = ops[op](Fraction(an, ad), Fraction(bn, bd))
+    assert (ni, di) == (want.numerator, want.denominator), (an, ad, op, bn, bd)
+
+
 def test_countdown_reference_solutions_get_full_reward(countdown, verify_cd):
   pairs = countdown.sample_with_solutions(1, 1000)
   prompts, _ = countdown.encode_prompts([p for p, _ in pairs])

@@ -166,12 +166,7 @@ def sorted_tokens(nn, dd, keep):
 
 def _combine(an, ad, op, bn, bd):
   """Exact ``a op b`` in lowest terms and whether the notation can write it."""
-  rn = jnp.select([op == V.PLUS, op == V.MINUS, op == V.TIMES],
-                  [an * bd + bn * ad, an * bd - bn * ad, an * bn], an * bd)
-  rd = jnp.where(op == V.DIVIDE, ad * bn, ad * bd)
-  g = jnp.maximum(cd.gcd(rn, rd), 1)
-  # g divides both exactly, so truncating division is floor division.
-  rn, rd = jax.lax.div(rn, g), jax.lax.div(rd, g)
+  rn, rd = cd.exact_step(an, ad, op, bn, bd)
   ok = (rd > 0) & (rn >= 0) & (rn <= cd.MAX_NUMBER) & (rd <= cd.MAX_NUMBER)
   return jnp.where(ok, rn, 0), jnp.where(ok, rd, 1), ok
 

@@ -150,6 +150,22 @@ def gcd(a: chex.Array, b: chex.Array) -> chex.Array:
   return jax.lax.while_loop(cond, body, (jnp.abs(a), jnp.abs(b)))[0]
 
 
+def exact_step(an, ad, op, bn, bd):
+  """``a op b`` on int32 fractions ``an/ad``, ``bn/bd``, in lowest terms.
+
+  ``op`` is a token id (``V.PLUS``, ``V.MINUS``, ``V.TIMES``, ``V.DIVIDE``).
+  Returns ``(n, d)``: ``d == 0`` on a division by zero, ``n < 0`` for a
+  negative result. The verifier's step check and the strict rules
+  (``train.strict``) both compute results with it.
+  """
+  rn = jnp.select([op == V.PLUS, op == V.MINUS, op == V.TIMES],
+                  [an * bd + bn * ad, an * bd - bn * ad, an * bn], an * bd)
+  rd = jnp.where(op == V.DIVIDE, ad * bn, ad * bd)
+  g = jnp.maximum(gcd(rn, rd), 1)
+  # g divides both exactly, so truncating division is exact division.
+  return jax.lax.div(rn, g), jax.lax.div(rd, g)
+
+
 def take_first(avail, num_n, num_d, xn, xd):
   """Removes ``x = xn/xd`` ``[B]`` from the available slots ``avail [B, M]``
   of ``num_n/num_d [B, M]``: ``(found [B], avail without x's first
@@ -364,16 +380,9 @@ class Countdown(base.Task):
     # Check a finished step: operands available, arithmetic exact.
     found_a, avail = take_first(s.avail, s.num_n, s.num_d, s.a_n, s.a_d)
     found_b, avail = take_first(avail, s.num_n, s.num_d, s.b_n, s.b_d)
-    an, ad, bn, bd = s.a_n, s.a_d, s.b_n, s.b_d
-    rn = jnp.select([s.op == V.PLUS, s.op == V.MINUS, s.op == V.TIMES],
-                    [an * bd + bn * ad, an * bd - bn * ad, an * bn], an * bd)
-    rd = jnp.where(s.op == V.DIVIDE, ad * bn, ad * bd)
-    div0 = rd == 0
-    g = jnp.maximum(gcd(rn, rd), 1)
-    # g divides both exactly: truncating division is floor division.
-    match = ((jax.lax.div(rn, g) == val_n) & (jax.lax.div(rd, g) == val_d)
-             & (rn >= 0))
-    step_ok = found_a & found_b & ~div0 & match
+    rn, rd = exact_step(s.a_n, s.a_d, s.op, s.b_n, s.b_d)
+    match = (rn == val_n) & (rd == val_d) & (rn >= 0)
+    step_ok = found_a & found_b & (rd != 0) & match
     valid = valid & ~(end_c & ~step_ok)
     m = s.num_n.shape[1]
     new_slot = end_c[:, None] & (jnp.arange(m)[None] == (self.num_numbers + s.steps)[:, None])
