@@ -27,7 +27,17 @@ by side per checkpoint:
   position above one that does not (0.5: chance, 1: perfect). The train
   row (100 training puzzles, every 11th of the split) tells fitting from
   generalising: a value head that had learned its training positions would
-  score far higher there than on the held-out ones.
+  score far higher there than on the held-out ones;
+* retracting first step keeps, r = 0, 1, 2, ... (``--retracts``): legal
+  first steps in the order of the policy's probability (choice tokens);
+  one the value head rates below 0.5 is retracted and the next tried, at
+  most r times, then the next is kept; the share of puzzles whose kept
+  first step leaves a solvable position. This bounds what a policy that
+  learned to take back a dead-end step in its own answer (a retraction
+  token, as in Stream of Search) could give greedy, if it judged dead ends
+  as well as the value head: on these checkpoints greedy finishes from
+  nearly every solvable 3-number position, so the column is close to a
+  solve rate. r = 0 is the policy's most probable first step.
 """
 from __future__ import annotations
 
@@ -54,6 +64,9 @@ _SPLITS = flags.DEFINE_list(
     "a number in 14..20 that search.problem_split='extended' draws).")
 _VALUE = flags.DEFINE_bool("value", True, "Also value-greedy and the value "
                            "AUC (--novalue: greedy columns only, faster).")
+_RETRACTS = flags.DEFINE_list(
+    "retracts", ["0", "1", "2", "3"], "Retraction budgets r for the "
+    "'retracting first step keeps' columns.")
 flags.mark_flags_as_required(["workdir"])
 _TARGET = Fraction(24)
 
@@ -66,19 +79,29 @@ def _prompt_ids(base, numbers) -> list[int]:
 
 def _step_values(task, apply, params, prefix, pool, step_texts):
   """The value head at the end of ``prefix + step + "\\n"`` for each step
-  on ``pool`` (in the environment's notation: ``task.annotate``)."""
+  on ``pool`` (in the environment's notation: ``task.annotate``), and the
+  policy's log-probability of each step's choice tokens (those before
+  ``=``; the rest are forced by the rules)."""
   base = task.base
-  seqs = [prefix + base.encode(task.annotate(pool, t, complete=False))
-          + [base.step_delimiter] for t in step_texts]
+  eq = base.encode("=")[0]
+  steps = [base.encode(task.annotate(pool, t, complete=False))
+           for t in step_texts]
+  seqs = [prefix + st + [base.step_delimiter] for st in steps]
   width = 96
   tokens = np.full((len(seqs), width), base.pad_id, np.int32)
-  for r, s in enumerate(seqs):
-    tokens[r, :len(s)] = s
+  choice = np.zeros((len(seqs), width), bool)
+  for r, (seq, st) in enumerate(zip(seqs, steps)):
+    tokens[r, :len(seq)] = seq
+    choice[r, len(prefix):len(prefix) + st.index(eq)] = True
   lengths = np.array([len(s) for s in seqs])
   positions = np.broadcast_to(np.arange(width), tokens.shape)
   out = apply(params, jnp.asarray(tokens), jnp.asarray(positions, jnp.int32),
               jnp.asarray(np.arange(width)[None] < lengths[:, None]))
-  return seqs, np.asarray(out.value)[np.arange(len(seqs)), lengths - 1]
+  logp = np.asarray(jax.nn.log_softmax(out.logits[:, :-1].astype(jnp.float32)))
+  token_lp = np.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
+  step_lp = (token_lp * choice[:, 1:]).sum(-1)
+  values = np.asarray(out.value)[np.arange(len(seqs)), lengths - 1]
+  return seqs, values, step_lp
 
 
 def _value_greedy(task, apply, params, numbers):
@@ -91,8 +114,8 @@ def _value_greedy(task, apply, params, numbers):
     if len(pool) == 2:  # the last step: the verifier's choice
       pool = next((r for _, r in cands if r[0] == _TARGET), cands[0][1])
       break
-    seqs, values = _step_values(task, apply, params, prefix, pool,
-                                [t for t, _ in cands])
+    seqs, values, _ = _step_values(task, apply, params, prefix, pool,
+                                   [t for t, _ in cands])
     best = int(np.argmax(values))
     prefix, pool = seqs[best], cands[best][1]
     if first_ok is None:
@@ -100,20 +123,31 @@ def _value_greedy(task, apply, params, numbers):
   return pool == [_TARGET], bool(first_ok)
 
 
-def _first_step_auc(task, apply, params, puzzles) -> float:
-  """The value head's AUC over every legal first step of ``puzzles``."""
-  labels, scores = [], []
+def _first_steps(task, apply, params, puzzles, retracts):
+  """The value head's AUC over every legal first step of ``puzzles``, and
+  for each ``r`` in ``retracts`` the share of puzzles whose first step
+  keeps a solvable position when the policy's most probable first step is
+  retracted whenever the value head rates it below 0.5 and the next most
+  probable is tried, at most ``r`` times (``r = 0``: the most probable)."""
+  labels, scores, kept = [], [], []
   for numbers in puzzles:
     pool = [Fraction(x) for x in numbers]
     cands = puzzle_data.step_candidates(pool)
-    _, values = _step_values(
+    _, values, step_lp = _step_values(
         task, apply, params,
         _prompt_ids(task.base, numbers), pool,
         [t for t, _ in cands])
-    labels += [puzzle_data.solvable(tuple(sorted(r)), _TARGET)
-               for _, r in cands]
+    keeps = [puzzle_data.solvable(tuple(sorted(r)), _TARGET)
+             for _, r in cands]
+    labels += keeps
     scores += list(values)
-  return puzzle_data.ranking_auc(labels, scores)
+    order = np.argsort(-step_lp, kind="stable")
+    row = []
+    for r in retracts:
+      tried = [i for i in order[:r] if values[i] >= 0.5]
+      row.append(keeps[tried[0] if tried else order[min(r, len(order) - 1)]])
+    kept.append(row)
+  return puzzle_data.ranking_auc(labels, scores), np.mean(kept, 0)
 
 
 def main(argv):
@@ -123,7 +157,9 @@ def main(argv):
   steps = [int(s) for s in _STEPS.value] if _STEPS.value else [None]
   print("checkpoint | split | greedy | greedy first step keeps | "
         "value-greedy | value-greedy first step keeps | random first step "
-        "keeps | value AUC, 3 numbers left")
+        "keeps | value AUC, 3 numbers left | "
+        + " | ".join(f"retracting first step keeps, r={r}"
+                     for r in _RETRACTS.value))
   for step in steps:
     task, fns, params, step = loop.latest_params(config, _WORKDIR.value, step)
     base = task.base
@@ -149,14 +185,16 @@ def main(argv):
                       for nums, _ in problems])
       if not _VALUE.value:
         print(f"{step} | {split} | {greedy:.0%} | {keeps:.0%} | - | - | "
-              f"{rand:.0%} | -", flush=True)
+              f"{rand:.0%} | -" + " | -" * len(_RETRACTS.value), flush=True)
         continue
       vg = [_value_greedy(task, apply, params, nums) for nums, _ in problems]
+      auc, retracting = _first_steps(task, apply, params,
+                                     [n for n, _ in problems],
+                                     [int(r) for r in _RETRACTS.value])
       print(f"{step} | {split} | {greedy:.0%} | {keeps:.0%} | "
             f"{np.mean([s for s, _ in vg]):.0%} | "
-            f"{np.mean([f for _, f in vg]):.0%} | {rand:.0%} | "
-            f"{_first_step_auc(task, apply, params, [n for n, _ in problems]):.2f}",
-            flush=True)
+            f"{np.mean([f for _, f in vg]):.0%} | {rand:.0%} | {auc:.2f} | "
+            + " | ".join(f"{k:.0%}" for k in retracting), flush=True)
 
 
 if __name__ == "__main__":
