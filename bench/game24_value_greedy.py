@@ -153,6 +153,9 @@ def _first_steps(task, apply, params, puzzles, retracts):
 def main(argv):
   del argv
   config = _CONFIG.value
+  if not all(r.isdigit() for r in _RETRACTS.value):
+    raise app.UsageError(f"--retracts takes non-negative integers, got "
+                         f"{','.join(_RETRACTS.value)}.")
   splits = game24_splits()
   steps = [int(s) for s in _STEPS.value] if _STEPS.value else [None]
   print("checkpoint | split | greedy | greedy first step keeps | "
