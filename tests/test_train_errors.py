@@ -180,6 +180,9 @@ def test_config_validation_and_nan_check(tmp_path):
   c.task.show_left, c.task.left_first = False, True
   with pytest.raises(ValueError, match="task.left_first=True: the numbers"):
     loop.setup_task(c)
+  c.task.left_first, c.task.retract = False, 2
+  with pytest.raises(ValueError, match="task.retract=2: .*task.strict=True"):
+    loop.setup_task(c)
   with pytest.raises(metrics_lib.NonFiniteMetricError, match="step 7"):
     metrics_lib.check_finite(7, {"loss": float("nan")})
 

@@ -206,6 +206,11 @@ def test_step_candidates_are_the_legal_steps_written_out(env):
   assert puzzle_data.first_step_keeps((4, 9, 10, 13), "13-9=4\n10-4=6", 24)
   assert not puzzle_data.first_step_keeps((4, 9, 10, 13), "4/9=(4/9)", 24)
   assert puzzle_data.first_step_keeps((4, 9, 10, 13), "13-8=5", 24) is None
+  # A first step taken back (task.retract) is not the one kept.
+  assert puzzle_data.first_step_keeps(
+      (4, 9, 10, 13), "4/9=(4/9) (4/9) 10 13\n:\n13-9=4 4 4 10\n", 24)
+  assert not puzzle_data.first_step_keeps(
+      (4, 9, 10, 13), "13-9=4 4 4 10\n:\n4/9=(4/9) (4/9) 10 13\n", 24)
   # Every written step is one the strict environment accepts as a first
   # step, and it leaves the numbers the candidate says.
   texts = [env.encode(t) + [env.step_delimiter] for t, _ in cands]
@@ -403,3 +408,69 @@ def test_solver_batch_with_left_first(first_env):
         [3, 2] and ":" not in lines[2], lines
   assert puzzle_data.first_step_keeps((4, 9, 10, 13), "4 4 10:13-9=4", 24)
   assert not puzzle_data.first_step_keeps((4, 9, 10, 13), "9 10 17:4+13=17", 24)
+
+
+def test_retract_takes_back_the_first_step_and_bars_it():
+  env = StrictCountdown(get_task("game24", max_answer_length=104),
+                        show_left=True, retract=2)
+  plain = StrictCountdown(get_task("game24", max_answer_length=104),
+                          show_left=True)
+  assert env != plain and hash(env) != hash(plain) and "retract=2" in repr(env)
+  nums = (4, 9, 10, 13)
+  texts = [
+      # Two first steps taken back, then solved.
+      "9+10=19 4 13 19\n:\n13-4=9 9 9 10\n:\n13-9=4 4 4 10\n10-4=6 4 6\n"
+      "4*6=24",
+      # Taken back, then a different solution.
+      "9+4=13 10 13 13\n:\n13-9=4 4 4 10\n10-4=6 4 6\n4*6=24",
+  ]
+  base = env.base
+  answers = np.zeros((len(texts), 104), np.int32)
+  for r, t in enumerate(texts):
+    toks = base.encode(t) + [V.EOS]
+    answers[r, :len(toks)] = toks
+  prompts, _ = env.encode_prompts([(nums, 24)] * len(texts))
+  ok, legal, reward, terminal = _walk(env, jnp.asarray(prompts),
+                                      jnp.asarray(answers))
+  assert ok.all() and terminal.all()
+  np.testing.assert_array_equal(reward, 1.0)
+  np.testing.assert_array_equal(
+      jax.jit(env.verify)(jnp.asarray(prompts), jnp.asarray(answers)), 1.0)
+  line = len("9+10=19 4 13 19\n")
+  # ":" only right after the first step's line, and "\n" is forced after it.
+  assert legal[0, line, V.COLON] and legal[0, line].sum() > 2
+  assert legal[0, line + 1].sum() == 1 and legal[0, line + 1, V.NEWLINE]
+  assert not legal[0, 0, V.COLON] and not legal[1, 3, V.COLON]
+  # After two retractions no third one (after row 0's third first step).
+  third = texts[0].index("13-9") + len("13-9=4 4 4 10\n")
+  assert texts[0][third:].startswith("10-4")
+  assert not legal[0, third, V.COLON] and legal[0, third, V.DIGIT0 + 1]
+  # The second step's line start offers no ":" either.
+  second = texts[1].index("10-4")
+  assert not legal[1, second + len("10-4=6 4 6\n"), V.COLON]
+  # After taking back "9+4", neither "9+4" nor "4+9" can be written again:
+  # after "9+" no "4" (13 and 10 still are), after "4+" no "9".
+  def legal_after(prefix):
+    toks = base.encode(texts[1][:texts[1].index(":") + 2] + prefix)
+    a = np.zeros((1, 104), np.int32)
+    a[0, :len(toks)] = toks
+    _, lg, _, _ = _walk(env, jnp.asarray(prompts[:1]), jnp.asarray(a))
+    return lg[0, len(toks)]
+  after = legal_after("9+")
+  assert not after[V.DIGIT0 + 4] and after[V.DIGIT0 + 1]
+  assert not legal_after("4+")[V.DIGIT0 + 9]
+  assert legal_after("4*")[V.DIGIT0 + 9]  # only that step is barred
+  # The same answers without retract: ":" is no rule there, reward 0.
+  np.testing.assert_array_equal(
+      jax.jit(plain.verify)(jnp.asarray(prompts), jnp.asarray(answers)), 0.0)
+  # Only the first step's numbers return: the third step's result is the
+  # kept steps' (a retraction's step cannot be reused as an operand).
+  bad = base.encode("13-9=4 4 4 10\n:\n4*10=40 4 9 40\n") + [V.EOS]
+  a = np.zeros((1, 104), np.int32)
+  a[0, :len(bad)] = bad
+  assert float(jax.jit(env.verify)(jnp.asarray(prompts[:1]),
+                                   jnp.asarray(a))[0]) == 0.0
+  with pytest.raises(ValueError, match="set show_left=True with it"):
+    StrictCountdown(get_task("game24"), retract=1)
+  with pytest.raises(ValueError, match="non-negative integer"):
+    StrictCountdown(get_task("game24"), show_left=True, retract=-1)

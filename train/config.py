@@ -33,6 +33,8 @@ def default_config() -> ConfigDict:
                          # number starts with them ("4 4 10:13-9=4"), so
                          # the policy chooses the position, then a step
                          # that reaches it.
+      retract=0,  # strict + show_left: an answer may take back its first
+                  # step this many times (":" then "\n" after its line).
   ))
   c.data = ConfigDict(dict(
       source="generated",  # "tfds" (built by tsearch.data) or "generated"

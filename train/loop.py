@@ -52,13 +52,16 @@ def setup_task(config: ml_collections.ConfigDict):
   if config.task.get("strict", False):
     from train.strict import StrictCountdown  # pylint: disable=import-outside-toplevel
     task = StrictCountdown(task, show_left=config.task.get("show_left", False),
-                           left_first=config.task.get("left_first", False))
+                           left_first=config.task.get("left_first", False),
+                           retract=config.task.get("retract", 0))
   else:
-    for key in ("show_left", "left_first"):
+    for key in ("show_left", "left_first", "retract"):
       if config.task.get(key, False):
-        raise ValueError(f"Bad config value task.{key}=True: the numbers "
-                         "left are written by the strict environment; set "
-                         "--config.task.strict=True (Countdown / Game of 24).")
+        raise ValueError(f"Bad config value task.{key}="
+                         f"{config.task.get(key)}: the numbers left and "
+                         "retractions are written by the strict environment; "
+                         "set --config.task.strict=True (Countdown / Game of "
+                         "24).")
   return task
 
 

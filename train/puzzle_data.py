@@ -93,10 +93,14 @@ def step_candidates(pool) -> list[tuple[str, list]]:
 def first_step_keeps(numbers, answer: str, target) -> bool | None:
   """Whether the first step of ``answer`` (``"a op b=c"``, anything after
   a space or newline ignored and anything up to a colon: the numbers
-  left) leaves ``target`` reachable; None if it is no legal step on
+  left; a first step taken back by a ``:`` line, ``task.retract``, is
+  skipped) leaves ``target`` reachable; None if it is no legal step on
   ``numbers``."""
   pool = [Fraction(x) for x in numbers]
-  first = answer.split("\n")[0].split(":")[-1].split(" ")[0]
+  lines = answer.split("\n")
+  while len(lines) > 1 and lines[1] == ":":
+    lines = lines[2:]
+  first = lines[0].split(":")[-1].split(" ")[0]
   for text, left in step_candidates(pool):
     if text == first:
       return solvable(tuple(sorted(left)), Fraction(target))

@@ -34,6 +34,15 @@ legal step reaches (it enumerates every step on the numbers available,
 position written. So the policy first chooses the position it moves to (an
 afterstate: a few numbers, the same across puzzles) and then how to get
 there, instead of choosing a step whose consequence it has to work out.
+``retract=R`` (with ``show_left``) lets an answer take back its first step
+up to ``R`` times: right after the first step's line, ``:`` then ``\n``
+returns to the puzzle's numbers, and that step (and, for ``+`` and ``*``,
+its operands swapped) is barred from then on
+(``13-9=4 4 4 10\n:\n10-4=6 6 9 13\n...``). The tokens stay in the
+answer; the verifier reads the steps that were kept. This is the move a
+policy needs to recover from a first step whose position it judges dead
+(``bench/game24_value_greedy.py``, "retracting first step keeps").
+
 A state where no token is
 legal (possible only if no operator fits) is terminal with reward 0. The
 wrapper is a drop-in environment for ``tsearch.lm_search``, the search
@@ -78,6 +87,11 @@ class StrictState:
   # step's start; [B, 0] otherwise), and whether the prefix is complete.
   alive: Array  # [B, C] bool
   chosen: Array  # [B] bool
+  # retract: first steps taken back so far, whether a ``:`` awaits its
+  # ``\n``, and the barred steps ``[B, R, 5]`` (a_n, a_d, op, b_n, b_d).
+  nret: Array  # [B] int32
+  colon: Array  # [B] bool
+  barred: Array  # [B, R, 5] int32
 
   # The trainer and the search family read these two.
   @property
@@ -175,16 +189,23 @@ class StrictCountdown:
   """See the module docstring. ``task``: a Countdown or Game24 task."""
 
   def __init__(self, task, *, show_left: bool = False,
-               left_first: bool = False):
+               left_first: bool = False, retract: int = 0):
     if not isinstance(task, cd.Countdown):
       raise ValueError(f"StrictCountdown wraps a Countdown or Game24 task, "
                        f"got {task!r}; set task.strict=False for other tasks.")
     if show_left and left_first:
       raise ValueError("show_left and left_first are two notations of the "
                        "numbers left (after a step / before it); set one.")
+    if int(retract) != retract or retract < 0:
+      raise ValueError(f"retract must be a non-negative integer, got "
+                       f"{retract!r}.")
+    if retract and not show_left:
+      raise ValueError("retract takes back a first step whose numbers left "
+                       "were written after it; set show_left=True with it.")
     self.base = task
     self.show_left = bool(show_left)
     self.left_first = bool(left_first)
+    self.retract = int(retract)
     n = task.num_numbers
     # The steps the left_first prefix chooses among, on the (at most n)
     # available numbers in slot order: first operand i, operator, second j,
@@ -202,16 +223,19 @@ class StrictCountdown:
     return getattr(self.base, name)
 
   def __hash__(self):
-    return hash(("strict", self.base, self.show_left, self.left_first))
+    return hash(("strict", self.base, self.show_left, self.left_first,
+                 self.retract))
 
   def __eq__(self, other):
     return (isinstance(other, StrictCountdown) and self.base == other.base
             and self.show_left == other.show_left
-            and self.left_first == other.left_first)
+            and self.left_first == other.left_first
+            and self.retract == other.retract)
 
   def __repr__(self):
     left = ", show_left=True" if self.show_left else ""
     left += ", left_first=True" if self.left_first else ""
+    left += f", retract={self.retract}" if self.retract else ""
     return f"StrictCountdown({self.base!r}{left})"
 
   @property
@@ -285,7 +309,10 @@ class StrictCountdown:
                        blen=jnp.zeros((b,), jnp.int32),
                        spos=jnp.zeros((b,), jnp.int32),
                        alive=jnp.ones((b, c), bool),
-                       chosen=jnp.zeros((b,), bool))
+                       chosen=jnp.zeros((b,), bool),
+                       nret=jnp.zeros((b,), jnp.int32),
+                       colon=jnp.zeros((b,), bool),
+                       barred=jnp.zeros((b, self.retract, 5), jnp.int32))
 
   def _afterstates(self, s):
     """Every step on the numbers available (``left_first``).
@@ -340,6 +367,32 @@ class StrictCountdown:
         self.show_left
     return suffix, length, at
 
+  def _barred(self, state: StrictState, an, ad, op, bn, bd) -> Array:
+    """Whether the first step ``a op b`` (arrays broadcasting to ``[B,
+    ...]``) was taken back (``retract``), or its operands swapped for ``+``
+    and ``*``; later steps are never barred."""
+    an, ad, op, bn, bd = jnp.broadcast_arrays(an, ad, op, bn, bd)
+    b, k = state.nret.shape[0], an.ndim - 1
+    col = lambda i: state.barred[..., i].reshape(  # noqa: E731
+        (b, self.retract) + (1,) * k)
+    x = lambda v: v[:, None]  # noqa: E731
+    same_op = x(op) == col(2)
+    same = (x(an) == col(0)) & (x(ad) == col(1)) & (x(bn) == col(3)) & (
+        x(bd) == col(4))
+    swapped = ((col(2) == V.PLUS) | (col(2) == V.TIMES)) & (
+        x(an) == col(3)) & (x(ad) == col(4)) & (x(bn) == col(0)) & (
+            x(bd) == col(1))
+    used = (jnp.arange(self.retract)[None] < state.nret[:, None]) & (
+        state.inner.steps == 0)[:, None]
+    return jnp.any(used.reshape((b, self.retract) + (1,) * k)
+                   & same_op & (same | swapped), 1)
+
+  def _retract_start(self, state: StrictState) -> Array:
+    """``[B]``: right after the first step's line, a retraction left."""
+    s = state.inner
+    return ((s.steps == 1) & (s.field == 0) & (state.blen == 0)
+            & ~state.colon & (state.nret < self.retract))
+
   def _rules_mask(self, state: StrictState) -> Array:
     """``[B, V]`` tokens the rules allow (ignoring terminal states)."""
     return self._rules(state)[0]
@@ -370,6 +423,11 @@ class StrictCountdown:
                       s.num_d[:, None, None])[2]  # [B, Ma, 4, Mb]
     pair = s.avail[:, :, None] & s.avail[:, None, :] & ~jnp.eye(
         m, dtype=bool)[None]  # [B, Ma, Mb]
+    if self.retract:  # a barred first step is no result
+      res_ok = res_ok & ~self._barred(
+          state, an[:, :, None, None], ad[:, :, None, None],
+          _OPS[None, None, :, None], s.num_n[:, None, None],
+          s.num_d[:, None, None])
     op_ok = jnp.any(res_ok & pair[:, :, None, :], -1)  # [B, Ma, 4]
     last = s.steps + 1 == self.base.num_numbers - 1
     pre = None
@@ -400,6 +458,13 @@ class StrictCountdown:
       here = jnp.take_along_axis(pre_tok, jnp.minimum(
           state.spos, pre_tok.shape[-1] - 1)[:, None, None], -1)[..., 0]
       pre = (in_pre, live, here)
+    b_free = True
+    if self.retract:
+      # Field 1: no second operand that makes a barred step; field 0: no
+      # first operand without an operator and second operand left.
+      b_free = ~self._barred(state, s.a_n[:, None], s.a_d[:, None],
+                             s.op[:, None], s.num_n, s.num_d)  # [B, M]
+      cands = cands & jnp.where(field == 0, jnp.any(op_ok, -1), b_free)
     # Field 2: the one exact result.
     rn, rd, r_ok = _combine(s.a_n, s.a_d, s.op, s.b_n, s.b_d)
     res_tok, res_len = number_tokens(rn, rd)
@@ -421,7 +486,7 @@ class StrictCountdown:
     ops_allowed = jnp.any(full[:, :, None] & op_ok, 1) & (field == 0)  # [B,4]
     mask = mask.at[:, _OPS].max(ops_allowed)
     b_res_ok = _combine(s.a_n[:, None], s.a_d[:, None], s.op[:, None],
-                        s.num_n, s.num_d)[2]  # [B, M]
+                        s.num_n, s.num_d)[2] & b_free  # [B, M]
     eq = (s.field == 1) & jnp.any(full & b_res_ok, 1)
     mask = mask.at[:, V.EQUALS].max(eq)
     end = (s.field == 2) & res_prefix & (state.blen == res_len)
@@ -435,6 +500,10 @@ class StrictCountdown:
       mask = mask.at[rows, jnp.where(in_suffix, forced, 0)].max(in_suffix)
       end = end & (state.spos >= slen)
     mask = mask.at[:, V.NEWLINE].max(end & ~last)
+    if self.retract:  # ":" after the first step's line, then only "\n"
+      mask = mask.at[:, V.COLON].max(self._retract_start(state))
+      mask = jnp.where(state.colon[:, None], jax.nn.one_hot(
+          V.NEWLINE, vsize, dtype=bool)[None], mask)
     if self.left_first:
       in_pre, live, here = pre
       pre_mask = jnp.zeros((b, vsize), bool).at[
@@ -477,6 +546,13 @@ class StrictCountdown:
       suffix, slen, at_suffix = left
       held = at_suffix & (state.spos < slen)
       ok = token == suffix[rows, jnp.minimum(state.spos, suffix.shape[1] - 1)]
+    nret, colon, barred = state.nret, state.colon, state.barred
+    if self.retract:  # ":" and its "\n" are held too
+      start = self._retract_start(state) & (token == V.COLON)
+      ok = jnp.where(state.colon, token == V.NEWLINE, ok | start)
+      taken_back = state.colon & (token == V.NEWLINE)
+      held = held | start | state.colon
+      colon = start
     if self.left_first:
       in_pre, live, here = left
       held = in_pre
@@ -495,12 +571,24 @@ class StrictCountdown:
       buf = jnp.where(held[:, None], state.buf, buf)
       blen = jnp.where(held, state.blen, blen)
       spos = jnp.where(held, state.spos + 1, 0)
+    if self.retract:  # back to the puzzle's numbers; bar the step
+      n, m = self.base.num_numbers, old.avail.shape[1]
+      new = new.replace(
+          avail=jnp.where(taken_back[:, None], jnp.arange(m)[None] < n,
+                          new.avail),
+          steps=jnp.where(taken_back, 0, new.steps))
+      slot = jnp.minimum(nret, self.retract - 1)
+      step = jnp.stack([old.a_n, old.a_d, old.op, old.b_n, old.b_d], -1)
+      barred = barred.at[rows, slot].set(jnp.where(
+          taken_back[:, None], step, barred[rows, slot]))
+      nret = nret + taken_back
+      spos = jnp.where(start | state.colon, 0, spos)
     if self.left_first:  # a new step chooses its numbers left afresh
       next_step = new.steps != old.steps
       alive = alive | next_step[:, None]
       chosen = chosen & ~next_step
     out = StrictState(inner=new, buf=buf, blen=blen, spos=spos, alive=alive,
-                      chosen=chosen)
+                      chosen=chosen, nret=nret, colon=colon, barred=barred)
     return jax.tree.map(
         lambda n, o: jnp.where(active.reshape(active.shape + (1,) * (
             n.ndim - 1)), n, o), out, state)
