@@ -183,6 +183,10 @@ def test_config_validation_and_nan_check(tmp_path):
   c.task.left_first, c.task.retract = False, 2
   with pytest.raises(ValueError, match="task.retract=2: .*task.strict=True"):
     loop.setup_task(c)
+  c = _tiny()
+  c.search.retract_weight = 1.0
+  with pytest.raises(ValueError, match="search.retract_weight.*task.retract=1"):
+    config_lib.validate_config(c)
   with pytest.raises(metrics_lib.NonFiniteMetricError, match="step 7"):
     metrics_lib.check_finite(7, {"loss": float("nan")})
 

@@ -217,6 +217,49 @@ def test_packed_forward_counts_only_choice_tokens():
                              -np.mean(np.asarray(two)), rtol=1e-4)
 
 
+def test_retract_term_reads_the_take_back_token_after_first_move_steps():
+  fns, params, seq, length, start, steps = _packed_case(3)
+  steps[0, 0, 1, 2:] = -1
+  steps = jnp.asarray(steps, jnp.int32)
+  b, m, k, s = steps.shape
+  kw = dict(pad_id=0, max_seq_len=64)
+  _, _, sv, end_lp = search_learn.packed_forward(
+      fns.apply, params, seq, length, start, steps, end_token=V.COLON, **kw)
+  apply = jax.jit(fns.apply)
+  for i, j, c in ((0, 0, 1), (1, 0, 2), (1, 1, 0)):
+    step = np.asarray(steps[i, j, c])
+    one = np.concatenate([np.asarray(seq[i, :int(start[i, j])]),
+                          step[step >= 0]])[None]
+    logits = apply(params, jnp.asarray(one), jnp.arange(one.shape[1])[None],
+                   jnp.ones(one.shape, bool)).logits[0, -1]
+    np.testing.assert_allclose(
+        end_lp[i, j, c], jax.nn.log_softmax(logits)[V.COLON], atol=1e-5)
+  # The loss: binary cross-entropy of P(":") against 1 - q on the first
+  # move's slots only (offset 0), q the tree's Q where searched, else the
+  # value after the step.
+  rng = np.random.default_rng(4)
+  visits = jnp.asarray(rng.integers(0, 2, (b, m, k)), jnp.int32)
+  q = jnp.asarray(rng.uniform(-0.2, 1.2, (b, m, k)), jnp.float32)
+  mask = jnp.ones((b, m, k), bool).at[1, 0, 0].set(False)
+  batch = dict(
+      seq=seq, length=length, prompt_length=jnp.array([4, 5]),
+      offset=jnp.array([[0, 2], [0, 3]]), outcome=jnp.array([1.0, 0.0]),
+      weights=jnp.full((b, m, k), 1.0 / k), children_actions=steps,
+      children_mask=mask, root_value=jnp.zeros((b, m)),
+      active=jnp.ones((b, m), bool), children_q=q, children_visits=visits)
+  term = search_learn.search_loss_fn(
+      fns.apply, level="step", value_target="outcome", outcome_weight=1.0,
+      two_player=False, retract_token=V.COLON, **kw)(params, batch,
+                                                     None)["retract"]
+  target = 1.0 - np.clip(np.where(np.asarray(visits) > 0, q, sv), 0, 1)
+  p = np.exp(np.asarray(end_lp))
+  bce = -(target * np.log(p) + (1 - target) * np.log1p(-p))
+  first = np.asarray(mask).copy()
+  first[:, 1] = False
+  assert float(term.count) == first.sum() == 2 * k - 1
+  np.testing.assert_allclose(float(term.total), bce[first].sum(), rtol=1e-4)
+
+
 def test_step_policy_losses_nll_and_candidates():
   task = get_task("arithmetic", max_digits=1)
   fns, params = _model(task, 64)

@@ -110,6 +110,8 @@ def default_config() -> ConfigDict:
                                 # toward the value head's one-step lookahead
       value_policy_scale=10.0,  # softmax(log p + scale * value) target, a
                                 # loss of the form step_policy_loss names.
+      retract_weight=0.0,  # "step", task.retract > 0: P(take back) after
+                           # each first-move candidate toward 1 - its Q.
       problem_split="train",  # problems the search steps draw; Game of 24
                               # also "extended" / "train+extended" (puzzles
                               # beyond the ranked list, verifier only).
@@ -163,6 +165,13 @@ def validate_config(config: ConfigDict) -> None:
        "the one-step value lookahead target needs --config.search.level=step.")
   need(config.search.value_policy_weight >= 0, "search.value_policy_weight",
        "must be >= 0.")
+  need(config.search.retract_weight >= 0, "search.retract_weight",
+       "must be >= 0.")
+  need(config.search.retract_weight == 0
+       or (config.search.level == "step" and config.task.retract > 0),
+       "search.retract_weight", "teaches taking back a first step: needs "
+       "--config.search.level=step and --config.task.retract=1 (or more; "
+       "with --config.task.strict=True --config.task.show_left=True).")
   need(config.search.value_policy_scale >= 0, "search.value_policy_scale",
        "must be >= 0 (a larger value-head score must raise a step's target).")
   need(not config.search.prune_terminal_slots

@@ -126,3 +126,11 @@ def weighted_step_nll(step_logprobs: Array, weights: Array, legal: Array,
   nll = -jnp.sum(w * jnp.where(legal, step_logprobs, 0.0), axis=-1)
   mask = mask.astype(jnp.float32)
   return LossTerm(jnp.sum(nll * mask), jnp.sum(mask))
+
+
+def binary_loss(log_p: Array, targets: Array, mask: Array) -> LossTerm:
+  """Binary cross-entropy of probabilities given as logs ``log_p`` (<= 0)
+  against ``targets`` in [0, 1], summed over ``mask``."""
+  log_p = jnp.minimum(log_p, -1e-6)  # log(1 - p) finite
+  bce = -(targets * log_p + (1.0 - targets) * jnp.log(-jnp.expm1(log_p)))
+  return LossTerm(jnp.sum(bce * mask), jnp.sum(mask))

@@ -44,6 +44,7 @@ import tsearch
 from train import losses as losses_lib
 from train import step as step_lib
 from train import targets as targets_lib
+from tsearch.tasks import vocab as V
 
 Array = chex.Array
 # The module (``tsearch.lm_search`` is also the name of its entry function).
@@ -103,6 +104,9 @@ def num_moves(search: ml_collections.ConfigDict, task) -> int:
     return int(search.max_moves)
   if (search.level == "step" and task.step_delimiter >= 0
       and hasattr(task, "num_numbers")):
+    # A rollout that commits a retraction (``task.retract``: the search
+    # found the first step dead) ends unfinished: the trainer packs every
+    # move's candidates, so moves are not added for what is rare.
     return int(task.num_numbers) - 1
   return int(task.max_answer_length)
 
@@ -182,7 +186,7 @@ def _used_sum(tree, x):
 def rollout(graphdef, task, model_state, prompt: Array, prompt_length: Array,
             key: Array, *, config: lm.LMSearchConfig, num_moves: int,
             act_on_solved: bool = False, solved_by_prior: bool = False,
-            record_choices: bool = False):
+            record_choices: bool = False, record_q: bool = False):
   """Searches and commits actions until every answer ends.
 
   Jittable (``graphdef``, ``task`` and ``config`` static). Each move runs
@@ -209,6 +213,8 @@ def rollout(graphdef, task, model_state, prompt: Array, prompt_length: Array,
       the targets then sharpen the policy's own choice among solutions.
     record_choices: also return ``children_choice [B, M, K, S]``
       (:func:`choice_tokens` of each move's candidate steps).
+    record_q: also return ``children_q`` and ``children_visits`` ``[B, M,
+      K]``, the tree's Q value and visit count of each move's root slots.
 
   Returns:
     A dict: ``seq [B, P + T]`` (prompt, then the committed answer),
@@ -297,6 +303,10 @@ def rollout(graphdef, task, model_state, prompt: Array, prompt_length: Array,
                   **({"children_choice": choice_tokens(task, env_state,
                                                        children)
                       & mask[..., None]} if record_choices else {}),
+                  **({"children_q": tree.qvalues(jnp.full(
+                      (b,), tsearch.ROOT_INDEX, jnp.int32)),
+                      "children_visits": tree.root_visit_counts()}
+                     if record_q else {}),
                   root_value=tree.node_values[:, tsearch.ROOT_INDEX],
                   offset=env_state.length.astype(jnp.int32), active=active,
                   found=found & active)
@@ -423,7 +433,8 @@ def step_logprobs(apply_fn, params, seq: Array, start: Array, steps: Array,
 
 def packed_forward(apply_fn, params, seq: Array, length: Array,
                    start: Array, steps: Array, *, pad_id: int,
-                   max_seq_len: int, choice: Array | None = None):
+                   max_seq_len: int, choice: Array | None = None,
+                   end_token: int | None = None):
   """One forward over each committed sequence and all its candidate steps.
 
   Row ``b`` packs ``seq[b]`` (causal) followed by the ``M * K`` candidate
@@ -440,6 +451,9 @@ def packed_forward(apply_fn, params, seq: Array, length: Array,
     steps: ``[B, M, K, S]`` candidate steps, ``-1`` padded.
     choice: optional ``[B, M, K, S]`` bool (:func:`choice_tokens`): a step's
       log-probability sums only these tokens (forced ones count as 0).
+    end_token: optional token id: also return ``[B, M, K]`` its
+      log-probability right after each step (read at the step's last token;
+      0 for an empty slot).
 
   Returns:
     ``(out, step_logprobs, step_values)``: the model output on the ``L``
@@ -493,14 +507,19 @@ def packed_forward(apply_fn, params, seq: Array, length: Array,
                                .reshape(b, m * k), 1).reshape(b, m, k)
   values = jnp.where(steps_len > 0, values, 0.0)
   committed = out.replace(logits=out.logits[:, :l], value=out.value[:, :l])
-  return committed, lp, values
+  if end_token is None:
+    return committed, lp, values
+  end_lp = jnp.take_along_axis(logp[..., end_token], jnp.clip(
+      last, 0, l + n - 1).reshape(b, m * k), 1).reshape(b, m, k)
+  return committed, lp, values, jnp.where(steps_len > 0, end_lp, 0.0)
 
 
 def search_loss_fn(apply_fn, *, level: str, value_target: str,
                    outcome_weight: float, two_player: bool, pad_id: int,
                    max_seq_len: int = 0, step_policy_loss: str = "nll",
                    policy_on_solved: bool = False,
-                   value_policy_scale: float | None = None):
+                   value_policy_scale: float | None = None,
+                   retract_token: int | None = None):
   """Loss on a rollout's targets (see the module docstring).
 
   ``policy_on_solved``: the policy loss covers only the moves of
@@ -516,6 +535,14 @@ def search_loss_fn(apply_fn, *, level: str, value_target: str,
   value head's ranking of the steps it samples (as Gumbel MuZero's
   improved policy does with completed Q values), also from rollouts that
   found no solution. It is a loss of the form ``step_policy_loss`` names.
+
+  Step level with ``retract_token`` set (``search.retract_weight > 0``,
+  ``task.retract``), also the term ``"retract"``: after each candidate of
+  the first move, the binary cross-entropy of the probability of that
+  token (taking the step back) against ``1 - q``, ``q`` the tree's Q value
+  of the candidate (searched slots; the value head after the step for the
+  others; clipped to [0, 1]): the policy learns to take back first steps
+  the search found dead.
 
   A batch with ``children_choice`` (``search.choice_tokens_only``): the
   steps' log-probabilities count their choice tokens only
@@ -542,10 +569,10 @@ def search_loss_fn(apply_fn, *, level: str, value_target: str,
       out = apply_fn(params, seq, positions,
                      jnp.arange(l)[None, :] < length[:, None])
     else:
-      out, lps, step_values = packed_forward(
+      out, lps, step_values, *end_lp = packed_forward(
           apply_fn, params, seq, length, start, batch["children_actions"],
           pad_id=pad_id, max_seq_len=max_seq_len,
-          choice=batch.get("children_choice"))
+          choice=batch.get("children_choice"), end_token=retract_token)
     at = jnp.minimum(start - 1, l - 1)  # last token of each node's prefix
     legal = batch["children_mask"]
     active = batch["active"] & jnp.any(legal, -1)
@@ -561,6 +588,12 @@ def search_loss_fn(apply_fn, *, level: str, value_target: str,
                    else losses_lib.weighted_step_nll)
       terms["value_policy"] = step_loss(
           lps, jnp.exp(lookahead), legal, active)  # it zeroes illegal slots
+    if level == "step" and retract_token is not None:
+      q = jax.lax.stop_gradient(jnp.clip(jnp.where(
+          batch["children_visits"] > 0, batch["children_q"], step_values),
+                                             0.0, 1.0))
+      first = legal & active[..., None] & (batch["offset"] == 0)[..., None]
+      terms["retract"] = losses_lib.binary_loss(end_lp[0], 1.0 - q, first)
     if policy_on_solved:
       active = active & (batch["outcome"] > 0.5)[:, None]
     if level == "token":
@@ -654,13 +687,20 @@ class SearchLearn:
             f"{packed} (RoPE: no parameters change).")
     cfg, moves = self.search_config, self.moves
     choices = s.level == "step" and bool(s.get("choice_tokens_only", False))
+    retract = float(s.get("retract_weight", 0.0))
+    if retract and not getattr(task, "retract", 0):
+      raise ValueError(
+          f"search.retract_weight={retract} teaches taking back a first "
+          "step, which the environment does not allow; set "
+          "--config.task.retract=1 (or more) with --config.task.strict=True "
+          "--config.task.show_left=True, or --config.search.retract_weight=0.")
 
     def prepare(params, batch, key):
       r = rollout(fns.graphdef, task, fns.state(params), batch["prompt"],
                   batch["prompt_length"], key, config=cfg, num_moves=moves,
                   act_on_solved=bool(s.get("act_on_solved", False)),
                   solved_by_prior=bool(s.get("solved_by_prior", False)),
-                  record_choices=choices)
+                  record_choices=choices, record_q=bool(retract))
       r["prompt_length"] = batch["prompt_length"]
       active = r["active"].astype(jnp.float32)
       stats = {"search/solve_rate": jnp.mean(r["outcome"] > 0.5),
@@ -669,7 +709,8 @@ class SearchLearn:
                "search/moves": jnp.mean(jnp.sum(active, -1)),
                "search/answer_tokens": jnp.mean(r["answer_length"]),
                "search/model_calls": jnp.mean(r["model_calls"])}
-      keep = _KEEP + (("children_choice",) if choices else ())
+      keep = _KEEP + (("children_choice",) if choices else ()) + (
+          ("children_q", "children_visits") if retract else ())
       return {k: r[k] for k in keep}, stats
 
     loss_fn = search_loss_fn(
@@ -680,10 +721,12 @@ class SearchLearn:
         policy_on_solved=bool(s.get("policy_on_solved", False)),
         value_policy_scale=(float(s.value_policy_scale)
                             if s.get("value_policy_weight", 0.0) > 0
-                            else None))
+                            else None),
+        retract_token=V.COLON if retract else None)
     weights = {"policy": s.policy_weight, "value": s.value_weight,
                "sft": s.sft_weight,
-               "value_policy": float(s.get("value_policy_weight", 0.0))}
+               "value_policy": float(s.get("value_policy_weight", 0.0)),
+               "retract": retract}
     self.anchor_weight = float(s.get("anchor_weight", 0.0))
     if self.anchor_weight:
       loss_fn = _anchored(loss_fn, step_lib.supervised_loss_fn(fns.apply))

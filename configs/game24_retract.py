@@ -1,0 +1,35 @@
+"""game24_retract: ``configs/game24_left.py`` where an answer may take back
+its first step (``task.retract``) and search-and-learn teaches when.
+
+The strict rules allow ``:`` then ``\\n`` right after the first step's
+line, at most twice per answer: the puzzle's numbers return and that step
+is barred (``13-9=4 4 4 10\\n:\\n...``). The warm start never shows it;
+the search steps train the probability of ``:`` after each candidate
+first step toward one minus the tree's Q value of that step
+(``search.retract_weight``), so greedy decoding can take back a first step
+the search would have found dead and try its next one.
+``bench/game24_value_greedy.py`` ("retracting first step keeps") bounds
+what this can give: on the game24_left warm start 29% -> 44% / 57% with
+one / two retractions judged as well as the value head judges.
+
+Run (warm start as configs/game24_left.py, then search steps):
+  python -m train --config configs/game24_retract.py --workdir /tmp/g24r
+  python bench/game24_value_greedy.py --config configs/game24_retract.py \\
+      --workdir /tmp/g24r --steps 3000,3010,3020,3030 --novalue
+
+Answers are longer (two retractions add up to 52 tokens):
+``max_answer_length`` 128, ``model.max_seq_len`` 736. Anchored, choice
+tokens only (run E of BENCHMARKS.md, the steadiest of the game24_left
+search-and-learn variants).
+"""
+from configs import game24_left
+
+
+def get_config():
+  c = game24_left.get_config()
+  c.task.retract = 2
+  c.task.options = dict(max_answer_length=128)
+  c.model.max_seq_len = 736
+  c.search.update(retract_weight=1.0, anchor_weight=1.0,
+                  choice_tokens_only=True, steps=40)
+  return c
