@@ -260,6 +260,49 @@ def test_retract_term_reads_the_take_back_token_after_first_move_steps():
   np.testing.assert_allclose(float(term.total), bce[first].sum(), rtol=1e-4)
 
 
+def test_retraction_sequence_and_its_language_model_term():
+  seq = jnp.array([[1, 5, 6, 7, 8, 9, 0], [1, 5, 6, 7, 8, 0, 0]], jnp.int32)
+  length, plen = jnp.array([6, 5]), jnp.array([2, 3])
+  step = jnp.array([[11, 12, 13], [14, -1, -1]], jnp.int32)
+  out, len2 = search_learn.retraction_sequence(seq, length, plen, step,
+                                               pad_id=0)
+  c, n = V.COLON, V.NEWLINE
+  np.testing.assert_array_equal(out, [
+      [1, 5, 11, 12, 13, c, n, 6, 7, 8, 9, 0],
+      [1, 5, 6, 14, c, n, 7, 8, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(len2, [11, 8])
+  # In the loss: only solved rows with a dead candidate (1 - q > 0.5) other
+  # than the move made, scored from ":" on.
+  fns, params, seq, length, start, steps = _packed_case(3)
+  steps = jnp.asarray(steps, jnp.int32)
+  b, m, k, s = steps.shape
+  q = jnp.full((b, m, k), 0.9).at[0, 0, 2].set(0.1).at[1, 0, 0].set(0.2)
+  weights = jax.nn.one_hot(jnp.zeros((b, m), jnp.int32), k)  # slot 0 made
+  batch = dict(
+      seq=seq, length=length, prompt_length=jnp.array([4, 5]),
+      offset=jnp.array([[0, 2], [0, 3]]), outcome=jnp.array([1.0, 1.0]),
+      weights=weights, children_actions=steps,
+      children_mask=jnp.ones((b, m, k), bool), root_value=jnp.zeros((b, m)),
+      active=jnp.ones((b, m), bool), children_q=q,
+      children_visits=jnp.ones((b, m, k), jnp.int32))
+  loss = search_learn.search_loss_fn(
+      fns.apply, level="step", value_target="outcome", outcome_weight=1.0,
+      two_player=False, retract_token=V.COLON, pad_id=0, max_seq_len=64)
+  term = loss(params, batch, None)["retract_sft"]
+  # Row 0 takes back slot 2; row 1's dead slot 0 is the move made: none.
+  ref_seq, ref_len = search_learn.retraction_sequence(
+      seq[:1], length[:1], jnp.array([4]), steps[:1, 0, 2], pad_id=0)
+  l2 = ref_seq.shape[1]
+  logits = fns.apply(params, ref_seq, jnp.arange(l2)[None],
+                     jnp.arange(l2)[None] < ref_len[:, None]).logits
+  logp = jax.nn.log_softmax(logits[0, :-1])
+  at = 4 + int(np.sum(np.asarray(steps[0, 0, 2]) >= 0))  # the ":"
+  assert int(ref_seq[0, at]) == V.COLON
+  want = -sum(float(logp[j - 1, ref_seq[0, j]]) for j in range(at, int(ref_len[0])))
+  assert float(term.count) == int(ref_len[0]) - at
+  np.testing.assert_allclose(float(term.total), want, rtol=1e-4)
+
+
 def test_step_policy_losses_nll_and_candidates():
   task = get_task("arithmetic", max_digits=1)
   fns, params = _model(task, 64)

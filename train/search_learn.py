@@ -372,6 +372,26 @@ def answer_sequence(prompt, prompt_length, answer, answer_length, *, pad_id):
   return seq.astype(jnp.int32)
 
 
+def retraction_sequence(seq, length, prompt_length, step, *, pad_id: int):
+  """``[B, L + S + 2]``: each row's prompt, ``step`` (``[B, S]``, ``-1``
+  padded), ``:`` and ``\\n`` (taking it back, ``task.retract``), then the
+  row's answer; and the row lengths ``[B]``."""
+  b, l = seq.shape
+  s = step.shape[1]
+  slen = jnp.sum(step >= 0, -1).astype(jnp.int32)
+  j = jnp.arange(s + 2)[None]
+  pre = jnp.pad(jnp.where(step >= 0, step, pad_id), ((0, 0), (0, 2)))
+  pre = jnp.where(j == slen[:, None], V.COLON,
+                  jnp.where(j == slen[:, None] + 1, V.NEWLINE, pre))
+  answer = jnp.take_along_axis(seq, jnp.clip(
+      prompt_length[:, None] + jnp.arange(l)[None], 0, l - 1), 1)
+  answer_length = length - prompt_length
+  tail = answer_sequence(pre, slen + 2, answer, answer_length, pad_id=pad_id)
+  out = answer_sequence(seq, prompt_length, tail, slen + 2 + answer_length,
+                        pad_id=pad_id)
+  return out[:, :l + s + 2], length + slen + 2
+
+
 def value_outcomes(outcome: Array, active: Array, *, two_player: bool
                    ) -> Array:
   """``[B, M]`` outcome seen from the player to move at each committed node.
@@ -542,7 +562,11 @@ def search_loss_fn(apply_fn, *, level: str, value_target: str,
   token (taking the step back) against ``1 - q``, ``q`` the tree's Q value
   of the candidate (searched slots; the value head after the step for the
   others; clipped to [0, 1]): the policy learns to take back first steps
-  the search found dead.
+  the search found dead. And ``"retract_sft"``: on solved trajectories
+  whose first move had a candidate the search found dead (``1 - q >
+  0.5``, the deadest one other than the move made), the language-model
+  loss on that candidate, ``:``, ``\\n``, then the answer, from ``:`` on
+  (:func:`retraction_sequence`): what to write after taking a step back.
 
   A batch with ``children_choice`` (``search.choice_tokens_only``): the
   steps' log-probabilities count their choice tokens only
@@ -594,6 +618,27 @@ def search_loss_fn(apply_fn, *, level: str, value_target: str,
                                              0.0, 1.0))
       first = legal & active[..., None] & (batch["offset"] == 0)[..., None]
       terms["retract"] = losses_lib.binary_loss(end_lp[0], 1.0 - q, first)
+      # A solved answer after taking back the first move's deadest other
+      # candidate (1 - q > 0.5): language-model loss from ":" on, so the
+      # policy learns what to write once it has taken a step back.
+      dead = jnp.where(first[:, 0], 1.0 - q[:, 0], -1.0)  # [B, K]
+      kept = jnp.argmax(batch["weights"][:, 0], -1)
+      dead = jnp.where(jnp.arange(dead.shape[1])[None] == kept[:, None],
+                       -1.0, dead)
+      slot = jnp.argmax(dead, -1)
+      use = (jnp.max(dead, -1) > 0.5) & (batch["outcome"] > 0.5)
+      step = batch["children_actions"][jnp.arange(b), 0, slot]  # [B, S]
+      seq2, len2 = retraction_sequence(seq, length, batch["prompt_length"],
+                                       step, pad_id=pad_id)
+      l2 = seq2.shape[1]
+      out2 = apply_fn(params, seq2, jnp.broadcast_to(
+          jnp.arange(l2, dtype=jnp.int32), seq2.shape),
+                      jnp.arange(l2)[None] < len2[:, None])
+      from_colon = batch["prompt_length"] + jnp.sum(step >= 0, -1)
+      mask2 = ((jnp.arange(l2)[None] >= from_colon[:, None])
+               & (jnp.arange(l2)[None] < len2[:, None]) & use[:, None])
+      terms["retract_sft"] = losses_lib.lm_loss(
+          out2.logits[:, :-1], seq2[:, 1:], mask2[:, 1:].astype(jnp.float32))
     if policy_on_solved:
       active = active & (batch["outcome"] > 0.5)[:, None]
     if level == "token":
@@ -726,7 +771,7 @@ class SearchLearn:
     weights = {"policy": s.policy_weight, "value": s.value_weight,
                "sft": s.sft_weight,
                "value_policy": float(s.get("value_policy_weight", 0.0)),
-               "retract": retract}
+               "retract": retract, "retract_sft": retract * s.sft_weight}
     self.anchor_weight = float(s.get("anchor_weight", 0.0))
     if self.anchor_weight:
       loss_fn = _anchored(loss_fn, step_lib.supervised_loss_fn(fns.apply))
