@@ -6,8 +6,11 @@ line, at most twice per answer: the puzzle's numbers return and that step
 is barred (``13-9=4 4 4 10\\n:\\n...``). The warm start never shows it;
 the search steps train the probability of ``:`` after each candidate
 first step toward one minus the tree's Q value of that step
-(``search.retract_weight``), so greedy decoding can take back a first step
-the search would have found dead and try its next one.
+(``search.retract_weight``), and, on solved rollouts whose first move had
+a candidate the search found dead, the language model on that candidate,
+``:``, then the solved answer (what to write after taking a step back; at
+``search.retract_weight * search.sft_weight``). So greedy decoding can
+take back a first step the search would have found dead and try another.
 ``bench/game24_value_greedy.py`` ("retracting first step keeps") bounds
 what this can give: on the game24_left warm start 29% -> 44% / 57% with
 one / two retractions judged as well as the value head judges.
