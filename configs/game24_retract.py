@@ -20,6 +20,15 @@ Run (warm start as configs/game24_left.py, then search steps):
   python bench/game24_value_greedy.py --config configs/game24_retract.py \\
       --workdir /tmp/g24r --steps 3000,3010,3020,3030 --novalue
 
+Measured (2-core AMD EPYC, jax 0.10.2 CPU; continued from a copy of the
+step-3000 configs/game24_left.py warm start, greedy on 100 puzzles;
+BENCHMARKS.md "Taking back a dead-end first step, taught by
+search-and-learn"): test greedy 30% -> 33% / 44% / 52% at steps 3010 /
+3020 / 3030, validation 39% -> 36% / 49% / 52%; at 3030 15 of the test
+puzzles are solved after a retraction, and 83 of the 87 first steps taken
+back left no solution. Search steps about 48 s each here. Not yet
+measured: a from-scratch run timed alone and its solve_rates table.
+
 Answers are longer (two retractions add up to 52 tokens):
 ``max_answer_length`` 128, ``model.max_seq_len`` 736. Anchored, choice
 tokens only (run E of BENCHMARKS.md, the steadiest of the game24_left

@@ -247,6 +247,16 @@ def test_ranking_auc():
     puzzle_data.ranking_auc([1, 1], [0.2, 0.3])
 
 
+def _walk_solved(env, prompts, answers):
+  """:func:`_walk`, asserting every answer token legal and every answer
+  solved (by the walk and by ``verify``); returns the legal masks."""
+  ok, legal, reward, terminal = _walk(env, prompts, answers)
+  assert ok.all() and terminal.all()
+  np.testing.assert_array_equal(reward, 1.0)
+  np.testing.assert_array_equal(jax.jit(env.verify)(prompts, answers), 1.0)
+  return legal
+
+
 @pytest.fixture(scope="module")
 def left_env():
   return StrictCountdown(get_task("game24", max_answer_length=72),
@@ -266,12 +276,7 @@ def test_show_left_writes_the_numbers_left_and_forces_them(left_env):
   prompts, _ = env.encode_prompts(problems)
   answers = env.solution_tokens(problems)
   assert "(1/5) 5 5\n" in env.decode(answers[1])
-  ok, legal, reward, terminal = _walk(env, jnp.asarray(prompts),
-                                      jnp.asarray(answers))
-  assert ok.all() and terminal.all()
-  np.testing.assert_array_equal(reward, 1.0)
-  np.testing.assert_array_equal(
-      jax.jit(env.verify)(jnp.asarray(prompts), jnp.asarray(answers)), 1.0)
+  legal = _walk_solved(env, jnp.asarray(prompts), jnp.asarray(answers))
   # Every suffix token is the only legal one: the policy chooses nothing
   # there (row 0: "13-9=4" is 6 tokens, then " 4 4 10" is forced).
   for t in range(6, 6 + len(" 4 4 10")):
@@ -356,10 +361,7 @@ def test_left_first_chooses_the_numbers_left_then_a_step_reaching_them(
            for t in puzzle_data.all_solutions(*p)[:5]]
   prompts = jnp.asarray(env.encode_prompts(probs)[0])
   answers = _answers(env, texts)
-  ok, legal, reward, terminal = _walk(env, prompts, answers)
-  assert ok.all() and terminal.all()
-  np.testing.assert_array_equal(reward, 1.0)
-  np.testing.assert_array_equal(jax.jit(env.verify)(prompts, answers), 1.0)
+  legal = _walk_solved(env, prompts, answers)
   # The first token: the first character of the smallest number left by
   # some legal step, and nothing else.
   pool = [Fraction(x) for x in (4, 9, 10, 13)]
@@ -430,12 +432,7 @@ def test_retract_takes_back_the_first_step_and_bars_it():
     toks = base.encode(t) + [V.EOS]
     answers[r, :len(toks)] = toks
   prompts, _ = env.encode_prompts([(nums, 24)] * len(texts))
-  ok, legal, reward, terminal = _walk(env, jnp.asarray(prompts),
-                                      jnp.asarray(answers))
-  assert ok.all() and terminal.all()
-  np.testing.assert_array_equal(reward, 1.0)
-  np.testing.assert_array_equal(
-      jax.jit(env.verify)(jnp.asarray(prompts), jnp.asarray(answers)), 1.0)
+  legal = _walk_solved(env, jnp.asarray(prompts), jnp.asarray(answers))
   line = len("9+10=19 4 13 19\n")
   # ":" only right after the first step's line, and "\n" is forced after it.
   assert legal[0, line, V.COLON] and legal[0, line].sum() > 2
