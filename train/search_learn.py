@@ -732,13 +732,8 @@ class SearchLearn:
             f"{packed} (RoPE: no parameters change).")
     cfg, moves = self.search_config, self.moves
     choices = s.level == "step" and bool(s.get("choice_tokens_only", False))
+    # config.validate_config: > 0 only with task.retract at step level.
     retract = float(s.get("retract_weight", 0.0))
-    if retract and not getattr(task, "retract", 0):
-      raise ValueError(
-          f"search.retract_weight={retract} teaches taking back a first "
-          "step, which the environment does not allow; set "
-          "--config.task.retract=1 (or more) with --config.task.strict=True "
-          "--config.task.show_left=True, or --config.search.retract_weight=0.")
 
     def prepare(params, batch, key):
       r = rollout(fns.graphdef, task, fns.state(params), batch["prompt"],
