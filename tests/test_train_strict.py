@@ -328,6 +328,21 @@ def test_solver_batch_with_show_left(left_env):
     assert [len(line.split(" ")) for line in lines] == [4, 3, 1], lines
 
 
+def test_solver_batch_fits_answers_to_a_shorter_max_len(left_env):
+  """``max_len`` below ``P + T`` (``data.max_len``, configs/game24_retract)
+  keeps only answers that fit the trace, the same ones a task with
+  ``T = max_len - P`` keeps; too short a ``max_len`` is a clear error."""
+  long_env = StrictCountdown(
+      get_task("game24", max_answer_length=128), show_left=True)
+  p = long_env.max_prompt_length
+  a = puzzle_data.solver_batch(long_env, 3, 16, max_len=p + 72)
+  b = puzzle_data.solver_batch(left_env, 3, 16, max_len=p + 72)
+  assert left_env.max_answer_length == 72
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  with pytest.raises(ValueError, match="raise --config.data.max_len"):
+    puzzle_data.solver_batch(long_env, 3, 16, max_len=p + 20)
+
+
 @pytest.fixture(scope="module")
 def first_env():
   return StrictCountdown(get_task("game24", max_answer_length=72),

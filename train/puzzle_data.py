@@ -159,15 +159,26 @@ def solver_batch(task, seed: int, batch_size: int, *, max_len: int,
   value_target = np.zeros_like(token_mask)
   policy_weight = np.zeros((batch_size,), np.float32)
   boundary = (task.step_delimiter, task.eos_id)
-  fits = lambda text: len(task.encode(text)) < task.max_answer_length  # noqa: E731
+  # Answers (EOS included) fit both the task and the trace: a config may
+  # pad warm-start traces shorter than P + T (``data.max_len``) when only
+  # its search steps write longer answers (configs/game24_retract.py).
+  budget = min(task.max_answer_length, max_len - task.max_prompt_length)
+  fits = lambda text: len(task.encode(text)) < budget  # noqa: E731
   # The environment's notation (train.strict: the numbers left after steps).
   annotate = getattr(task, "annotate", lambda numbers, text: text)
   for r, (numbers, target) in enumerate(problems):
     if rng.random() < negative_fraction:
       text = None
-      while text is None or not fits(text):
+      for _ in range(1000):
         text, labels = random_derivation(numbers, target, rng)
         text = annotate(numbers, text)
+        if fits(text):
+          break
+      else:
+        raise ValueError(
+            f"No derivation of {numbers} fits in {budget - 1} answer tokens "
+            f"(max_len={max_len}, prompts up to {task.max_prompt_length}); "
+            "raise --config.data.max_len.")
       solved = labels[-1]
       labels = [solvable(tuple(sorted(Fraction(x) for x in numbers)),
                          Fraction(target))] + labels
@@ -175,7 +186,10 @@ def solver_batch(task, seed: int, batch_size: int, *, max_len: int,
       sols = [a for a in (annotate(numbers, t) for t in all_solutions(
           numbers, target)) if fits(a)]
       if not sols:
-        raise ValueError(f"Problem {(numbers, target)} has no solution.")
+        raise ValueError(
+            f"Problem {(numbers, target)} has no solution of at most "
+            f"{budget - 1} answer tokens (max_len={max_len}); raise "
+            "--config.data.max_len if it has longer ones.")
       text = sols[rng.integers(len(sols))]
       solved, labels = True, [True] * task.num_numbers
     answer = task.encode(text) + [task.eos_id]
