@@ -136,3 +136,24 @@ def test_sigterm_saves_current_step_and_resume_continues(tmp_path):
   ckpt = loop.checkpointer(_config(), workdir)
   assert ckpt.latest_step() == steps
   ckpt.close()
+
+
+def test_warm_start_saves_at_its_own_interval_and_its_last_step(tmp_path):
+  c = _config()
+  c.warm_start.steps = 7
+  c.checkpoint.update(every_steps=2, warm_start_every_steps=3, keep=10)
+  loop.train(c, str(tmp_path / "run"))
+  ckpt = loop.checkpointer(c, str(tmp_path / "run"))
+  saved = ckpt.all_steps()
+  ckpt.close()
+  assert saved == [3, 6, 7], saved  # not 2, 4, 6: every_steps is the search's
+  # Search steps after it save every every_steps again.
+  ckpt = loop.checkpointer(c, str(tmp_path / "other"))
+  assert [s for s in range(1, 13) if ckpt.should_save(s)] == [
+      3, 6, 7, 8, 10, 12]
+  c.checkpoint.warm_start_every_steps = 0  # 0: every_steps throughout
+  ckpt.close()
+  ckpt = loop.checkpointer(c, str(tmp_path / "other"))
+  assert [s for s in range(1, 13) if ckpt.should_save(s)] == [
+      2, 4, 6, 7, 8, 10, 12]
+  ckpt.close()

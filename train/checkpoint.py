@@ -32,11 +32,17 @@ class Checkpointer:
     directory: where step directories go (created if missing).
     keep: how many of the latest checkpoints to keep.
     every_steps: :meth:`should_save` is True every this many steps.
+    warm_start_steps: steps up to this one (a supervised warm start) are
+      saved every ``warm_start_every_steps`` instead, and this step itself.
+    warm_start_every_steps: 0: ``every_steps``.
   """
 
-  def __init__(self, directory: str, *, keep: int, every_steps: int):
+  def __init__(self, directory: str, *, keep: int, every_steps: int,
+               warm_start_steps: int = 0, warm_start_every_steps: int = 0):
     self.directory = os.path.abspath(directory)
     self.every_steps = every_steps
+    self.warm_start_steps = warm_start_steps
+    self.warm_start_every_steps = warm_start_every_steps or every_steps
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -55,7 +61,10 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def should_save(self, step: int) -> bool:
-    return step % self.every_steps == 0
+    if step > self.warm_start_steps:
+      return step % self.every_steps == 0
+    return (step == self.warm_start_steps
+            or step % self.warm_start_every_steps == 0)
 
   def save(self, step: int, state: PyTree, meta: dict) -> None:
     """Writes ``state`` (a pytree of arrays) and ``meta`` (JSON) at ``step``."""

@@ -119,7 +119,10 @@ def default_config() -> ConfigDict:
                           # warm-start batch (its LM and value losses at
                           # this weight), against forgetting (PPO-ptx).
   ))
-  c.checkpoint = ConfigDict(dict(every_steps=50, keep=3))
+  # warm_start_every_steps: how often the warm start saves (0: every_steps);
+  # its last step is always saved.
+  c.checkpoint = ConfigDict(dict(every_steps=50, keep=3,
+                                 warm_start_every_steps=0))
   c.log_every_steps = 10
   c.progress_bar = True
   # Sleep after each step: only for tests that kill a run mid-way.
@@ -144,6 +147,8 @@ def validate_config(config: ConfigDict) -> None:
   need(config.search.steps >= 0, "search.steps", "must be >= 0.")
   need(config.checkpoint.every_steps > 0, "checkpoint.every_steps",
        "must be positive.")
+  need(config.checkpoint.warm_start_every_steps >= 0,
+       "checkpoint.warm_start_every_steps", "must be >= 0 (0: every_steps).")
   need(config.checkpoint.keep > 0, "checkpoint.keep", "must be positive.")
   need(config.log_every_steps > 0, "log_every_steps", "must be positive.")
   need(config.data.source in ("tfds", "generated"), "data.source",

@@ -122,7 +122,10 @@ def tree_to_state(tree: dict) -> step_lib.TrainState:
 def checkpointer(config, workdir) -> ckpt_lib.Checkpointer:
   return ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                keep=config.checkpoint.keep,
-                               every_steps=config.checkpoint.every_steps)
+                               every_steps=config.checkpoint.every_steps,
+                               warm_start_steps=config.warm_start.steps,
+                               warm_start_every_steps=(
+                                   config.checkpoint.warm_start_every_steps))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -141,6 +141,23 @@ def random_derivation(numbers, target, rng):
   return cd.steps_text(steps), labels
 
 
+def _as_written(numbers, text: str) -> str:
+  del numbers
+  return text
+
+
+@functools.lru_cache(maxsize=50_000)
+def _fitting_solutions(task, annotate, numbers: tuple, target,
+                       budget: int) -> tuple[str, ...]:
+  """Every solution of ``numbers`` (sorted: the notation writes the numbers
+  left sorted, so it does not depend on their order) in ``annotate``'s
+  notation that encodes to fewer than ``budget`` tokens. Cached: the
+  warm start draws the same puzzles thousands of times, and annotating all
+  their solutions was most of a batch's host time."""
+  return tuple(a for a in (annotate(numbers, t) for t in all_solutions(
+      numbers, target)) if len(task.encode(a)) < budget)
+
+
 def solver_batch(task, seed: int, batch_size: int, *, max_len: int,
                  negative_fraction: float = 0.5,
                  split: str = "train") -> dict[str, np.ndarray]:
@@ -165,7 +182,7 @@ def solver_batch(task, seed: int, batch_size: int, *, max_len: int,
   budget = min(task.max_answer_length, max_len - task.max_prompt_length)
   fits = lambda text: len(task.encode(text)) < budget  # noqa: E731
   # The environment's notation (train.strict: the numbers left after steps).
-  annotate = getattr(task, "annotate", lambda numbers, text: text)
+  annotate = getattr(task, "annotate", _as_written)
   for r, (numbers, target) in enumerate(problems):
     if rng.random() < negative_fraction:
       text = None
@@ -183,8 +200,8 @@ def solver_batch(task, seed: int, batch_size: int, *, max_len: int,
       labels = [solvable(tuple(sorted(Fraction(x) for x in numbers)),
                          Fraction(target))] + labels
     else:
-      sols = [a for a in (annotate(numbers, t) for t in all_solutions(
-          numbers, target)) if fits(a)]
+      sols = _fitting_solutions(task, annotate, tuple(sorted(numbers)),
+                                target, budget)
       if not sols:
         raise ValueError(
             f"Problem {(numbers, target)} has no solution of at most "
