@@ -1,6 +1,6 @@
 """Where a first-move Game of 24 search spends its simulations.
 
-Run (a trained configs/game24.py workdir; ~1-4 min on a 2-core CPU):
+Run (a trained configs/game24_plain.py workdir; ~1-4 min on a 2-core CPU):
   python bench/game24_first_move.py --workdir /tmp/g24 --step 3000 \\
       --config.search.num_children=32
 
@@ -36,7 +36,7 @@ from tsearch.tasks import countdown as cd
 from tsearch.tasks import game24_splits
 
 lm = importlib.import_module("tsearch.lm_search")
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/game24.py",
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/game24_plain.py",
                                           "Run config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint (default latest).")

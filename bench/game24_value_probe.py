@@ -4,7 +4,7 @@ Run (~10 min per representation on a 2-core CPU at the default 3000 steps):
   python bench/game24_value_probe.py --steps 3000 --layers 3
 
 A value-only probe, side by side in one run: a fresh model of the
-``configs/game24.py`` size (``--layers`` to change the depth) is trained on
+``configs/game24_plain.py`` size (``--layers`` to change the depth) is trained on
 the value head alone, on 3-number positions only (a training puzzle with
 its numbers shuffled, one of its legal first steps, and whether the numbers
 left can still make 24, as the exact solver decides), with two ways of

@@ -5,7 +5,7 @@ Run (about 2 minutes on a 2-core CPU; results in BENCHMARKS.md):
   python bench/strict_notations.py
 
 The three Game of 24 notations of ``train.strict.StrictCountdown``
-(``configs/game24.py``: the task's own steps; ``configs/game24_left.py``:
+(``configs/game24_plain.py``: the task's own steps; ``configs/game24_left.py``:
 the numbers left after each step, forced tokens; ``configs/game24_left_first.py``:
 the numbers left before each step, chosen tokens whose legal mask
 enumerates every step on the numbers available). For each, on the 100 test
@@ -41,7 +41,7 @@ from tsearch.tasks import game24_splits
 _BATCH = flags.DEFINE_integer("batch", 256, "Rows per call.", lower_bound=1)
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs (median).",
                                 lower_bound=1)
-_NOTATIONS = (("task's steps", "configs/game24.py"),
+_NOTATIONS = (("task's steps", "configs/game24_plain.py"),
               ("numbers left after (show_left)", "configs/game24_left.py"),
               ("numbers left first (left_first)",
                "configs/game24_left_first.py"))

@@ -1,5 +1,5 @@
 """countdown: 4 numbers (1-99), targets <= 100 — solver warm start, then
-step-level search-and-learn over the tree KV cache (as configs/game24.py).
+step-level search-and-learn over the tree KV cache (as configs/game24_plain.py).
 
 Run, then the results table:
   python -m train --config configs/countdown.py --workdir /tmp/countdown
@@ -33,7 +33,7 @@ def get_config():
   c.batch_size = 32
   c.warm_start.update(steps=300, data="solver", negative_fraction=0.5,
                       value_weight=1.0)
-  # The search of configs/game24.py (PUCT over K=8 distinct sampled steps,
+  # The search of configs/game24_plain.py (PUCT over K=8 distinct sampled steps,
   # verifier lookahead + pruning, acting on a verified solution); every
   # search step draws new generated problems; the policy learns the
   # search's weights on verified rollouts only and the value head's one-step

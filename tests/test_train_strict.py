@@ -329,7 +329,7 @@ def test_solver_batch_with_show_left(left_env):
 
 
 def test_solver_batch_fits_answers_to_a_shorter_max_len(left_env):
-  """``max_len`` below ``P + T`` (``data.max_len``, configs/game24_retract)
+  """``max_len`` below ``P + T`` (``data.max_len``, configs/game24)
   keeps only answers that fit the trace, the same ones a task with
   ``T = max_len - P`` keeps; too short a ``max_len`` is a clear error."""
   long_env = StrictCountdown(

@@ -178,7 +178,7 @@ def solver_batch(task, seed: int, batch_size: int, *, max_len: int,
   boundary = (task.step_delimiter, task.eos_id)
   # Answers (EOS included) fit both the task and the trace: a config may
   # pad warm-start traces shorter than P + T (``data.max_len``) when only
-  # its search steps write longer answers (configs/game24_retract.py).
+  # its search steps write longer answers (configs/game24.py).
   budget = min(task.max_answer_length, max_len - task.max_prompt_length)
   fits = lambda text: len(task.encode(text)) < budget  # noqa: E731
   # The environment's notation (train.strict: the numbers left after steps).
