@@ -1,38 +1,37 @@
-"""game24_retract: ``configs/game24_left.py`` where an answer may take back
-its first step (``task.retract``) and search-and-learn teaches when.
+"""game24: Game of 24 from scratch on CPU — the recipe that meets the goal:
+solver warm start, then search-and-learn that teaches the policy to take
+back a dead-end first step.
 
-The strict rules allow ``:`` then ``\\n`` right after the first step's
-line, at most twice per answer: the puzzle's numbers return and that step
-is barred (``13-9=4 4 4 10\\n:\\n...``). The warm start never shows it;
-the search steps train the probability of ``:`` after each candidate
-first step toward one minus the tree's Q value of that step
-(``search.retract_weight``), and, on solved rollouts whose first move had
-a candidate the search found dead, the language model on that candidate,
-``:``, then the solved answer (what to write after taking a step back; at
-``search.retract_weight * search.sft_weight``). So greedy decoding can
-take back a first step the search would have found dead and try another.
-``bench/game24_value_greedy.py`` ("retracting first step keeps") bounds
-what this can give: on the game24_left warm start 29% -> 44% / 57% with
-one / two retractions judged as well as the value head judges.
+``configs/game24_left.py`` (itself ``configs/game24_plain.py`` with the
+numbers left written after each step) where an answer may take back its
+first step (``task.retract``) and search-and-learn teaches when. The
+strict rules allow ``:`` then ``\\n`` right after the first step's line, at
+most twice per answer: the puzzle's numbers return and that step is barred
+(``13-9=4 4 4 10\\n:\\n...``). The warm start never shows it; the search
+steps train the probability of ``:`` after each candidate first step
+toward one minus the tree's Q value of that step
+(``search.retract_weight``), and, on solved rollouts whose first move had a
+candidate the search found dead, the language model on that candidate,
+``:``, then the solved answer (at ``search.retract_weight *
+search.sft_weight``). So greedy decoding can take back a first step the
+search would have found dead and try another.
 
-Run (warm start as configs/game24_left.py, then search steps):
-  python -m train --config configs/game24_retract.py --workdir /tmp/g24r
-  python bench/game24_value_greedy.py --config configs/game24_retract.py \\
-      --workdir /tmp/g24r --steps 3000,3010,3020,3030 --novalue
+Run (about 50 minutes on a 2-core CPU: warm start 3000 steps, then 60
+search steps of about 38 s), then the results table:
+  python -m train --config configs/game24.py --workdir /tmp/g24
+  python -m train.solve_rates --config configs/game24.py --workdir /tmp/g24 \\
+      --stages warm_start:3000,search_and_learn:3060 \\
+      --methods greedy:1,best_of_n:8,mcts:16,mcts:64 --out results/game24.json
+  python bench/game24_value_greedy.py --config configs/game24.py \\
+      --workdir /tmp/g24 --steps 3000,3010,3020,3030,3040,3050,3060 --novalue
 
-Measured (2-core AMD EPYC, jax 0.10.2 CPU; continued from a copy of the
-step-3000 configs/game24_left.py warm start, greedy on 100 puzzles;
-BENCHMARKS.md "Taking back a dead-end first step, taught by
-search-and-learn"): test greedy 30% -> 33% / 44% / 52% at steps 3010 /
-3020 / 3030, validation 39% -> 36% / 49% / 52%; at 3030 15 of the test
-puzzles are solved after a retraction, and 83 of the 87 first steps taken
-back left no solution. Search steps about 48 s each here. Not yet
-measured: a from-scratch run timed alone and its solve_rates table.
+MEASURED
 
 Answers are longer (two retractions add up to 52 tokens):
-``max_answer_length`` 128, ``model.max_seq_len`` 736. Anchored, choice
-tokens only (run E of BENCHMARKS.md, the steadiest of the game24_left
-search-and-learn variants).
+``max_answer_length`` 128, ``model.max_seq_len`` 736; the warm start's
+traces never retract and are padded to 88 positions (``data.max_len``).
+Anchored (``search.anchor_weight``), choice tokens only
+(``search.choice_tokens_only``).
 """
 from configs import game24_left
 
