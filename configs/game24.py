@@ -29,8 +29,8 @@ Measured (2-core AMD EPYC, jax 0.10.2 CPU, alone; README,
 results/game24.json, BENCHMARKS.md "Taking back a dead-end first step"):
 51 min wall clock (warm start 11.8 min, 60 search steps 39 s each); on
 the 100 test puzzles greedy 34% -> 49% (+15; validation 47% -> 57%),
-best-of-8 71% -> 79%, MCTS after search-and-learn 65% / 89% at 16 / 64
-simulations per move. One run: 100 puzzles give a standard error of
+best-of-8 71% -> 79%, MCTS 71% / 90% at 16 / 64 simulations per move at
+the warm start, 65% / 89% after search-and-learn. One run: 100 puzzles give a standard error of
 about 5 points.
 
 Answers are longer (two retractions add up to 52 tokens):
