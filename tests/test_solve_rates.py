@@ -1,4 +1,5 @@
 """train.solve_rates: rows agree with running each method directly."""
+import json
 import jax
 import numpy as np
 import pytest
@@ -56,9 +57,14 @@ def test_rows_match_the_methods_run_directly(tmp_path):
   assert rows[1]["tokens_forwarded"] == pytest.approx(
       np.mean(np.asarray(tokens)))
   assert rows[1]["tokens_forwarded"] > rows[0]["tokens_forwarded"]
+  with open(tmp_path / "r.json", "w") as f:
+    json.dump({"command": "c", "rows": [dict(rows[0], stage="t")]}, f)
   out = solve_rates.merge_rows(str(tmp_path / "r.json"),
                                [dict(rows[1], stage="s")])
   again = solve_rates.merge_rows(str(tmp_path / "r.json"),
                                  [dict(rows[1], stage="s", solve_rate=2.0)])
-  assert len(out["rows"]) == len(again["rows"]) == 1
-  assert again["rows"][0]["solve_rate"] == 2.0
+  assert len(out["rows"]) == len(again["rows"]) == 2
+  assert again["rows"][1]["solve_rate"] == 2.0
+  assert again["rows"][0]["stage"] == "t"  # another stage's row stays
+  with open(tmp_path / "r.json") as f:
+    assert json.load(f)["command"] == "c"  # the file's other keys stay

@@ -122,19 +122,21 @@ def evaluate(config, task, fns, params, problems, *, methods, seed: int = 0
 
 
 def merge_rows(path: str, new: list[dict]) -> dict:
-  """Writes ``{"rows": [...]}`` to ``path``, replacing same-keyed rows."""
+  """Merges ``new`` into ``path``'s ``"rows"``, replacing same-keyed rows;
+  the file's other keys (``command``, ``machine``, ``diagnostics``) are
+  kept."""
   key = lambda r: (r["stage"], r["algo"], r.get("simulations"),  # noqa: E731
                    r.get("budget"))
-  old = []
+  data = {}
   if os.path.exists(path):
     with open(path) as f:
-      old = json.load(f).get("rows", [])
+      data = json.load(f)
   keys = {key(r) for r in new}
-  rows = [r for r in old if key(r) not in keys] + new
+  data["rows"] = [r for r in data.get("rows", []) if key(r) not in keys] + new
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as f:
-    json.dump({"rows": rows}, f, indent=1)
-  return {"rows": rows}
+    json.dump(data, f, indent=1)
+  return data
 
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config.")
