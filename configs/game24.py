@@ -30,7 +30,10 @@ results/game24.json, BENCHMARKS.md "Taking back a dead-end first step"):
 51 min wall clock (warm start 11.8 min, 60 search steps 39 s each); on
 the 100 test puzzles greedy 34% -> 49% (+15; validation 47% -> 57%),
 best-of-8 71% -> 79%, MCTS 71% / 90% at 16 / 64 simulations per move at
-the warm start, 65% / 89% after search-and-learn. One run: 100 puzzles give a standard error of
+the warm start, 65% / 89% after search-and-learn, and 77% / 95% when that
+checkpoint's MCTS searches without take-backs (``--config.task.retract=0
+--config.search.retract_weight=0`` on ``train.solve_rates``: the tree
+tries other first steps itself). One run: 100 puzzles give a standard error of
 about 5 points.
 
 Answers are longer (two retractions add up to 52 tokens):
