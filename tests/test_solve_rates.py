@@ -68,3 +68,7 @@ def test_rows_match_the_methods_run_directly(tmp_path):
   assert again["rows"][0]["stage"] == "t"  # another stage's row stays
   with open(tmp_path / "r.json") as f:
     assert json.load(f)["command"] == "c"  # the file's other keys stay
+  with open(tmp_path / "bad.json", "w") as f:
+    json.dump([1, 2], f)
+  with pytest.raises(ValueError, match="bad.json is not a results file"):
+    solve_rates.merge_rows(str(tmp_path / "bad.json"), [dict(rows[1])])

@@ -129,13 +129,15 @@ def test_config_validation_and_nan_check(tmp_path):
   with pytest.raises(ValueError, match="warm_start.problem_split="
                      r"'train\+extended': use one of \('train',\)"):
     config_lib.validate_config(c)
-  c = config_lib.load_config_file(os.path.join(REPO, "configs", "game24_plain.py"))
+  c = config_lib.load_config_file(os.path.join(REPO, "configs",
+                                               "game24_plain.py"))
   c.warm_start.problem_split = "train+extended"
   config_lib.validate_config(c)
   c.warm_start.data = "reference"
   with pytest.raises(ValueError, match="needs --config.warm_start.data=solver"):
     config_lib.validate_config(c)
-  c = config_lib.load_config_file(os.path.join(REPO, "configs", "game24_plain.py"))
+  c = config_lib.load_config_file(os.path.join(REPO, "configs",
+                                               "game24_plain.py"))
   c.search.anchor_weight = 1.0
   config_lib.validate_config(c)  # solver anchor, extended search problems
   c.warm_start.data = "reference"
@@ -160,7 +162,8 @@ def test_config_validation_and_nan_check(tmp_path):
   c.search.act_on_solved = True
   with pytest.raises(ValueError, match="act_on_solved=True: is for single"):
     config_lib.validate_config(c)
-  c = config_lib.load_config_file(os.path.join(REPO, "configs", "game24_plain.py"))
+  c = config_lib.load_config_file(os.path.join(REPO, "configs",
+                                               "game24_plain.py"))
   c.search.solved_by_prior = True
   config_lib.validate_config(c)  # step level, acting on solutions
   c.search.act_on_solved = False

@@ -131,6 +131,10 @@ def merge_rows(path: str, new: list[dict]) -> dict:
   if os.path.exists(path):
     with open(path) as f:
       data = json.load(f)
+    if not isinstance(data, dict) or not isinstance(data.get("rows", []),
+                                                    list):
+      raise ValueError(f"{path} is not a results file ({{\"rows\": [...], "
+                       "...}): pass another --out or move that file away.")
   keys = {key(r) for r in new}
   data["rows"] = [r for r in data.get("rows", []) if key(r) not in keys] + new
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
