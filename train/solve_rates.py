@@ -183,7 +183,11 @@ def main(argv):
     for r in rows:
       r.update(stage=stage, step=int(step), num_problems=len(problems))
     if _OUT.value:
-      merge_rows(_OUT.value, rows)
+      try:
+        merge_rows(_OUT.value, rows)
+      except ValueError as err:
+        print(f"FATAL: {err}", file=sys.stderr)
+        sys.exit(1)
       print(f"wrote {_OUT.value}")
 
 
