@@ -19,7 +19,6 @@ beside the share of all legal first steps that leave a solvable position
 """
 from __future__ import annotations
 
-import importlib
 import re
 from fractions import Fraction
 
@@ -31,11 +30,11 @@ from ml_collections import config_flags
 
 from train import config as config_lib
 from train import loop, puzzle_data, search_learn
-from tsearch import algorithms
+from tsearch._src import algorithms
+from tsearch._src import lm_search as lm
 from tsearch.tasks import countdown as cd
 from tsearch.tasks import game24_splits
 
-lm = importlib.import_module("tsearch.lm_search")
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/game24_plain.py",
                                           "Run config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")

@@ -50,7 +50,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from train import loop, puzzle_data
-from tsearch import algorithms
+from tsearch._src import algorithms
 from tsearch.tasks import countdown as cd
 from tsearch.tasks import game24_splits
 

@@ -108,7 +108,7 @@ def run_tsearch(g, s, env, prompt, lengths, sims, k, max_depth):
   fn = jax.jit(lambda st, p, l, key: tsearch.lm_search(
       g, st, env, p, l, key, config=config))
   out, dt = timed(fn, s, prompt, lengths, jax.random.key(0))
-  tree_bytes = (tsearch.arena_bytes(out.search_tree)
+  tree_bytes = (tsearch.kv_arena.arena_bytes(out.search_tree)
                 + tsearch.kv_arena.prompt_cache_bytes(out.prompt_cache))
   peak = compiled_bytes(fn, s, prompt, lengths, jax.random.key(0))
   return dict(dt=dt, tokens=float(np.mean(out.tokens_forwarded)),

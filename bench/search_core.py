@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import mctx
 
 import tsearch
-from tsearch import _toy_mdp as toy
+from tsearch._src import toy_mdp as toy
 
 NUM_STATES = 1000
 # (num_actions, num_simulations, batch) per row.

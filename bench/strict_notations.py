@@ -35,7 +35,7 @@ from absl import app, flags
 from train import config as config_lib
 from train import loop
 from train import model as model_lib
-from tsearch import algorithms
+from tsearch._src import algorithms
 from tsearch.tasks import game24_splits
 
 _BATCH = flags.DEFINE_integer("batch", 256, "Rows per call.", lower_bound=1)

@@ -6,7 +6,7 @@ import pytest
 
 import tsearch
 from tests.test_family_helpers import FixedSteps, model_for
-from tsearch import algorithms as A
+from tsearch._src import algorithms as A
 
 TASK = FixedSteps(steps=2, step_tokens=2)
 GD, ST = model_for(TASK)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tests.test_family_helpers import FixedSteps, model_for
-from tsearch import algorithms as A
-from tsearch import evaluation
+from tsearch._src import algorithms as A
+from tsearch._src import evaluation
 
 TASK = FixedSteps(steps=3, step_tokens=3)  # as in test_family_search
 GD, ST = model_for(TASK)

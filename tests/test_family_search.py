@@ -7,7 +7,7 @@ import pytest
 import models
 import tsearch
 from tests.test_family_helpers import FixedSteps, model_for
-from tsearch import algorithms as A
+from tsearch._src import algorithms as A
 from tsearch.tasks import vocab as V
 
 TASK = FixedSteps(steps=3, step_tokens=3)  # T = 9 answer tokens

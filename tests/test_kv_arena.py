@@ -34,7 +34,7 @@ def test_memory_grows_with_tree_tokens_not_nodes_times_context(mode, s):
   arena = {}
   for p in (16, 256):
     out = search_shapes(p, config)
-    arena[p] = tsearch.arena_bytes(out.search_tree)
+    arena[p] = tsearch.kv_arena.arena_bytes(out.search_tree)
     prompt_bytes = kv_arena.prompt_cache_bytes(out.prompt_cache)
     assert arena[p] == b * n * s * per_token  # token slots of the tree
     assert prompt_bytes == b * p * per_token  # one prompt copy per row
@@ -78,7 +78,7 @@ def test_path_context_gathers_ancestors_only():
       overflowed=jnp.array([False]))
   prompt_ctx, _ = kv_arena.path_contexts(tree, jnp.array([2]), 3, prompt)
   assert prompt_ctx.keys is prompt.keys  # read in place, not copied
-  ctx = tsearch.path_context(tree, jnp.array([2]), 3, prompt)
+  ctx = tsearch.kv_arena.path_context(tree, jnp.array([2]), 3, prompt)
   # 3 prompt slots + (max_depth + 1) * S arena slots.
   assert ctx.keys.shape == (CFG.num_layers, 1, 3 + 4 * 2, CFG.num_kv_heads,
                             CFG.head_dim)
@@ -99,7 +99,7 @@ def test_commit_root_tokens_and_overflow():
       keys=jnp.zeros(shape), values=jnp.zeros(shape),
       mask=jnp.array([[True, True, True, False, False]]),
       num_used=jnp.array([3]), overflowed=jnp.array([False]))
-  new_prompt, new_tree = tsearch.commit_root_tokens(prompt, tree)
+  new_prompt, new_tree = tsearch.kv_arena.commit_root_tokens(prompt, tree)
   np.testing.assert_array_equal(new_prompt.mask, [[True] * 5])
   np.testing.assert_array_equal(new_prompt.keys[0, 0, 3:, 0, 0], [2.0, 2.0])
   np.testing.assert_array_equal(new_prompt.num_used, [5])
@@ -107,7 +107,7 @@ def test_commit_root_tokens_and_overflow():
   assert int(kv["length"][0, 0]) == 0 and int(kv["start"][0, 0]) == 5
   assert not new_prompt.overflowed.any()
   # A full cache: the commit is dropped and flagged, never written elsewhere.
-  full, _ = tsearch.commit_root_tokens(new_prompt, tree)
+  full, _ = tsearch.kv_arena.commit_root_tokens(new_prompt, tree)
   assert full.overflowed.all()
   np.testing.assert_array_equal(full.keys, new_prompt.keys)
 

@@ -1,7 +1,6 @@
 """LM search: every node's logits/value equal a plain forward over its prefix."""
 import dataclasses
 import functools
-import importlib
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +10,7 @@ from flax import nnx
 
 import models
 import tsearch
+from tsearch._src import lm_search as lm
 from tests.lm_toy_env import ToyEnv
 
 ENV = ToyEnv(vocab_size=16, max_len=10)
@@ -177,7 +177,7 @@ def test_repeated_slots():
   acts = jnp.array([[[1, 2, -1], [1, 2, -1], [3, -1, -1], [1, 2, -1]],
                     [[5, -1, -1], [5, 6, -1], [5, -1, -1], [5, 6, -1]]])
   mask = jnp.array([[True, True, True, True], [False, True, True, True]])
-  rep = importlib.import_module("tsearch.lm_search").repeated_slots(acts, mask)
+  rep = lm.repeated_slots(acts, mask)
   # Row 0: slots 1 and 3 repeat slot 0. Row 1: slot 0 is masked, so slot 2
   # is the first valid [5]; slot 3 repeats slot 1.
   np.testing.assert_array_equal(rep, [[False, True, False, True],
@@ -337,7 +337,6 @@ def test_solved_slot_reads_unvisited_winning_slots():
   config = tsearch.LMSearchConfig(
       mode="token", policy="puct", num_simulations=3, num_children=4,
       max_depth=4)
-  lm = importlib.import_module("tsearch.lm_search")
   # Token mode without the lookahead keeps no slot scores (no extra env
   # step per expansion); solved_slot is then tsearch.solved_root_slot.
   plain = tsearch.lm_search(g, st, env, prompt, lengths, jax.random.key(0),
@@ -355,7 +354,7 @@ def test_solved_slot_reads_unvisited_winning_slots():
   term[0, 0, 3] = True
   tree = tree.replace(embeddings={**emb, "child_terminal": jnp.asarray(term),
                                   "child_reward": jnp.asarray(term * 1.0)})
-  assert int(tree.children_index[0, 0, 3]) == tsearch.UNVISITED
+  assert int(tree.children_index[0, 0, 3]) == tsearch.Tree.UNVISITED
   found, slot = jax.jit(lm.solved_slot, static_argnums=1)(tree, 4)
   np.testing.assert_array_equal(found, [True, False])
   np.testing.assert_array_equal(slot, [3, 0])
@@ -365,7 +364,6 @@ def test_solved_slot_by_prior_reads_the_prior_before_noise():
   g, st = make_model(num_layers=1)
   env = ToyEnv(vocab_size=16, max_len=4)
   prompt, lengths = prompts()
-  lm = importlib.import_module("tsearch.lm_search")
   config = tsearch.LMSearchConfig(
       mode="step", policy="puct", num_simulations=4, num_children=4,
       step_length=2, max_depth=4, dirichlet_fraction=0.5)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import tsearch
-from tsearch import _toy_mdp as toy
+from tsearch._src import toy_mdp as toy
 
 B = 8
 NUM_STATES = 300

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import tsearch
-from tsearch import _toy_mdp as toy
-from tsearch import search
-from tsearch import search as search_lib
+from tsearch._src import toy_mdp as toy
+from tsearch._src import search
+from tsearch._src import search as search_lib
 
 _ACTIONS_K2 = jnp.zeros((1, 2, 1), jnp.int32).at[0, 1, 0].set(1)
 

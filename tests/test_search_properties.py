@@ -12,7 +12,7 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 
 import tsearch
-from tsearch import _toy_mdp as toy
+from tsearch._src import toy_mdp as toy
 
 B, K, SIMS, STATES = 4, 3, 12, 40
 SETTINGS = settings(max_examples=20, deadline=None, derandomize=True)

@@ -10,7 +10,7 @@ from train import model as model_lib
 from train import search_learn
 from train import solve_rates
 from train.strict import StrictCountdown
-from tsearch import algorithms
+from tsearch._src import algorithms
 from tsearch.tasks import get_task
 
 

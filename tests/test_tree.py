@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import tsearch
-from tsearch import _toy_mdp as toy
+from tsearch._src import toy_mdp as toy
 
 B, K, SIMS = 3, 3, 10
 
@@ -23,8 +23,8 @@ def test_empty_tree_fill_values_and_errors():
   t = _empty()
   assert (t.batch_size, t.capacity, t.num_children, t.action_length) == (
       B, SIMS + 1, K, 1)
-  assert np.all(np.asarray(t.parents) == tsearch.NO_PARENT)
-  assert np.all(np.asarray(t.children_index) == tsearch.UNVISITED)
+  assert np.all(np.asarray(t.parents) == tsearch.Tree.NO_PARENT)
+  assert np.all(np.asarray(t.children_index) == tsearch.Tree.UNVISITED)
   assert t.embeddings.shape == (B, SIMS + 1)
   assert not np.any(np.asarray(t.nonfinite))
   with pytest.raises(ValueError, match="must be positive"):
@@ -53,7 +53,7 @@ def _first_search(mdp):
 def test_path_to_root():
   t = _first_search(_mdp()).search_tree
   deepest = jnp.argmax(t.node_depth, axis=1)
-  path = np.asarray(tsearch.path_to_root(t, deepest, max_depth=SIMS))
+  path = np.asarray(tsearch._src.tree.path_to_root(t, deepest, max_depth=SIMS))
   for b in range(B):
     depth = int(t.node_depth[b, deepest[b]])
     assert path[b, depth] == 0 and np.all(path[b, depth + 1:] == -1)
@@ -182,7 +182,7 @@ def test_solved_root_slots_and_prefer():
   rewards[2, parents[2, leaf], slot[2, leaf]] = 0.3
   t = t.replace(node_terminal=jnp.asarray(terminal),
                 children_rewards=jnp.asarray(rewards))
-  got = jax.jit(lambda t, s: tsearch.tree.solved_root_slots(
+  got = jax.jit(lambda t, s: tsearch._src.tree.solved_root_slots(
       t, SIMS, solved_children=s))(t, jnp.asarray(sc))
   np.testing.assert_array_equal(got, want)
   # prefer: the best-scored solving slot, whatever the depths.
@@ -214,7 +214,7 @@ def test_reroot_then_continue_search():
   np.testing.assert_array_equal(rerooted.embeddings[:, 0],
                                 np.asarray(old.embeddings)[b, child])
   assert np.all(np.asarray(rerooted.node_depth[:, 0]) == 0)
-  assert np.all(np.asarray(rerooted.parents[:, 0]) == tsearch.NO_PARENT)
+  assert np.all(np.asarray(rerooted.parents[:, 0]) == tsearch.Tree.NO_PARENT)
   # A continued search adds SIMS visits to the kept root's children.
   kept = np.asarray(rerooted.children_visits[:, 0]).sum(-1)
   more = _search(mdp, jax.random.key(2), rerooted).search_tree

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tsearch.tree import empty_tree
+from tsearch._src.tree import empty_tree
 from tsearch.visualize import tree_to_dot, tree_to_html
 
 

@@ -117,7 +117,7 @@ def compare(config, workdir: str, algos: str, budgets: str, *,
             ) -> list:
   """``--algos/--budgets``: the search family, compute-matched (see
   :mod:`tsearch.evaluation`); writes ``compare_step<step>.json|png``."""
-  from tsearch import evaluation  # pylint: disable=import-outside-toplevel
+  from tsearch._src import evaluation  # pylint: disable=import-outside-toplevel
   algo_list = evaluation.parse_list(algos)
   budget_list = evaluation.parse_list(budgets or "1", int)
   opts = evaluation.parse_options(options, algo_list)

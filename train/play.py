@@ -32,7 +32,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import tsearch
-from tsearch.lm_search import LMSearchConfig, lm_search
+from tsearch._src.lm_search import LMSearchConfig, lm_search
 from tsearch.tasks import get_task
 from tsearch.tasks.connect_four import MOVE0, NUM_COLUMNS
 from train import config as config_lib

@@ -30,7 +30,6 @@ on batches drawn from it (:func:`train.step.make_replay_train_step`).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from typing import Any
 
 import chex
@@ -40,6 +39,7 @@ import ml_collections
 import numpy as np
 
 import tsearch
+from tsearch._src import lm_search as lm
 
 from train import losses as losses_lib
 from train import step as step_lib
@@ -47,8 +47,6 @@ from train import targets as targets_lib
 from tsearch.tasks import vocab as V
 
 Array = chex.Array
-# The module (``tsearch.lm_search`` is also the name of its entry function).
-lm = importlib.import_module("tsearch.lm_search")
 
 
 # ---------------------------------------------------------------------------
@@ -279,9 +277,9 @@ def rollout(graphdef, task, model_state, prompt: Array, prompt_length: Array,
     # A root whose slots were all pruned (their outcomes known) was not
     # searched: commit one of its scored steps.
     if "child_terminal" in tree.embeddings:  # scores kept (see lm_search)
-      root_live = jnp.any(tree.children_mask[:, tsearch.ROOT_INDEX], -1)
+      root_live = jnp.any(tree.children_mask[:, tsearch.Tree.ROOT_INDEX], -1)
       scored = jnp.argmax(tree.embeddings["child_terminal"][
-          :, tsearch.ROOT_INDEX], -1).astype(jnp.int32)
+          :, tsearch.Tree.ROOT_INDEX], -1).astype(jnp.int32)
       action = jnp.where(root_live, action, scored)
     found = jnp.zeros((b,), bool)
     if act_on_solved:
@@ -296,18 +294,18 @@ def rollout(graphdef, task, model_state, prompt: Array, prompt_length: Array,
     toks = toks + (_used_sum(tree, tree.embeddings["tokens_forwarded"])
                    - before_t)
     rows = jnp.arange(b)
-    children = tree.children_actions[:, tsearch.ROOT_INDEX]  # [B, K, S]
-    mask = tree.children_mask[:, tsearch.ROOT_INDEX] & active[:, None]
+    children = tree.children_actions[:, tsearch.Tree.ROOT_INDEX]  # [B, K, S]
+    mask = tree.children_mask[:, tsearch.Tree.ROOT_INDEX] & active[:, None]
     record = dict(weights=jnp.where(mask, weights, 0.0),
                   children_actions=children, children_mask=mask,
                   **({"children_choice": choice_tokens(task, env_state,
                                                        children)
                       & mask[..., None]} if record_choices else {}),
                   **({"children_q": tree.qvalues(jnp.full(
-                      (b,), tsearch.ROOT_INDEX, jnp.int32)),
+                      (b,), tsearch.Tree.ROOT_INDEX, jnp.int32)),
                       "children_visits": tree.root_visit_counts()}
                      if record_q else {}),
-                  root_value=tree.node_values[:, tsearch.ROOT_INDEX],
+                  root_value=tree.node_values[:, tsearch.Tree.ROOT_INDEX],
                   offset=env_state.length.astype(jnp.int32), active=active,
                   found=found & active)
     tokens = jnp.where(active[:, None], children[rows, action], -1)

@@ -69,7 +69,7 @@ def _method_fn(config, task, fns, algo: str, n: int):
                 search_learn.eval_num_children(config))
   if cache_key in _JITTED:
     return _JITTED[cache_key]
-  from tsearch import algorithms  # pylint: disable=import-outside-toplevel
+  from tsearch._src import algorithms  # pylint: disable=import-outside-toplevel
   if algo in ("greedy", "best_of_n"):
     fn = algorithms.get_algorithm(algo)
 

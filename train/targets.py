@@ -8,7 +8,7 @@ from __future__ import annotations
 import chex
 import jax.numpy as jnp
 
-from tsearch.tree import Tree
+from tsearch._src.tree import Tree
 
 Array = chex.Array
 

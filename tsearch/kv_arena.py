@@ -20,7 +20,7 @@ their mask.
 The prompt's keys/values live once per batch row in a :class:`PromptCache`
 (passed to ``expand_fn`` through ``params``), never per node. A node is
 evaluated against prompt + the nodes on its path (gathered along the parent
-pointers with :func:`tsearch.path_to_root`, at most ``max_depth`` of them) +
+pointers with :func:`tsearch._src.tree.path_to_root`, at most ``max_depth`` of them) +
 its own tokens (causal). Memory is therefore ``B * N * S`` token slots plus
 ``B * P`` prompt slots: it grows with the tokens in the tree, not with
 nodes x context length.
@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models import KVContext, ModelConfig
-from tsearch.tree import NO_PARENT, ROOT_INDEX, Tree, path_to_root
+from tsearch._src.tree import NO_PARENT, ROOT_INDEX, Tree, path_to_root
 
 Array = chex.Array
 

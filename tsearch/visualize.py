@@ -11,7 +11,7 @@ Example::
 
   policy_output = tsearch.puct_search(params, key, root, expand_fn,
                                       num_simulations=32)
-  html = tsearch.tree_to_html(policy_output.search_tree, batch_index=0,
+  html = tsearch.visualize.tree_to_html(policy_output.search_tree, batch_index=0,
                               action_label=lambda ids: task.decode(ids))
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from tsearch.tree import NO_PARENT, Tree, UNVISITED
+from tsearch._src.tree import NO_PARENT, Tree, UNVISITED
 
 ActionLabel = Callable[[Sequence[int]], str]
 

@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import mctx
 
-from tsearch.base import ExpandFn, ExpandOutput, RootOutput
-from tsearch.tree import Tree
+from tsearch._src.base import ExpandFn, ExpandOutput, RootOutput
+from tsearch._src.tree import Tree
 
 Array = chex.Array
 

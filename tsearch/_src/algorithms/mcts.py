@@ -27,21 +27,19 @@ instead of the most visited path.
 from __future__ import annotations
 
 import functools
-import importlib
 
 import jax
 import jax.numpy as jnp
 
 import models
 from tsearch import kv_arena
-from tsearch import tree as tree_lib
-from tsearch.lm_search import LMSearchConfig, lm_search
-from tsearch.algorithms import family
-from tsearch.algorithms import rows as rows_lib
-from tsearch.tree import ROOT_INDEX
+from tsearch._src import tree as tree_lib
+from tsearch._src import lm_search as lm
+from tsearch._src.lm_search import LMSearchConfig, lm_search
+from tsearch._src.algorithms import family
+from tsearch._src.algorithms import rows as rows_lib
+from tsearch._src.tree import ROOT_INDEX
 
-lm = importlib.import_module("tsearch.lm_search")  # the module, not the
-                                                   # function tsearch exports
 
 
 def _step_len(actions):

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import mctx
 
-from tsearch.base import ExpandOutput, RootOutput
-from tsearch.tree import Tree
+from tsearch._src.base import ExpandOutput, RootOutput
+from tsearch._src.tree import Tree
 
 Array = chex.Array
 

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import models
-from tsearch.algorithms import rows as rows_lib
+from tsearch._src.algorithms import rows as rows_lib
 
 Array = chex.Array
 AGGREGATES = ("majority", "weighted", "best_value")

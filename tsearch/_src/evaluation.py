@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from tsearch import algorithms
+from tsearch._src import algorithms
 
 # Algorithms whose answer does not depend on the budget: run once.
 _FIXED_COST = ("greedy", "sampling")

@@ -1,10 +1,10 @@
 """The test-time search family, one registry: ``get_algorithm(name)``."""
-from tsearch.algorithms.family import (AGGREGATES, SearchOutput, beam,
+from tsearch._src.algorithms.family import (AGGREGATES, SearchOutput, beam,
                                        best_of_n, check_budget, choose, dvts,
                                        greedy, particle_filter, sampling,
                                        systematic_resample)
-from tsearch.algorithms import mcts as mcts_lib
-from tsearch.algorithms.mcts import gumbel, mcts
+from tsearch._src.algorithms import mcts as mcts_lib
+from tsearch._src.algorithms.mcts import gumbel, mcts
 
 ALGORITHMS = {
     "greedy": greedy,

@@ -40,9 +40,9 @@ import jax.numpy as jnp
 import mctx
 import numpy as np
 
-from tsearch import _selection as sel
-from tsearch.base import ExpandFn, ExpandOutput, PolicyOutput, RootOutput
-from tsearch.tree import NO_PARENT, ROOT_INDEX, UNVISITED, Tree, empty_tree
+from tsearch._src import selection as sel
+from tsearch._src.base import ExpandFn, ExpandOutput, PolicyOutput, RootOutput
+from tsearch._src.tree import NO_PARENT, ROOT_INDEX, UNVISITED, Tree, empty_tree
 
 Array = chex.Array
 

@@ -47,11 +47,11 @@ from flax import nnx
 import models
 from models import KVContext
 from tsearch import kv_arena
-from tsearch.base import ExpandOutput, RootOutput
-from tsearch.search import gumbel_search, puct_search
-from tsearch import tree as tsearch_tree
-from tsearch.tree import ROOT_INDEX, Tree
-from tsearch._reroot import reroot
+from tsearch._src.base import ExpandOutput, RootOutput
+from tsearch._src.search import gumbel_search, puct_search
+from tsearch._src import tree as tsearch_tree
+from tsearch._src.tree import ROOT_INDEX, Tree
+from tsearch._src.reroot import reroot
 
 Array = chex.Array
 _NEG = -1e30

@@ -34,7 +34,7 @@ up; they are recorded in ``Tree.nonfinite``.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import chex
 import jax
@@ -50,6 +50,10 @@ ROOT_INDEX = 0
 @chex.dataclass(frozen=True)
 class Tree:
   """``B`` search trees of capacity ``N`` with ``K`` child slots per node."""
+  # Index constants, as in ``mctx.Tree`` (``tsearch.Tree.ROOT_INDEX``).
+  ROOT_INDEX: ClassVar[int] = ROOT_INDEX
+  NO_PARENT: ClassVar[int] = NO_PARENT
+  UNVISITED: ClassVar[int] = UNVISITED
   # Per node.
   node_visits: Array  # [B, N] int32
   raw_values: Array  # [B, N] float32, value head at expansion

@@ -24,7 +24,7 @@ import mctx
 # Sequential halving is not re-exported by mctx's package __init__.
 from mctx._src import seq_halving
 
-from tsearch.tree import Tree
+from tsearch._src.tree import Tree
 
 Array = chex.Array
 # qtransform(mctx_tree, node_index) -> [num_actions], as in mctx.

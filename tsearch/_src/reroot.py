@@ -5,7 +5,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from tsearch.tree import NO_PARENT, ROOT_INDEX, UNVISITED, Tree
+from tsearch._src.tree import NO_PARENT, ROOT_INDEX, UNVISITED, Tree
 
 Array = chex.Array
 
