@@ -1,12 +1,12 @@
-"""arithmetic: supervised warm start on reference solutions, then search-and-learn.
+"""arithmetic: 3-digit arithmetic, warm start on reference solutions (TFDS data,
+built into <workdir>/data on first use), then token-level search-and-learn.
+Sized for one GPU; on CPU shrink it (--config.batch_size=32
+--config.warm_start.steps=200).
 
-Run (data is built into <workdir>/data on first use):
   python -m train --config configs/arithmetic.py --workdir /tmp/arithmetic
   python -m train.evaluate --config configs/arithmetic.py --workdir /tmp/arithmetic
 
-Expected: greedy accuracy on the test split rises well above chance after the warm start (not yet measured).
-Sized for one GPU; on CPU shrink it, e.g. --config.batch_size=32
---config.warm_start.steps=200.
+Result: not measured yet.
 """
 from train.config import default_config
 

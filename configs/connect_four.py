@@ -1,16 +1,11 @@
-"""connect_four: two-player search-and-learn from scratch (self-play).
+"""connect_four: two-player search-and-learn from scratch (self-play, no warm
+start: the task has no reference solutions).
 
-There is no reference solution, so there is no warm start: every step is
-token-level Gumbel MCTS self-play over the tree KV cache (a token is a
-column), values from the point of view of the player to move (discount -1),
-value target the game's result with its sign flipped every move.
-
-Run, then matches against baselines:
   python -m train --config configs/connect_four.py --workdir /tmp/c4
-  python -m train.play --config configs/connect_four.py --workdir /tmp/c4 \\
-      --simulations 16,64 --out results/connect_four.json
+  python experiments/connect_four/play.py --config configs/connect_four.py \
+      --workdir /tmp/c4 --simulations 16,64 --out results/connect_four.json
 
-Measured (a short CPU run): README and results/connect_four.json.
+Result: results/connect_four.json (experiments/connect_four/README.md).
 """
 from train.config import default_config
 

@@ -9,7 +9,7 @@ from train import config as config_lib
 from train import model as model_lib
 from train import search_learn
 from train import solve_rates
-from train.strict import StrictCountdown
+from tsearch.tasks.countdown_rules import StrictCountdown
 from tsearch._src import algorithms
 from tsearch.tasks import get_task
 

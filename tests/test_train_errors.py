@@ -15,6 +15,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "tiny.py")
 
 
+
+def _validate(c):
+  """The config's checks, then the task-aware ones (``loop.setup_task``)."""
+  config_lib.validate_config(c)
+  loop.setup_task(c)
+
 def _cli(*args):
   return subprocess.run([sys.executable, "-m", "train", "--config", TINY,
                          *args], cwd=REPO, capture_output=True, text=True,
@@ -78,118 +84,126 @@ def test_config_validation_and_nan_check(tmp_path):
   c = _tiny()
   c.search.value_target = "median"
   with pytest.raises(ValueError, match="search.value_target"):
-    config_lib.validate_config(c)
+    _validate(c)
   c = _tiny()
   c.search.pb_c_init = 0.0
   with pytest.raises(ValueError, match="search.pb_c_init=0.0: must be pos"):
-    config_lib.validate_config(c)
+    _validate(c)
   c = _tiny()
   c.search.step_policy_loss = "ce"
   with pytest.raises(ValueError, match="step_policy_loss='ce': use 'nll'"):
-    config_lib.validate_config(c)
+    _validate(c)
   c = _tiny()
   c.search.learning_rate = -1e-3
   with pytest.raises(ValueError, match="search.learning_rate=-0.001"):
-    config_lib.validate_config(c)
+    _validate(c)
   c = _tiny()
   c.search.prune_terminal_slots = True
   with pytest.raises(ValueError, match="prune_terminal_slots=True: needs "
                      "--config.search.terminal_lookahead=True"):
-    config_lib.validate_config(c)
+    _validate(c)
   c.search.terminal_lookahead = True
-  config_lib.validate_config(c)  # together they are fine
+  _validate(c)  # together they are fine
   c = _tiny()
   c.search.level, c.search.value_policy_weight = "token", 1.0
   with pytest.raises(ValueError, match="value_policy_weight=1.0: the one-step"
                      " value lookahead target needs --config.search.level="
                      "step"):
-    config_lib.validate_config(c)
+    _validate(c)
   c.search.level = "step"
-  config_lib.validate_config(c)
+  _validate(c)
   c.search.value_policy_scale = -1.0
   with pytest.raises(ValueError, match="value_policy_scale=-1.0: must be >= 0"):
-    config_lib.validate_config(c)
+    _validate(c)
   c.search.value_policy_scale, c.search.value_policy_weight = 10.0, -0.5
   with pytest.raises(ValueError, match="value_policy_weight=-0.5: must be >= 0"):
-    config_lib.validate_config(c)
+    _validate(c)
   c = _tiny()
   c.search.level, c.search.choice_tokens_only = "token", True
   with pytest.raises(ValueError, match="choice_tokens_only=True: applies to "
                      "--config.search.level=step"):
-    config_lib.validate_config(c)
+    _validate(c)
   c.search.level = "step"
-  config_lib.validate_config(c)
+  _validate(c)
   c = _tiny()
   c.search.problem_split = "extended"
   with pytest.raises(ValueError, match="search.problem_split='extended': use "
                      r"one of \('train',\) for task"):
-    config_lib.validate_config(c)
+    _validate(c)
   c = _tiny()
   c.warm_start.problem_split = "train+extended"
+  c.warm_start.data = "solver"
   with pytest.raises(ValueError, match="warm_start.problem_split="
                      r"'train\+extended': use one of \('train',\)"):
-    config_lib.validate_config(c)
+    _validate(c)
   c = config_lib.load_config_file(os.path.join(REPO, "configs",
                                                "game24_plain.py"))
   c.warm_start.problem_split = "train+extended"
-  config_lib.validate_config(c)
+  _validate(c)
   c.warm_start.data = "reference"
   with pytest.raises(ValueError, match="needs --config.warm_start.data=solver"):
-    config_lib.validate_config(c)
+    _validate(c)
   c = config_lib.load_config_file(os.path.join(REPO, "configs",
                                                "game24_plain.py"))
   c.search.anchor_weight = 1.0
-  config_lib.validate_config(c)  # solver anchor, extended search problems
+  _validate(c)  # solver anchor, extended search problems
   c.warm_start.data = "reference"
   with pytest.raises(ValueError, match="anchor_weight=1.0: the anchor on "
                      "reference solutions .* set --config.search.problem_split"
                      "=train or --config.warm_start.data=solver"):
-    config_lib.validate_config(c)
+    _validate(c)
   c.search.problem_split = "train"
-  config_lib.validate_config(c)
+  _validate(c)
   c = config_lib.load_config_file(os.path.join(REPO, "configs",
                                                "connect_four.py"))
   c.search.anchor_weight = 0.5
   with pytest.raises(ValueError, match="anchor_weight=0.5: connect_four has "
-                     "no warm-start data"):
-    config_lib.validate_config(c)
+                     "no reference solutions to anchor on"):
+    _validate(c)
   c = _tiny()
   c.eval.mcts_num_children = -1
   with pytest.raises(ValueError, match="eval.mcts_num_children=-1"):
-    config_lib.validate_config(c)
+    _validate(c)
   c = config_lib.load_config_file(os.path.join(REPO, "configs",
                                                "connect_four.py"))
   c.search.act_on_solved = True
   with pytest.raises(ValueError, match="act_on_solved=True: is for single"):
-    config_lib.validate_config(c)
+    _validate(c)
   c = config_lib.load_config_file(os.path.join(REPO, "configs",
                                                "game24_plain.py"))
   c.search.solved_by_prior = True
-  config_lib.validate_config(c)  # step level, acting on solutions
+  _validate(c)  # step level, acting on solutions
   c.search.act_on_solved = False
   with pytest.raises(ValueError, match="solved_by_prior=True: chooses among "
                      ".* set --config.search.act_on_solved=True"):
-    config_lib.validate_config(c)
+    _validate(c)
   c.search.act_on_solved, c.search.level = True, "token"
   c.search.terminal_lookahead, c.search.prune_terminal_slots = False, False
   c.search.value_policy_weight, c.search.choice_tokens_only = 0.0, False
   with pytest.raises(ValueError, match="solved_by_prior=True: reads the root "
                      "prior .*terminal_lookahead=True"):
-    config_lib.validate_config(c)
+    _validate(c)
   c = _tiny()
-  c.task.show_left = True  # tiny is arithmetic, not strict
-  with pytest.raises(ValueError, match="task.show_left=True: the numbers"):
+  c.task.name, c.task.options = "countdown", dict(num_numbers=3,
+                                                  notation="left")
+  with pytest.raises(ValueError, match="notation='left' and retract=0 are "
+                     "written by the game's rules; pass strict=True"):
     loop.setup_task(c)
-  c.task.show_left, c.task.left_first = False, True
-  with pytest.raises(ValueError, match="task.left_first=True: the numbers"):
+  c.task.options = dict(num_numbers=3, strict=True, notation="sideways")
+  with pytest.raises(ValueError, match="notation must be one of"):
     loop.setup_task(c)
-  c.task.left_first, c.task.retract = False, 2
-  with pytest.raises(ValueError, match="task.retract=2: .*task.strict=True"):
+  c.task.options = dict(num_numbers=3, strict=True, retract=2)
+  with pytest.raises(ValueError, match="retract takes back a first step"):
     loop.setup_task(c)
-  c = _tiny()
-  c.search.retract_weight = 1.0
-  with pytest.raises(ValueError, match="search.retract_weight.*task.retract=1"):
-    config_lib.validate_config(c)
+  c.task.options = dict(num_numbers=3, strict=True)
+  c.search.level, c.search.retract_weight = "step", 1.0
+  with pytest.raises(ValueError, match="search.retract_weight=1.0: teaches "
+                     "taking back a first step, but .* no take-back token"):
+    loop.setup_task(c)
+  c.search.level = "token"
+  with pytest.raises(ValueError, match="search.retract_weight.*needs "
+                     "--config.search.level=step"):
+    _validate(c)
   with pytest.raises(metrics_lib.NonFiniteMetricError, match="step 7"):
     metrics_lib.check_finite(7, {"loss": float("nan")})
 
@@ -199,13 +213,13 @@ def test_config_validation_and_nan_check(tmp_path):
     if f.endswith(".py") and not f.startswith("_")))
 def test_every_config_validates(name):
   c = config_lib.load_config_file(os.path.join(REPO, "configs", name))
-  config_lib.validate_config(c)
+  _validate(c)
   c.search.problem_split = "extended"
   if c.task.name == "game24":
-    config_lib.validate_config(c)
+    _validate(c)
     c.data.source = "tfds"
     with pytest.raises(ValueError, match="needs --config.data.source=generated"):
-      config_lib.validate_config(c)
+      _validate(c)
   else:
     with pytest.raises(ValueError, match="search.problem_split"):
-      config_lib.validate_config(c)
+      _validate(c)

@@ -15,7 +15,7 @@ from train import loop
 from train import model as model_lib
 from train import search_learn
 from tsearch.tasks import vocab as V
-from train.strict import StrictCountdown
+from tsearch.tasks.countdown_rules import StrictCountdown
 from tsearch.tasks import get_task
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -264,8 +264,9 @@ def test_retraction_sequence_and_its_language_model_term():
   seq = jnp.array([[1, 5, 6, 7, 8, 9, 0], [1, 5, 6, 7, 8, 0, 0]], jnp.int32)
   length, plen = jnp.array([6, 5]), jnp.array([2, 3])
   step = jnp.array([[11, 12, 13], [14, -1, -1]], jnp.int32)
-  out, len2 = search_learn.retraction_sequence(seq, length, plen, step,
-                                               pad_id=0)
+  out, len2 = search_learn.retraction_sequence(
+      seq, length, plen, step, pad_id=0, retract_token=V.COLON,
+      delimiter=V.NEWLINE)
   c, n = V.COLON, V.NEWLINE
   np.testing.assert_array_equal(out, [
       [1, 5, 11, 12, 13, c, n, 6, 7, 8, 9, 0],
@@ -287,11 +288,13 @@ def test_retraction_sequence_and_its_language_model_term():
       children_visits=jnp.ones((b, m, k), jnp.int32))
   loss = search_learn.search_loss_fn(
       fns.apply, level="step", value_target="outcome", outcome_weight=1.0,
-      two_player=False, retract_token=V.COLON, pad_id=0, max_seq_len=64)
+      two_player=False, retract_token=V.COLON, delimiter=V.NEWLINE, pad_id=0,
+      max_seq_len=64)
   term = loss(params, batch, None)["retract_sft"]
   # Row 0 takes back slot 2; row 1's dead slot 0 is the move made: none.
   ref_seq, ref_len = search_learn.retraction_sequence(
-      seq[:1], length[:1], jnp.array([4]), steps[:1, 0, 2], pad_id=0)
+      seq[:1], length[:1], jnp.array([4]), steps[:1, 0, 2], pad_id=0,
+      retract_token=V.COLON, delimiter=V.NEWLINE)
   l2 = ref_seq.shape[1]
   logits = fns.apply(params, ref_seq, jnp.arange(l2)[None],
                      jnp.arange(l2)[None] < ref_len[:, None]).logits

@@ -23,19 +23,9 @@ def default_config() -> ConfigDict:
   c = ConfigDict()
   c.seed = 0
   # Task and data.
-  c.task = ConfigDict(dict(
-      name="arithmetic", options=ConfigDict(),
-      strict=False,  # Countdown/Game24: legal mask = the game's rules
-                     # (train.strict.StrictCountdown).
-      show_left=False,  # strict: each step but the last ends with the
-                        # numbers left, sorted (forced tokens).
-      left_first=False,  # strict: each step that leaves more than one
-                         # number starts with them ("4 4 10:13-9=4"), so
-                         # the policy chooses the position, then a step
-                         # that reaches it.
-      retract=0,  # strict + show_left: an answer may take back its first
-                  # step this many times (":" then "\n" after its line).
-  ))
+  # ``tsearch.get_task(name, **options)``; the options are the task's own
+  # (e.g. Countdown's strict=True, notation="left", retract=2).
+  c.task = ConfigDict(dict(name="arithmetic", options=ConfigDict()))
   c.data = ConfigDict(dict(
       source="generated",  # "tfds" (built by tsearch.data) or "generated"
                            # (the task's seeded sampler, no files).
@@ -59,12 +49,11 @@ def default_config() -> ConfigDict:
       corrupt_fraction=0.0,  # share of the batch made of corrupted traces
                              # (value target 0, no policy loss).
       data="reference",  # "reference": the task's reference solutions;
-                         # "solver": train.puzzle_data (Countdown/Game24).
+                         # "solver": the task's exact solver
+                         # (task.solver_traces: answers and dead ends).
       negative_fraction=0.5,  # "solver": share of random derivations.
-      problem_split="train",  # "solver": puzzles it writes solutions of;
-                              # Game of 24 also "train+extended" (an oracle
-                              # ablation: the solver's solutions of puzzles
-                              # search-and-learn otherwise only verifies).
+      problem_split="train",  # "solver": the split it writes solutions of
+                              # (one of the task's splits).
   ))
   # Search-and-learn iterations after the warm start.
   c.search = ConfigDict(dict(
@@ -110,11 +99,12 @@ def default_config() -> ConfigDict:
                                 # toward the value head's one-step lookahead
       value_policy_scale=10.0,  # softmax(log p + scale * value) target, a
                                 # loss of the form step_policy_loss names.
-      retract_weight=0.0,  # "step", task.retract > 0: P(take back) after
+      retract_weight=0.0,  # "step", a task with a take-back token
+                           # (task.retract_token): P(take back) after
                            # each first-move candidate toward 1 - its Q.
-      problem_split="train",  # problems the search steps draw; Game of 24
-                              # also "extended" / "train+extended" (puzzles
-                              # beyond the ranked list, verifier only).
+      problem_split="train",  # problems the search steps draw (one of the
+                              # task's splits, e.g. Game of 24's "extended":
+                              # puzzles beyond its list, verifier only).
       anchor_weight=0.0,  # > 0: every search update also trains on a fresh
                           # warm-start batch (its LM and value losses at
                           # this weight), against forgetting (PPO-ptx).
@@ -172,23 +162,15 @@ def validate_config(config: ConfigDict) -> None:
        "must be >= 0.")
   need(config.search.retract_weight >= 0, "search.retract_weight",
        "must be >= 0.")
-  need(config.search.retract_weight == 0
-       or (config.search.level == "step" and config.task.retract > 0),
+  need(config.search.retract_weight == 0 or config.search.level == "step",
        "search.retract_weight", "teaches taking back a first step: needs "
-       "--config.search.level=step and --config.task.retract=1 (or more; "
-       "with --config.task.strict=True --config.task.show_left=True).")
+       "--config.search.level=step.")
   need(config.search.value_policy_scale >= 0, "search.value_policy_scale",
        "must be >= 0 (a larger value-head score must raise a step's target).")
   need(not config.search.prune_terminal_slots
        or config.search.terminal_lookahead, "search.prune_terminal_slots",
        "needs --config.search.terminal_lookahead=True (a pruned step's "
        "reward must reach its node's value).")
-  from tsearch.tasks import Game24  # pylint: disable=import-outside-toplevel
-  splits = ("train",) + (Game24.extra_splits if config.task.name == "game24"
-                         else ())
-  for key in ("search.problem_split", "warm_start.problem_split"):
-    need(_get(config, key) in splits, key,
-         f"use one of {splits} for task {config.task.name!r}.")
   need(config.warm_start.problem_split == "train"
        or config.warm_start.data == "solver", "warm_start.problem_split",
        "only the solver writes solutions beyond the dataset; it needs "
@@ -202,9 +184,6 @@ def validate_config(config: ConfigDict) -> None:
   anchor = config.search.get("anchor_weight", 0.0)
   need(anchor >= 0, "search.anchor_weight",
        "must be >= 0 (0 turns the warm-start anchor off).")
-  need(not (anchor and config.task.name == "connect_four"),
-       "search.anchor_weight",
-       "connect_four has no warm-start data to anchor on; set it to 0.")
   need(not anchor or config.warm_start.data == "solver"
        or config.search.problem_split == "train", "search.anchor_weight",
        "the anchor on reference solutions uses the search's problems, which "
@@ -218,16 +197,10 @@ def validate_config(config: ConfigDict) -> None:
   need(not config.search.replay_size or config.search.replay_size
        >= config.batch_size, "search.replay_size",
        f"must be 0 (off) or >= batch_size={config.batch_size}.")
-  need(not (config.task.name == "connect_four" and config.warm_start.steps),
-       "warm_start.steps", "connect_four has no reference solutions to warm "
-       "start on; set --config.warm_start.steps=0 (self-play only).")
   need(config.search.step_length >= 1, "search.step_length", "must be >= 1.")
   need(config.search.learning_rate >= 0, "search.learning_rate",
        "must be >= 0 (0: one schedule over all steps).")
   need(config.search.pb_c_init > 0, "search.pb_c_init", "must be positive.")
-  need(not (config.task.name == "connect_four" and config.search.act_on_solved),
-       "search.act_on_solved", "is for single-player puzzles; a won terminal "
-       "in a two-player tree is not a forced win. Set it to False.")
   need(not config.search.solved_by_prior or config.search.act_on_solved,
        "search.solved_by_prior", "chooses among the solutions "
        "search.act_on_solved follows; set --config.search.act_on_solved=True "
@@ -242,6 +215,33 @@ def validate_config(config: ConfigDict) -> None:
        f"must be <= model.max_seq_len={config.model.max_seq_len}.")
   need(config.warm_start.steps + config.search.steps > 0, "warm_start.steps",
        "warm_start.steps + search.steps must be positive.")
+
+
+def validate_task(config: ConfigDict, task) -> None:
+  """The checks that depend on the task (``tsearch.get_task``'s answer):
+  raises ValueError naming the bad key and the fix."""
+  def need(cond, key, msg):
+    if not cond:
+      raise ValueError(f"Bad config value {key}={_get(config, key)!r}: {msg}")
+  splits = ("train",) + tuple(task.extra_splits)
+  for key in ("search.problem_split", "warm_start.problem_split"):
+    need(_get(config, key) in splits, key,
+         f"use one of {splits} for task {task.name!r}.")
+  anchor = config.search.get("anchor_weight", 0.0)
+  solutions = "has no reference solutions"
+  need(not (anchor and not task.has_solutions), "search.anchor_weight",
+       f"{task.name} {solutions} to anchor on; set it to 0.")
+  need(not (config.warm_start.steps and not task.has_solutions),
+       "warm_start.steps", f"{task.name} {solutions} to warm start on; set "
+       "--config.warm_start.steps=0 (self-play only).")
+  need(not (task.num_players > 1 and config.search.act_on_solved),
+       "search.act_on_solved", "is for single-player puzzles; a won terminal "
+       "in a two-player tree is not a forced win. Set it to False.")
+  need(config.search.retract_weight == 0 or task.retract_token is not None,
+       "search.retract_weight", f"teaches taking back a first step, but "
+       f"{task!r} has no take-back token; e.g. for Countdown / Game of 24 "
+       "set --config.task.options.retract=1 (with strict=True, "
+       "notation='left').")
 
 
 def _get(config, dotted):

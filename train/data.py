@@ -88,11 +88,9 @@ class ExampleStream:
         raise ValueError(f"A tfds stream reads split {self.split!r} only; "
                          f"split {split!r} needs data.source='generated'.")
       return next(self._loader)
-    # A task's own extra splits (Game of 24: puzzles beyond its list).
-    splits = _SPLITS + tuple(getattr(self.task, "extra_splits", ()))
-    if split not in splits:
-      raise ValueError(f"Unknown split {split!r} for task {self.task.name!r}; "
-                       f"use one of {splits}.")
+    # A task's own extra splits (puzzles beyond a fixed list) included.
+    splits = self.task.splits
+    self.task.check_split(split)
     # Tasks with a fixed list (Game of 24) draw from the split's puzzles;
     # for the others the split is part of the seed.
     kw = dict(split=split) if self.task.fixed_splits else {}

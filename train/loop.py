@@ -47,21 +47,11 @@ def maybe_initialize_distributed(num_processes: int | None = None) -> None:
 
 
 def setup_task(config: ml_collections.ConfigDict):
+  """The run's task (``tsearch.get_task(task.name, **task.options)``),
+  checked against the config."""
   from tsearch.tasks import get_task  # pylint: disable=import-outside-toplevel
   task = get_task(config.task.name, **config.task.options.to_dict())
-  if config.task.get("strict", False):
-    from train.strict import StrictCountdown  # pylint: disable=import-outside-toplevel
-    task = StrictCountdown(task, show_left=config.task.get("show_left", False),
-                           left_first=config.task.get("left_first", False),
-                           retract=config.task.get("retract", 0))
-  else:
-    for key in ("show_left", "left_first", "retract"):
-      if config.task.get(key, False):
-        raise ValueError(f"Bad config value task.{key}="
-                         f"{config.task.get(key)}: the numbers left and "
-                         "retractions are written by the strict environment; "
-                         "set --config.task.strict=True (Countdown / Game of "
-                         "24).")
+  config_lib.validate_task(config, task)
   return task
 
 
@@ -209,9 +199,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     anchor, ``search.anchor_weight``)."""
     seed = data_lib._step_seed(config.seed, step, jax.process_index())  # pylint: disable=protected-access
     if config.warm_start.data == "solver":
-      from train import puzzle_data  # pylint: disable=import-outside-toplevel
-      return puzzle_data.solver_batch(
-          task, seed, examples["prompt"].shape[0], max_len=max_len,
+      return task.solver_traces(
+          seed, examples["prompt"].shape[0], max_len=max_len,
           negative_fraction=config.warm_start.negative_fraction,
           split=config.warm_start.problem_split)
     return data_lib.supervised_batch(

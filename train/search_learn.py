@@ -44,7 +44,6 @@ from tsearch._src import lm_search as lm
 from train import losses as losses_lib
 from train import step as step_lib
 from train import targets as targets_lib
-from tsearch.tasks import vocab as V
 
 Array = chex.Array
 
@@ -96,16 +95,17 @@ def _advance(task, pos: Position, token: Array) -> Position:
 
 def num_moves(search: ml_collections.ConfigDict, task) -> int:
   """Moves a rollout makes: ``search.max_moves``, else one per answer token
-  (token level / one-token steps) or one per step of a Countdown-style task
-  (``num_numbers - 1``), else one per answer token."""
+  (token level / one-token steps) or one per step of a task whose answers
+  have a known number of steps (``task.num_moves``), else one per answer
+  token."""
   if search.get("max_moves", 0):
     return int(search.max_moves)
   if (search.level == "step" and task.step_delimiter >= 0
-      and hasattr(task, "num_numbers")):
-    # A rollout that commits a retraction (``task.retract``: the search
+      and task.num_moves):
+    # A rollout that commits a take-back (``task.retract_token``: the search
     # found the first step dead) ends unfinished: the trainer packs every
     # move's candidates, so moves are not added for what is rare.
-    return int(task.num_numbers) - 1
+    return int(task.num_moves)
   return int(task.max_answer_length)
 
 
@@ -370,17 +370,19 @@ def answer_sequence(prompt, prompt_length, answer, answer_length, *, pad_id):
   return seq.astype(jnp.int32)
 
 
-def retraction_sequence(seq, length, prompt_length, step, *, pad_id: int):
+def retraction_sequence(seq, length, prompt_length, step, *, pad_id: int,
+                        retract_token: int, delimiter: int):
   """``[B, L + S + 2]``: each row's prompt, ``step`` (``[B, S]``, ``-1``
-  padded), ``:`` and ``\\n`` (taking it back, ``task.retract``), then the
-  row's answer; and the row lengths ``[B]``."""
+  padded), ``retract_token`` and ``delimiter`` (taking it back:
+  ``task.retract_token``, ``task.step_delimiter``), then the row's answer;
+  and the row lengths ``[B]``."""
   b, l = seq.shape
   s = step.shape[1]
   slen = jnp.sum(step >= 0, -1).astype(jnp.int32)
   j = jnp.arange(s + 2)[None]
   pre = jnp.pad(jnp.where(step >= 0, step, pad_id), ((0, 0), (0, 2)))
-  pre = jnp.where(j == slen[:, None], V.COLON,
-                  jnp.where(j == slen[:, None] + 1, V.NEWLINE, pre))
+  pre = jnp.where(j == slen[:, None], retract_token,
+                  jnp.where(j == slen[:, None] + 1, delimiter, pre))
   answer = jnp.take_along_axis(seq, jnp.clip(
       prompt_length[:, None] + jnp.arange(l)[None], 0, l - 1), 1)
   answer_length = length - prompt_length
@@ -537,7 +539,8 @@ def search_loss_fn(apply_fn, *, level: str, value_target: str,
                    max_seq_len: int = 0, step_policy_loss: str = "nll",
                    policy_on_solved: bool = False,
                    value_policy_scale: float | None = None,
-                   retract_token: int | None = None):
+                   retract_token: int | None = None,
+                   delimiter: int = -1):
   """Loss on a rollout's targets (see the module docstring).
 
   ``policy_on_solved``: the policy loss covers only the moves of
@@ -627,7 +630,9 @@ def search_loss_fn(apply_fn, *, level: str, value_target: str,
       use = (jnp.max(dead, -1) > 0.5) & (batch["outcome"] > 0.5)
       step = batch["children_actions"][jnp.arange(b), 0, slot]  # [B, S]
       seq2, len2 = retraction_sequence(seq, length, batch["prompt_length"],
-                                       step, pad_id=pad_id)
+                                       step, pad_id=pad_id,
+                                       retract_token=retract_token,
+                                       delimiter=delimiter)
       l2 = seq2.shape[1]
       out2 = apply_fn(params, seq2, jnp.broadcast_to(
           jnp.arange(l2, dtype=jnp.int32), seq2.shape),
@@ -760,7 +765,8 @@ class SearchLearn:
         value_policy_scale=(float(s.value_policy_scale)
                             if s.get("value_policy_weight", 0.0) > 0
                             else None),
-        retract_token=V.COLON if retract else None)
+        retract_token=task.retract_token if retract else None,
+        delimiter=task.step_delimiter)
     weights = {"policy": s.policy_weight, "value": s.value_weight,
                "sft": s.sft_weight,
                "value_policy": float(s.get("value_policy_weight", 0.0)),

@@ -6,7 +6,7 @@
 Problems: Game of 24 — the Tree-of-Thoughts test split (ranks 901-1000, 100
 puzzles, numbers in the file's order); other tasks — ``--num_problems``
 problems from the task's sampler with a seed no training step uses.
-Methods (all under the run's environment, e.g. ``train.strict``):
+Methods (all under the run's environment, e.g. the strict rules):
 
 * ``greedy``: ``tsearch.algorithms.greedy`` (KV-cached argmax decoding);
 * ``best_of_n``: ``tsearch.algorithms.best_of_n`` with ``budget=N`` samples,
@@ -40,16 +40,11 @@ from train import config as config_lib
 from train import loop
 from train import search_learn
 
-TEST_SEED = 987_654_321  # no training step's seed (those come from SeedSequence)
 
 
 def test_problems(task, num_problems: int):
-  """The evaluation problems of a task (see the module docstring)."""
-  base = getattr(task, "base", task)
-  if base.name == "game24":
-    from tsearch.tasks import game24_splits  # pylint: disable=import-outside-toplevel
-    return [(nums, 24) for _, nums in game24_splits()["test"]]
-  return base.sample_problems(TEST_SEED, num_problems)
+  """The evaluation problems of a task (``task.eval_problems``)."""
+  return task.eval_problems(num_problems, split="test")
 
 
 def load(config, workdir: str, step: int | None):
@@ -97,8 +92,7 @@ def evaluate(config, task, fns, params, problems, *, methods, seed: int = 0
              ) -> list[dict]:
   """One row per method: ``algo, simulations, budget, solve_rate,
   model_calls, seconds``."""
-  base = getattr(task, "base", task)
-  prompts, plen = base.encode_prompts(problems)
+  prompts, plen = task.encode_prompts(problems)
   state = fns.state(params)
   rows = []
   for algo, n in methods:
@@ -155,7 +149,7 @@ _METHODS = flags.DEFINE_list(
 _STAGES = flags.DEFINE_list(
     "stages", [], "stage:step list (step 'latest' allowed); overrides "
     "--stage/--step, all checkpoints share one compile per method.")
-_NUM = flags.DEFINE_integer("num_problems", 100, "Problems (non-game24).")
+_NUM = flags.DEFINE_integer("num_problems", 100, "Problems (at most; a fixed-list task's test split may have fewer).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

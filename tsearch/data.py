@@ -44,7 +44,7 @@ from etils import epath
 
 from tsearch import tasks as tasks_lib
 
-DATASET_TASKS = ("arithmetic", "countdown", "game24")
+DATASET_TASKS = tasks_lib.DATASET_TASK_NAMES  # tasks with reference solutions
 VERSION = "1.0.0"
 _DEFAULT_SIZES = dict(num_train=10_000, num_validation=500, num_test=500)
 
@@ -57,15 +57,15 @@ def dataset_name(task: str) -> str:
 def _check_task(task):
   if task not in DATASET_TASKS:
     raise ValueError(f"No dataset for task {task!r}; datasets exist for "
-                     f"{', '.join(DATASET_TASKS)} (connect_four needs no data).")
+                     f"{', '.join(DATASET_TASKS)} (the tasks with reference "
+                     "solutions; games learn from self-play and need no data).")
 
 
 def _split_problems(task, *, seed, num_train, num_validation, num_test):
   """Distinct problems per split as lists of ``(problem, answer_text)``."""
-  if task.name == "game24":
-    s = tasks_lib.game24_splits(num_validation=num_validation, seed=seed)
-    return {k: [((nums, 24), task.solution_text((nums, 24))) for _, nums in v]
-            for k, v in s.items()}
+  fixed = task.split_problems(seed=seed, num_validation=num_validation)
+  if fixed is not None:  # a fixed list of problems, cut into splits
+    return {k: [(p, task.solution_text(p)) for p in v] for k, v in fixed.items()}
   for k, v in dict(num_train=num_train, num_validation=num_validation,
                    num_test=num_test).items():
     if v < 0:
@@ -73,10 +73,7 @@ def _split_problems(task, *, seed, num_train, num_validation, num_test):
   want = num_train + num_validation + num_test
   seen, pairs, stale = set(), [], 0
   for round_ in range(10_000):
-    if task.name == "countdown":
-      batch = task.sample_with_solutions([seed, round_], 1000)
-    else:
-      batch = [(p, task.solution_text(p)) for p in task.sample_problems([seed, round_], 1000)]
+    batch = task.sample_with_solutions([seed, round_], 1000)
     before = len(pairs)
     for p, a in batch:
       key = task.prompt_text(p)
@@ -157,23 +154,16 @@ class _TaskBuilder(tfds.core.GeneratorBasedBuilder):
                     answer_text=answer, index=i)
 
 
-class TsearchArithmetic(_TaskBuilder):
-  """Arithmetic problems (``tsearch.tasks.Arithmetic``)."""
-  TASK = "arithmetic"
+def _builder_class(task: str):
+  """``Tsearch<Task>``, registered with TFDS as ``tsearch_<task>``."""
+  name = "Tsearch" + "".join(part.title() for part in task.split("_"))
+  return type(name, (_TaskBuilder,), dict(
+      TASK=task, __module__=__name__,
+      __doc__=f"{task} problems with reference solutions (tsearch.get_task)."))
 
 
-class TsearchCountdown(_TaskBuilder):
-  """Countdown problems (``tsearch.tasks.Countdown``)."""
-  TASK = "countdown"
-
-
-class TsearchGame24(_TaskBuilder):
-  """Game of 24 puzzles in Tree-of-Thoughts splits (``tsearch.tasks.Game24``)."""
-  TASK = "game24"
-
-
-_BUILDERS = dict(arithmetic=TsearchArithmetic, countdown=TsearchCountdown,
-                 game24=TsearchGame24)
+_BUILDERS = {task: _builder_class(task) for task in DATASET_TASKS}
+globals().update({cls.__name__: cls for cls in _BUILDERS.values()})
 
 
 def _dataset_dir(task, data_dir):
@@ -190,7 +180,8 @@ def build(task: str, data_dir: str, *, seed: int = 0, num_train: int | None = No
   """
   _check_task(task)
   sizes = dict(num_train=num_train, num_validation=num_validation, num_test=num_test)
-  defaults = dict(_DEFAULT_SIZES, **(dict(num_validation=100) if task == "game24" else {}))
+  task_obj = tasks_lib.get_task(task, **(task_options or {}))
+  defaults = dict(_DEFAULT_SIZES, **task_obj.dataset_size_defaults)
   sizes = {k: defaults[k] if v is None else v for k, v in sizes.items()}
   builder = _BUILDERS[task](data_dir=data_dir, seed=seed, task_options=task_options, **sizes)
   path = _dataset_dir(task, data_dir)
@@ -228,7 +219,8 @@ def data_source(task: str, data_dir: str, split: str):
   """``tfds.data_source`` of one split (random access, no TensorFlow)."""
   opts = load_build_options(task, data_dir)
   known = [s for s in ("train", "validation", "test")
-           if (s == "train" and (task == "game24" or opts["num_train"] > 0))
+           if (s == "train" and (load_task(task, data_dir).fixed_splits
+                                 or opts["num_train"] > 0))
            or (s != "train" and opts[f"num_{s}"] > 0)]
   if split not in known:
     raise ValueError(f"Unknown or empty split {split!r}; this dataset has {known}.")
@@ -349,7 +341,8 @@ def main(argv=None) -> int:
   b.add_argument("--seed", type=int, default=0)
   for k, v in _DEFAULT_SIZES.items():
     b.add_argument(f"--{k}", type=int, default=None,
-                   help=f"default {v} (game24: validation 100, the rest train)")
+                   help=f"default {v} (a fixed-list task such as game24 sets "
+                   "its own: validation 100, the rest train)")
   b.add_argument("--option", type=_parse_option, action="append", default=[],
                  help="task option key=value, e.g. --option max_digits=4 (repeatable)")
   args = parser.parse_args(argv)

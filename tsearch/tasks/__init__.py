@@ -1,7 +1,11 @@
 """Tasks: problems as tokens, and jittable environments with exact verifiers.
 
 Registry: ``get_task(name, **options)`` with names ``arithmetic``,
-``countdown``, ``game24`` and ``connect_four``. The first three share one
+``countdown``, ``game24`` and ``connect_four``. Countdown and the Game of 24
+also take ``strict=True`` (the legal mask is the game's rules), ``notation``
+(``"plain"``, ``"left"``: the numbers left after each step, or
+``"left_first"``) and ``retract=R`` (an answer may take back its first step R
+times); see :mod:`tsearch.tasks.countdown_rules`. The first three share one
 character vocabulary (:data:`ARITH_VOCAB`), so one model can learn them all.
 
 Example (runs on CPU in seconds)::
@@ -37,6 +41,9 @@ the finished game from the point of view of the player who made the last
 move (+1 win, 0 draw or not over, -1 illegal move), i.e. the reward on the
 edge for the player who chose it; use discount -1 on non-terminal edges.
 """
+import functools
+
+from tsearch.tasks import countdown_rules
 from tsearch.tasks.arithmetic import Arithmetic
 from tsearch.tasks.base import Task, TaskState
 from tsearch.tasks.countdown import (Countdown, Game24, format_number, game24_puzzles,
@@ -46,8 +53,8 @@ from tsearch.tasks.vocab import (ARITH_VOCAB, BOS, CONNECT_FOUR_VOCAB, EOS, NEWL
 
 _REGISTRY = {
     "arithmetic": Arithmetic,
-    "countdown": Countdown,
-    "game24": Game24,
+    "countdown": functools.partial(countdown_rules.make, Countdown),
+    "game24": functools.partial(countdown_rules.make, Game24),
 }
 
 
@@ -59,6 +66,8 @@ def _connect_four(**options):
 _REGISTRY["connect_four"] = _connect_four
 
 TASK_NAMES = tuple(sorted(_REGISTRY))
+# Tasks with reference solutions, so a TFDS dataset (``tsearch.data``).
+DATASET_TASK_NAMES = ("arithmetic", "countdown", "game24")
 
 
 def get_task(name: str, **options) -> Task:

@@ -97,6 +97,74 @@ class Task:
     """``num`` problems drawn deterministically from ``seed``."""
     raise NotImplementedError
 
+  # ------------------------------------------- what training asks of a task
+  # Problem splits beyond train/validation/test that ``sample_problems``
+  # takes as ``split=`` (a fixed-list task's puzzles beyond its list).
+  extra_splits: tuple[str, ...] = ()
+  # Default sizes of the TFDS dataset (``tsearch.data``), over the library's.
+  dataset_size_defaults: dict = {}
+  # Whether ``solution_text`` writes reference answers (warm starts,
+  # datasets); games have none and learn from self-play only.
+  has_solutions: bool = True
+  # Token that takes back the answer's first step, when the task's rules
+  # allow it (None otherwise); search-and-learn can teach when to use it.
+  retract_token: int | None = None
+
+  @property
+  def splits(self) -> tuple[str, ...]:
+    """Every split name ``train.data`` and evaluation may ask for."""
+    return ("train", "validation", "test") + tuple(self.extra_splits)
+
+  @property
+  def num_moves(self) -> int | None:
+    """Steps (``step_delimiter``-ended lines) a finished answer has, when
+    the task fixes it (a step-level rollout makes that many moves); None:
+    not fixed (a rollout makes up to one move per answer token)."""
+    return None
+
+  def check_split(self, split: str) -> None:
+    if split not in self.splits:
+      raise ValueError(f"Unknown split {split!r} for task {self.name!r}; use "
+                       f"one of {self.splits}.")
+
+  # Seed of held-out problems of a sampled task: no training step uses it
+  # (those come from SeedSequence). validation and test use different ones.
+  EVAL_SEED = 987_654_321
+
+  def eval_problems(self, num: int, *, split: str = "test") -> list:
+    """The held-out problems evaluation reports on: a fixed-list task's
+    ``split`` in order (at most ``num``), else ``num`` problems sampled
+    with a fixed seed per split."""
+    self.check_split(split)
+    if split == "train":
+      raise ValueError("Evaluate on 'validation' or 'test', not 'train'.")
+    return self.sample_problems(
+        self.EVAL_SEED + (0 if split == "test" else 1), num)
+
+  def sample_with_solutions(self, seed: int, num: int) -> list:
+    """``[(problem, solution_text)]`` for ``num`` sampled problems."""
+    return [(p, self.solution_text(p)) for p in self.sample_problems(seed, num)]
+
+  def split_problems(self, *, seed: int, num_validation: int) -> dict | None:
+    """A fixed-list task's ``{split: [problem, ...]}``; None for tasks whose
+    problems are sampled (``tsearch.data`` then draws distinct ones)."""
+    del seed, num_validation
+    return None
+
+  def solver_traces(self, seed: int, batch_size: int, *, max_len: int,
+                    negative_fraction: float = 0.5,
+                    split: str = "train") -> dict:
+    """A warm-start batch written by an exact solver (``warm_start.data =
+    "solver"``): ``tokens [B, T]``, ``token_mask``, ``loss_mask``,
+    ``value_mask``, ``value_target [B, T]``, ``policy_weight [B]``."""
+    raise NotImplementedError(
+        f"Task {self.name!r} has no exact solver for warm-start traces; set "
+        "--config.warm_start.data=reference.")
+
+  def attempts(self, state) -> Array:
+    """``[B]`` float32: 1 + the take-backs each answer made."""
+    return jnp.ones(state.length.shape, jnp.float32)
+
   def encode_prompt(self, problem) -> np.ndarray:
     """``[P]`` int32: BOS, the prompt text, PAD. Raises if it does not fit."""
     ids = [self.bos_id] + self.encode(self.prompt_text(problem))

@@ -52,6 +52,7 @@ class ConnectFour(base.Task):
       EOS and the delimiter, all of which but legal columns lose).
   """
   num_players = 2
+  has_solutions = False  # self-play only: no reference answers
   step_delimiter = -1
 
   def __init__(self, *, max_opening: int = 8, constrain: bool = True):

@@ -38,77 +38,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from tsearch.tasks import base
+from tsearch.tasks import countdown_solver
+from tsearch.tasks.countdown_solver import (MAX_NUMBER, MAX_NUMBER_DIGITS, apply_op,
+                                            exact_solve, format_number, solve, steps_text,
+                                            writable)
 from tsearch.tasks import vocab as V
 
-MAX_NUMBER_DIGITS = 4
-MAX_NUMBER = 10 ** MAX_NUMBER_DIGITS - 1
 _OPS = "+-*/"
 _OP_TOKENS = (V.PLUS, V.MINUS, V.TIMES, V.DIVIDE)
-
-
-def format_number(x: Fraction) -> str:
-  """``n`` or ``(n/d)`` for a non-negative rational in lowest terms."""
-  if x < 0:
-    raise ValueError(f"Only non-negative numbers can be written, got {x}.")
-  return str(x.numerator) if x.denominator == 1 else f"({x.numerator}/{x.denominator})"
-
-
-def _apply(a: Fraction, op: str, b: Fraction):
-  if op == "+":
-    return a + b
-  if op == "-":
-    return a - b
-  if op == "*":
-    return a * b
-  return None if b == 0 else a / b
-
-
-def _writable(x) -> bool:
-  return (x is not None and x >= 0 and x.numerator <= MAX_NUMBER
-          and x.denominator <= MAX_NUMBER)
-
-
-def solve(numbers, target, *, integer_only: bool = False):
-  """Reference solver: depth-first search over exact fractions.
-
-  Args:
-    numbers: the input numbers.
-    target: the number to reach using every input exactly once.
-    integer_only: only allow integer intermediate results.
-
-  Returns:
-    A list of steps ``(a, op, b, c)`` of Fractions, or None if no solution
-    exists in the task's notation (non-negative, writable results).
-  """
-  return _solve(tuple(sorted(Fraction(x) for x in numbers)), Fraction(target),
-                integer_only)
-
-
-@functools.lru_cache(maxsize=200_000)
-def _solve(nums: tuple, target: Fraction, integer_only: bool):
-  if len(nums) == 1:
-    return [] if nums[0] == target else None
-  n = len(nums)
-  for i in range(n):
-    for j in range(i + 1, n):
-      big, small = nums[j], nums[i]  # nums is sorted
-      rest = nums[:i] + nums[i + 1:j] + nums[j + 1:]
-      cands = [(big, "+", small), (big, "*", small), (big, "-", small),
-               (big, "/", small), (small, "/", big)]
-      for a, op, b in cands:
-        c = _apply(a, op, b)
-        if not _writable(c) or (integer_only and c.denominator != 1):
-          continue
-        sub = _solve(tuple(sorted(rest + (c,))), target, integer_only)
-        if sub is not None:
-          return [(a, op, b, c)] + sub
-  return None
-
-
-def steps_text(steps) -> str:
-  """The answer text of solver steps (no EOS)."""
-  return "\n".join(f"{format_number(a)}{op}{format_number(b)}={format_number(c)}"
-                   for a, op, b, c in steps)
 
 
 @chex.dataclass(frozen=True)
@@ -225,6 +162,19 @@ class Countdown(base.Task):
                 integer_only=self.integer_only,
                 max_answer_length=self.max_answer_length, constrain=self.constrain)
 
+  @property
+  def num_moves(self) -> int:
+    return self.num_numbers - 1
+
+  def solver_traces(self, seed: int, batch_size: int, *, max_len: int,
+                    negative_fraction: float = 0.5,
+                    split: str = "train") -> dict:
+    """Warm-start traces from the exact solver; see
+    :func:`tsearch.tasks.countdown_solver.solver_traces`."""
+    return countdown_solver.solver_traces(
+        self, seed, batch_size, max_len=max_len,
+        negative_fraction=negative_fraction, split=split)
+
   # ---------------------------------------------------------------- host side
   def _check_problem(self, problem):
     numbers, target = problem
@@ -267,8 +217,8 @@ class Countdown(base.Task):
         choices = []
         for op in _OPS:
           for x, y in ((a, b), (b, a)):
-            c = _apply(x, op, y)
-            if _writable(c) and not (self.integer_only and c.denominator != 1):
+            c = apply_op(x, op, y)
+            if writable(c) and not (self.integer_only and c.denominator != 1):
               choices.append((x, op, y, c))
         if not choices:
           break
@@ -446,7 +396,7 @@ def game24_extended_puzzles(max_number: int = 20) -> tuple[tuple[int, ...], ...]
     raise ValueError(f"max_number must be in [14, {MAX_NUMBER}], got {max_number}.")
   out = []
   for nums in itertools.combinations_with_replacement(range(1, max_number + 1), 4):
-    if nums[-1] > 13 and _solve(tuple(Fraction(x) for x in nums),
+    if nums[-1] > 13 and exact_solve(tuple(Fraction(x) for x in nums),
                                 Fraction(24), False) is not None:
       out.append(nums)
   return tuple(out)
@@ -463,6 +413,7 @@ class Game24(Countdown):
   # Splits beyond game24_splits' for search steps (train.data.ExampleStream):
   # puzzles outside the list, scored by the verifier only.
   extra_splits = ("extended", "train+extended")
+  dataset_size_defaults = dict(num_validation=100)
 
   def __init__(self, *, max_answer_length: int | None = None, constrain: bool = True):
     super().__init__(num_numbers=4, min_number=1, max_number=13, max_target=24,
@@ -495,6 +446,18 @@ class Game24(Countdown):
                        f"train+extended, got {split!r}.")
     idx = rng.choice(len(puzzles), num, replace=num > len(puzzles))
     return [(tuple(puzzles[i]), 24) for i in idx]
+
+  def eval_problems(self, num: int | None = None, *, split: str = "test") -> list:
+    """The split's puzzles in the list's order (at most ``num``): for
+    ``test`` the Tree-of-Thoughts test ranks 901-1000."""
+    if split not in ("validation", "test"):
+      raise ValueError(f"Evaluate on 'validation' or 'test', got {split!r}.")
+    puzzles = [(tuple(nums), 24) for _, nums in game24_splits()[split]]
+    return puzzles if num is None else puzzles[:num]
+
+  def split_problems(self, *, seed: int, num_validation: int) -> dict:
+    return {k: [(tuple(nums), 24) for _, nums in v] for k, v in game24_splits(
+        num_validation=num_validation, seed=seed).items()}
 
   def sample_with_solutions(self, seed: int, num: int, *, split: str = "train") -> list:
     return [(p, self.solution_text(p)) for p in self.sample_problems(seed, num, split=split)]

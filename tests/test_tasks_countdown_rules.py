@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from train import puzzle_data
-from train.strict import StrictCountdown, number_tokens
+from tsearch.tasks import countdown_solver
+from tsearch.tasks.countdown_rules import StrictCountdown, number_tokens
 import tsearch.tasks as tasks_lib
 from tsearch.tasks import get_task
 from tsearch.tasks import vocab as V
@@ -47,8 +47,8 @@ def _walk(env, prompts, answers):
 def test_every_solution_is_legal_and_only_the_rules_are(env):
   base = env.base
   problems = [((4, 9, 10, 13), 24), ((1, 5, 5, 5), 24), ((3, 3, 8, 8), 24)]
-  texts = [t for p in problems for t in puzzle_data.all_solutions(*p)[:6]]
-  probs = [p for p in problems for _ in puzzle_data.all_solutions(*p)[:6]]
+  texts = [t for p in problems for t in countdown_solver.all_solutions(*p)[:6]]
+  probs = [p for p in problems for _ in countdown_solver.all_solutions(*p)[:6]]
   prompts, _ = base.encode_prompts(probs)
   answers = np.stack([base.encode_answer(t) for t in texts])
   ok, legal, reward, terminal = _walk(env, prompts, answers)
@@ -89,21 +89,21 @@ def test_subtraction_below_zero_is_not_offered(env):
 
 
 def test_all_solutions_and_labels_agree_with_the_solver():
-  sols = puzzle_data.all_solutions((4, 9, 10, 13), 24)
+  sols = countdown_solver.all_solutions((4, 9, 10, 13), 24)
   assert "13-9=4\n10-4=6\n6*4=24" in sols and len(sols) == len(set(sols))
-  assert puzzle_data.all_solutions((1, 1, 1, 1), 24) == []
+  assert countdown_solver.all_solutions((1, 1, 1, 1), 24) == []
   rng = np.random.default_rng(0)
-  text, labels = puzzle_data.random_derivation((4, 9, 10, 13), 24, rng)
+  text, labels = countdown_solver.random_derivation((4, 9, 10, 13), 24, rng)
   assert len(labels) == 3 and text.count("\n") == 2
   assert labels[-1] == ("=24" in text.split("\n")[-1])
-  assert puzzle_data.solvable((Fraction(4), Fraction(6)), Fraction(24))
-  assert not puzzle_data.solvable((Fraction(1), Fraction(1)), Fraction(24))
+  assert countdown_solver.solvable((Fraction(4), Fraction(6)), Fraction(24))
+  assert not countdown_solver.solvable((Fraction(1), Fraction(1)), Fraction(24))
 
 
 def test_solver_batch_is_seeded_and_verifies():
   env = StrictCountdown(get_task("game24"))
-  a = puzzle_data.solver_batch(env, 5, 16, max_len=64)
-  b = puzzle_data.solver_batch(env, 5, 16, max_len=64)
+  a = countdown_solver.solver_traces(env, 5, 16, max_len=64)
+  b = countdown_solver.solver_traces(env, 5, 16, max_len=64)
   jax.tree.map(np.testing.assert_array_equal, a, b)
   pl = (a["token_mask"] > 0).sum(1)
   for r in range(16):
@@ -134,14 +134,14 @@ def test_solver_batch_split_draws_extended_puzzles():
          if t not in (env.pad_id, env.bos_id)]
     ).split(":")[0].split()] for row in batch["tokens"]]
 
-  train = puzzle_data.solver_batch(env, 5, 32, max_len=64)
-  both = puzzle_data.solver_batch(env, 5, 32, max_len=64,
+  train = countdown_solver.solver_traces(env, 5, 32, max_len=64)
+  both = countdown_solver.solver_traces(env, 5, 32, max_len=64,
                                   split="train+extended")
   assert all(max(n) <= 13 for n in numbers(train))
   assert any(max(n) > 13 for n in numbers(both))
   assert both["policy_weight"].sum() > 0
   with pytest.raises(ValueError, match="split must be"):
-    puzzle_data.solver_batch(env, 5, 4, max_len=64, split="bogus")
+    countdown_solver.solver_traces(env, 5, 4, max_len=64, split="bogus")
 
 
 @pytest.mark.parametrize("strict", [False, True])
@@ -182,34 +182,34 @@ def test_example_stream_draws_game24_problems_from_its_split(strict):
 
 def test_random_step_keeps_counts_solvable_first_steps():
   from tsearch.tasks import countdown as cdm  # pylint: disable=import-outside-toplevel
-  assert puzzle_data.after_step([4, 9, 10, 13], 1, 3, 22) == [4, 10, 22]
+  assert countdown_solver.after_step([4, 9, 10, 13], 1, 3, 22) == [4, 10, 22]
   for numbers in [(4, 9, 10, 13), (1, 1, 1, 8), (3, 3, 8, 8)]:
     pool = [Fraction(x) for x in numbers]
-    steps = puzzle_data.legal_steps(pool)
+    steps = countdown_solver.legal_steps(pool)
     ok = [cdm.solve([p for k, p in enumerate(pool) if k not in (i, j)] + [c],
                     24) is not None for i, j, _, c in steps]
-    assert puzzle_data.random_step_keeps(numbers, 24) == pytest.approx(
+    assert countdown_solver.random_step_keeps(numbers, 24) == pytest.approx(
         np.mean(ok))
-  assert 0 < puzzle_data.random_step_keeps((4, 9, 10, 13), 24) < 0.5
+  assert 0 < countdown_solver.random_step_keeps((4, 9, 10, 13), 24) < 0.5
 
 
 def test_step_candidates_are_the_legal_steps_written_out(env):
   pool = [Fraction(x) for x in (4, 9, 10, 13)]
-  cands = puzzle_data.step_candidates(pool)
-  steps = puzzle_data.legal_steps(pool)
+  cands = countdown_solver.step_candidates(pool)
+  steps = countdown_solver.legal_steps(pool)
   assert len(cands) == len(steps)
   assert ("13-9=4", [Fraction(4), Fraction(10), Fraction(4)]) in cands
   assert ("4/9=(4/9)", [Fraction(10), Fraction(13), Fraction(4, 9)]) in cands
   # first_step_keeps: 13-9=4 leaves 4 4 10 (4*10-4*4 is 24, not needed:
   # (10-4)*4 is); 4/9 leaves 10 13 (4/9), from which 24 is out of reach.
-  assert puzzle_data.first_step_keeps((4, 9, 10, 13), "13-9=4 4 4 10\n", 24)
-  assert puzzle_data.first_step_keeps((4, 9, 10, 13), "13-9=4\n10-4=6", 24)
-  assert not puzzle_data.first_step_keeps((4, 9, 10, 13), "4/9=(4/9)", 24)
-  assert puzzle_data.first_step_keeps((4, 9, 10, 13), "13-8=5", 24) is None
+  assert countdown_solver.first_step_keeps((4, 9, 10, 13), "13-9=4 4 4 10\n", 24)
+  assert countdown_solver.first_step_keeps((4, 9, 10, 13), "13-9=4\n10-4=6", 24)
+  assert not countdown_solver.first_step_keeps((4, 9, 10, 13), "4/9=(4/9)", 24)
+  assert countdown_solver.first_step_keeps((4, 9, 10, 13), "13-8=5", 24) is None
   # A first step taken back (task.retract) is not the one kept.
-  assert puzzle_data.first_step_keeps(
+  assert countdown_solver.first_step_keeps(
       (4, 9, 10, 13), "4/9=(4/9) (4/9) 10 13\n:\n13-9=4 4 4 10\n", 24)
-  assert not puzzle_data.first_step_keeps(
+  assert not countdown_solver.first_step_keeps(
       (4, 9, 10, 13), "13-9=4 4 4 10\n:\n4/9=(4/9) (4/9) 10 13\n", 24)
   # Every written step is one the strict environment accepts as a first
   # step, and it leaves the numbers the candidate says.
@@ -238,13 +238,13 @@ def test_step_candidates_are_the_legal_steps_written_out(env):
 
 
 def test_ranking_auc():
-  assert puzzle_data.ranking_auc([1, 0, 1, 0], [0.9, 0.1, 0.8, 0.2]) == 1.0
-  assert puzzle_data.ranking_auc([1, 0, 1, 0], [0.1, 0.9, 0.2, 0.8]) == 0.0
+  assert countdown_solver.ranking_auc([1, 0, 1, 0], [0.9, 0.1, 0.8, 0.2]) == 1.0
+  assert countdown_solver.ranking_auc([1, 0, 1, 0], [0.1, 0.9, 0.2, 0.8]) == 0.0
   # One of the four positive-negative pairs misordered, one tied.
-  assert puzzle_data.ranking_auc([1, 1, 0, 0], [0.9, 0.5, 0.6, 0.5]) == \
+  assert countdown_solver.ranking_auc([1, 1, 0, 0], [0.9, 0.5, 0.6, 0.5]) == \
       pytest.approx((2 + 0 + 0.5) / 4)
   with pytest.raises(ValueError, match="both positive and negative"):
-    puzzle_data.ranking_auc([1, 1], [0.2, 0.3])
+    countdown_solver.ranking_auc([1, 1], [0.2, 0.3])
 
 
 def _walk_solved(env, prompts, answers):
@@ -305,7 +305,7 @@ def test_show_left_writes_the_numbers_left_and_forces_them(left_env):
 def _solver_batch_lines(env):
   """Each row's answer lines of a solver batch; asserts every row has 3
   step ends and every solved row verifies."""
-  a = puzzle_data.solver_batch(env, 3, 16, max_len=88)
+  a = countdown_solver.solver_traces(env, 3, 16, max_len=88)
   verify = jax.jit(env.verify)
   out = []
   for r in range(16):
@@ -335,12 +335,12 @@ def test_solver_batch_fits_answers_to_a_shorter_max_len(left_env):
   long_env = StrictCountdown(
       get_task("game24", max_answer_length=128), show_left=True)
   p = long_env.max_prompt_length
-  a = puzzle_data.solver_batch(long_env, 3, 16, max_len=p + 72)
-  b = puzzle_data.solver_batch(left_env, 3, 16, max_len=p + 72)
+  a = countdown_solver.solver_traces(long_env, 3, 16, max_len=p + 72)
+  b = countdown_solver.solver_traces(left_env, 3, 16, max_len=p + 72)
   assert left_env.max_answer_length == 72
   jax.tree.map(np.testing.assert_array_equal, a, b)
   with pytest.raises(ValueError, match="raise --config.data.max_len"):
-    puzzle_data.solver_batch(long_env, 3, 16, max_len=p + 20)
+    countdown_solver.solver_traces(long_env, 3, 16, max_len=p + 20)
 
 
 @pytest.fixture(scope="module")
@@ -371,21 +371,21 @@ def test_left_first_chooses_the_numbers_left_then_a_step_reaching_them(
   # Every solution, in this notation, is legal, solves and verifies.
   problems = [((4, 9, 10, 13), 24), ((1, 5, 5, 5), 24), ((3, 3, 8, 8), 24),
               ((1, 1, 1, 8), 24)]
-  probs = [p for p in problems for _ in puzzle_data.all_solutions(*p)[:5]]
+  probs = [p for p in problems for _ in countdown_solver.all_solutions(*p)[:5]]
   texts = [env.annotate(p[0], t) for p in problems
-           for t in puzzle_data.all_solutions(*p)[:5]]
+           for t in countdown_solver.all_solutions(*p)[:5]]
   prompts = jnp.asarray(env.encode_prompts(probs)[0])
   answers = _answers(env, texts)
   legal = _walk_solved(env, prompts, answers)
   # The first token: the first character of the smallest number left by
   # some legal step, and nothing else.
   pool = [Fraction(x) for x in (4, 9, 10, 13)]
-  lefts = [left for _, left in puzzle_data.step_candidates(pool)]
+  lefts = [left for _, left in countdown_solver.step_candidates(pool)]
   assert {env.vocab.symbols[t] for t in np.flatnonzero(legal[0, 0])} == {
       cd_format(min(left))[0] for left in lefts}
   # Every legal first step, written after its numbers left, is accepted.
   steps = [env.annotate((4, 9, 10, 13), t, complete=False)
-           for t, _ in puzzle_data.step_candidates(pool)]
+           for t, _ in countdown_solver.step_candidates(pool)]
   ok, legal, _, _ = _walk(env, jnp.repeat(prompts[:1], len(steps), 0),
                           _answers(env, steps))
   assert ok.all()
@@ -423,8 +423,8 @@ def test_solver_batch_with_left_first(first_env):
     # The first two steps start with the numbers left (3, then 2).
     assert [len(line.split(":")[0].split(" ")) for line in lines[:2]] == \
         [3, 2] and ":" not in lines[2], lines
-  assert puzzle_data.first_step_keeps((4, 9, 10, 13), "4 4 10:13-9=4", 24)
-  assert not puzzle_data.first_step_keeps((4, 9, 10, 13), "9 10 17:4+13=17", 24)
+  assert countdown_solver.first_step_keeps((4, 9, 10, 13), "4 4 10:13-9=4", 24)
+  assert not countdown_solver.first_step_keeps((4, 9, 10, 13), "9 10 17:4+13=17", 24)
 
 
 def test_retract_takes_back_the_first_step_and_bars_it():

@@ -1,6 +1,7 @@
-"""A Countdown / Game of 24 environment whose legal mask is the game's rules.
+"""Countdown / Game of 24 under the game's rules: ``get_task(..., strict=True)``.
 
-:class:`StrictCountdown` wraps a ``tsearch.tasks`` Countdown or Game24 task.
+``get_task("game24", strict=True, notation="left", retract=2)`` (also
+``"countdown"``) returns a :class:`StrictCountdown` wrapping the task.
 Its ``legal_mask`` allows, token by token, only answers that follow the
 rules of the game, not just the syntax of ``a op b = c`` lines:
 
@@ -15,18 +16,18 @@ rules of the game, not just the syntax of ``a op b = c`` lines:
 So an answer is always a valid derivation and only the final value decides
 the reward (the verifier is the wrapped task's).
 
-``show_left=True`` writes the position out after every step but the last:
+``notation="left"`` (``show_left=True``) writes the position out after every step but the last:
 the result is followed by the numbers left, sorted, each after a space
 (``13-9=4 4 4 10\n``). These tokens are forced (one legal token each),
 so the policy chooses exactly what it chose before, but the value read at
 the step's end sees the numbers left instead of having to work them out
-from the prompt and the steps (``bench/game24_value_probe.py``: the same
+from the prompt and the steps (``experiments/game24/game24_value_probe.py``: the same
 model ranks 3-number positions with AUC 0.87 instead of 0.69 on the test
 puzzles). The wrapped task needs room for the longer answers
 (``max_answer_length``); :meth:`StrictCountdown.annotate` writes the
 suffixes into solver texts.
 
-``left_first=True`` writes the same numbers *before* each step that leaves
+``notation="left_first"`` writes the same numbers *before* each step that leaves
 more than one number, then a colon (``4 4 10:13-9=4\n4 6:10-4=6\n4*6=24``).
 These tokens are choices: the legal mask allows only the positions some
 legal step reaches (it enumerates every step on the numbers available,
@@ -41,7 +42,7 @@ its operands swapped) is barred from then on
 (``13-9=4 4 4 10\n:\n10-4=6 6 9 13\n...``). The tokens stay in the
 answer; the verifier reads the steps that were kept. This is the move a
 policy needs to recover from a first step whose position it judges dead
-(``bench/game24_value_greedy.py``, "retracting first step keeps").
+(``experiments/game24/game24_value_greedy.py``, "retracting first step keeps").
 
 A state where no token is
 legal (possible only if no operator fits) is terminal with reward 0. The
@@ -63,6 +64,7 @@ import numpy as np
 
 from tsearch.tasks import base as tasks_base
 from tsearch.tasks import countdown as cd
+from tsearch.tasks import countdown_solver
 from tsearch.tasks import vocab as V
 
 Array = chex.Array
@@ -185,6 +187,29 @@ def _combine(an, ad, op, bn, bd):
   return jnp.where(ok, rn, 0), jnp.where(ok, rd, 1), ok
 
 
+_NOTATIONS = ("plain", "left", "left_first")
+
+
+def make(task_cls, *, strict: bool = False, notation: str = "plain",
+         retract: int = 0, **options):
+  """``task_cls(**options)``, under the game's rules if ``strict``
+  (``get_task("game24", strict=True, notation="left", retract=2)``)."""
+  task = task_cls(**options)
+  if notation not in _NOTATIONS:
+    raise ValueError(f"notation must be one of {_NOTATIONS}, got "
+                     f"{notation!r}.")
+  if not strict:
+    if notation != "plain" or retract:
+      raise ValueError(
+          f"notation={notation!r} and retract={retract!r} are written by the "
+          "game's rules; pass strict=True with them (config: "
+          "--config.task.options.strict=True).")
+    return task
+  return StrictCountdown(task, show_left=notation == "left",
+                         left_first=notation == "left_first",
+                         retract=retract)
+
+
 class StrictCountdown:
   """See the module docstring. ``task``: a Countdown or Game24 task."""
 
@@ -192,7 +217,7 @@ class StrictCountdown:
                left_first: bool = False, retract: int = 0):
     if not isinstance(task, cd.Countdown):
       raise ValueError(f"StrictCountdown wraps a Countdown or Game24 task, "
-                       f"got {task!r}; set task.strict=False for other tasks.")
+                       f"got {task!r}.")
     if show_left and left_first:
       raise ValueError("show_left and left_first are two notations of the "
                        "numbers left (after a step / before it); set one.")
@@ -237,6 +262,32 @@ class StrictCountdown:
     left += ", left_first=True" if self.left_first else ""
     left += f", retract={self.retract}" if self.retract else ""
     return f"StrictCountdown({self.base!r}{left})"
+
+  def options(self) -> dict:
+    return dict(self.base.options(), strict=True, notation=self.notation,
+                retract=self.retract)
+
+  @property
+  def notation(self) -> str:
+    return ("left" if self.show_left else "left_first" if self.left_first
+            else "plain")
+
+  @property
+  def retract_token(self) -> int | None:
+    """``:``, which takes back the first step (``retract > 0``)."""
+    return V.COLON if self.retract else None
+
+  def attempts(self, state: StrictState) -> Array:
+    """``[B]``: 1 + the first steps each answer took back."""
+    return 1.0 + state.nret.astype(jnp.float32)
+
+  def solver_traces(self, seed: int, batch_size: int, *, max_len: int,
+                    negative_fraction: float = 0.5,
+                    split: str = "train") -> dict:
+    """The wrapped task's solver traces in this notation, numbers shuffled."""
+    return countdown_solver.solver_traces(
+        self, seed, batch_size, max_len=max_len,
+        negative_fraction=negative_fraction, split=split)
 
   @property
   def writes_left(self) -> bool:
@@ -293,8 +344,7 @@ class StrictCountdown:
     text = self.annotate(problem[0], self.base.solution_text(problem))
     if len(self.encode(text)) < self.base.max_answer_length:
       return text
-    from train import puzzle_data  # pylint: disable=import-outside-toplevel
-    return min((self.annotate(problem[0], t) for t in puzzle_data.all_solutions(
+    return min((self.annotate(problem[0], t) for t in countdown_solver.all_solutions(
         *problem)), key=lambda t: len(self.encode(t)))
 
   # The base Task's, reading this class's solution_text.

@@ -2,7 +2,7 @@
 
 Run (a trained ``configs/game24_left.py`` warm start; about 7.5 s per update
 on a 2-core CPU shared with a training run, 3-4 s alone):
-  python bench/game24_first_step_distill.py --config configs/game24_left.py \\
+  python experiments/game24/game24_first_step_distill.py --config configs/game24_left.py \\
       --workdir /tmp/g24l --step 3000 --updates 300 --beta 10 --prior 0
 
 Every failure of greedy decoding on the warm start is its first step
@@ -11,13 +11,13 @@ head ranks first steps almost perfectly. The search-and-learn value
 lookahead (``search.value_policy_weight``) teaches the policy that ranking on
 the K=8 steps the search samples; this probe asks what the policy would
 learn from the ranking of *all* of them (at most 48 per puzzle,
-``puzzle_data.step_candidates``), outside the search step: on each update,
+``countdown_solver.step_candidates``), outside the search step: on each update,
 16 training puzzles (numbers shuffled) with every legal first step written
 out, the cross-entropy of the policy renormalised over those steps
 (choice tokens only: the tokens before ``=``) against
 ``softmax(beta * v + prior * log p)``, ``v`` the *frozen* warm start's value
 after each step, plus ``--sft`` times the warm start's own loss (one of all
-solutions of 32 training puzzles, ``puzzle_data.solver_batch``) as an
+solutions of 32 training puzzles, ``countdown_solver.solver_batch``) as an
 anchor. Every ``--eval_every`` updates, on 100 training, the 100 validation
 and the 100 test puzzles: greedy's solve rate, the policy's probability
 mass on the first steps that keep a solution (renormalised over the legal
@@ -36,7 +36,8 @@ import optax
 from absl import app, flags
 from ml_collections import config_flags
 
-from train import loop, puzzle_data
+from train import loop
+from tsearch.tasks import countdown_solver
 from tsearch._src import algorithms
 from tsearch.tasks import game24_splits
 
@@ -77,7 +78,7 @@ def _candidates(task, puzzles):
     pool = [Fraction(x) for x in nums]
     prefix = [int(t) for t in base.encode_prompt((nums, 24))
               if t != base.pad_id]
-    cands = puzzle_data.step_candidates(pool)
+    cands = countdown_solver.step_candidates(pool)
     if len(cands) > _CANDS:
       raise ValueError(f"{nums} has {len(cands)} first steps > {_CANDS}.")
     for c, (text, _) in enumerate(cands):
@@ -146,7 +147,7 @@ def main(argv):
     n = int(legal[0].sum())
     lp = np.asarray(step_lps(p, jnp.asarray(toks[0, :n]),
                              jnp.asarray(choice[0, :n])))
-    keeps = np.array([puzzle_data.solvable(tuple(sorted(left)), Fraction(24))
+    keeps = np.array([countdown_solver.solvable(tuple(sorted(left)), Fraction(24))
                       for left in lefts])
     prob = np.exp(lp - lp.max())
     return float((prob * keeps).sum() / prob.sum()), bool(keeps[lp.argmax()])
@@ -173,7 +174,7 @@ def main(argv):
   rng = np.random.default_rng(0)
   t0 = time.time()
   for i in range(1, _UPDATES.value + 1):
-    sft = puzzle_data.solver_batch(task, 10_000 + i, 32, max_len=96,
+    sft = countdown_solver.solver_traces(task, 10_000 + i, 32, max_len=96,
                                    negative_fraction=0.0)
     params, state, (pol, anchor) = update(
         params, state, *map(jnp.asarray, _candidates(

@@ -1,6 +1,6 @@
 """Connect Four matches: the trained model with MCTS against baselines.
 
-  python -m train.play --config configs/connect_four.py --workdir <dir> \\
+  python experiments/connect_four/play.py --config configs/connect_four.py --workdir <dir> \\
       --simulations 32 --games 64 --out results/connect_four.json
 
 Agents (each picks one move for every game of a batch):

@@ -1,7 +1,7 @@
 """Where a first-move Game of 24 search spends its simulations.
 
 Run (a trained configs/game24_plain.py workdir; ~1-4 min on a 2-core CPU):
-  python bench/game24_first_move.py --workdir /tmp/g24 --step 3000 \\
+  python experiments/game24/game24_first_move.py --workdir /tmp/g24 --step 3000 \\
       --config.search.num_children=32
 
 One ``tsearch.lm_search`` from the prompt of each of the 100 ToT test
@@ -29,7 +29,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from train import config as config_lib
-from train import loop, puzzle_data, search_learn
+from train import loop, search_learn
+from tsearch.tasks import countdown_solver
 from tsearch._src import algorithms
 from tsearch._src import lm_search as lm
 from tsearch.tasks import countdown as cd
@@ -55,7 +56,7 @@ def _left_after(numbers, step_text):
   pool = [Fraction(x) for x in numbers]
   pool.remove(fa)
   pool.remove(fb)
-  return pool + [cd._apply(fa, op, fb)]  # pylint: disable=protected-access
+  return pool + [countdown_solver.apply_op(fa, op, fb)]
 
 
 def main(argv):
@@ -87,7 +88,7 @@ def main(argv):
       text = base.decode([int(x) for x in t.children_actions[i, 0, k]
                           if x >= 0])
       left = _left_after(numbers, text)
-      ok |= left is not None and puzzle_data.solvable(
+      ok |= left is not None and countdown_solver.solvable(
           tuple(sorted(left)), Fraction(target))
     ceiling.append(ok)
   print(f"checkpoint {step}, K={sc.num_children}, {_SIMS.value} simulations, "
@@ -114,11 +115,11 @@ def _greedy_steps(fns, params, task, problems, prompts, plen):
     lines = task.base.decode([int(x) for x in answers[i] if x > 0]).split("\n")
     for j, line in enumerate(lines[:2]):
       left = _left_after(left, line) if left is not None else None
-      alive[i, j] = left is not None and puzzle_data.solvable(
+      alive[i, j] = left is not None and countdown_solver.solvable(
           tuple(sorted(left)), goal)
       if not alive[i, j]:
         break
-    random_keeps.append(puzzle_data.random_step_keeps(numbers, goal))
+    random_keeps.append(countdown_solver.random_step_keeps(numbers, goal))
   print(f"greedy: solved {solved.mean():.0%}; solvable after its first step "
         f"{alive[:, 0].mean():.0%}, after its second {alive[:, 1].mean():.0%}; "
         f"a random legal first step keeps {np.mean(random_keeps):.0%}")

@@ -2,9 +2,9 @@
 and greedy decoding with the model, side by side in one run.
 
 Run (about 2 minutes on a 2-core CPU; results in BENCHMARKS.md):
-  python bench/strict_notations.py
+  python experiments/game24/strict_notations.py
 
-The three Game of 24 notations of ``train.strict.StrictCountdown``
+The three Game of 24 notations of ``tsearch.tasks.countdown_rules.StrictCountdown``
 (``configs/game24_plain.py``: the task's own steps; ``configs/game24_left.py``:
 the numbers left after each step, forced tokens; ``configs/game24_left_first.py``:
 the numbers left before each step, chosen tokens whose legal mask

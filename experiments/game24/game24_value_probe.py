@@ -1,7 +1,7 @@
 """Can the Game of 24 model learn which first steps leave a solvable position?
 
 Run (~10 min per representation on a 2-core CPU at the default 3000 steps):
-  python bench/game24_value_probe.py --steps 3000 --layers 3
+  python experiments/game24/game24_value_probe.py --steps 3000 --layers 3
 
 A value-only probe, side by side in one run: a fresh model of the
 ``configs/game24_plain.py`` size (``--layers`` to change the depth) is trained on
@@ -38,7 +38,7 @@ from flax import nnx
 
 import models
 import tsearch
-from train import puzzle_data
+from tsearch.tasks import countdown_solver
 from tsearch.tasks import countdown as cd
 from tsearch.tasks import game24_splits
 
@@ -54,7 +54,7 @@ def _row(task, numbers, step_text, left, mode):
   text = task.prompt_text((numbers, 24)) + step_text
   if mode == "left":
     text += " " + " ".join(cd.format_number(x) for x in sorted(left))
-  label = puzzle_data.solvable(tuple(sorted(left)), _TARGET)
+  label = countdown_solver.solvable(tuple(sorted(left)), _TARGET)
   return task.encode(text) + [task.step_delimiter], label
 
 
@@ -69,7 +69,7 @@ def _arrays(task, rows):
 def _first_steps(task, numbers, mode):
   pool = [Fraction(x) for x in numbers]
   return [_row(task, numbers, t, left, mode)
-          for t, left in puzzle_data.step_candidates(pool)]
+          for t, left in countdown_solver.step_candidates(pool)]
 
 
 def probe(mode: str, *, steps: int, layers: int, seed: int = 0) -> dict:
@@ -125,7 +125,7 @@ def probe(mode: str, *, steps: int, layers: int, seed: int = 0) -> dict:
       t, l, y = _arrays(task, _first_steps(task, numbers, mode))
       vs += list(np.asarray(evaluate(state, jnp.asarray(t), jnp.asarray(l))))
       ys += list(y)
-    out[split] = puzzle_data.ranking_auc(ys, vs)
+    out[split] = countdown_solver.ranking_auc(ys, vs)
   return out
 
 

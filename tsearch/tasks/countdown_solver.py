@@ -1,9 +1,14 @@
-"""Warm-start traces for Countdown-style puzzles from the exact solver.
+"""The exact Countdown / Game of 24 solver, and warm-start traces from it.
 
-``warm_start.data = "solver"`` (Countdown, Game of 24): each batch row is a
-training problem with its numbers in a random order (the task's
-``sample_problems``; :class:`train.strict.StrictCountdown` shuffles them),
-and either
+Exact arithmetic over fractions in the tasks' notation (:func:`apply_op`,
+:func:`writable`, :func:`format_number`); :func:`solve` finds one solution
+(the reference answer ``Countdown.solution_text`` writes), :func:`all_solutions`
+every derivation, :func:`solvable` whether numbers can still reach a target.
+
+Warm-start traces (``Countdown.solver_traces``, ``warm_start.data =
+"solver"``): each batch row is a training problem with its numbers in a
+random order (the task's ``sample_problems``; the strict rules,
+:mod:`tsearch.tasks.countdown_rules`, shuffle them), and either
 
 * one of *all* its solutions, drawn at random (:func:`all_solutions`): a
   policy target (LM loss on the answer) whose every step boundary has value
@@ -24,7 +29,76 @@ from fractions import Fraction
 
 import numpy as np
 
-from tsearch.tasks import countdown as cd
+MAX_NUMBER_DIGITS = 4
+MAX_NUMBER = 10 ** MAX_NUMBER_DIGITS - 1
+
+
+def format_number(x: Fraction) -> str:
+  """``n`` or ``(n/d)`` for a non-negative rational in lowest terms."""
+  if x < 0:
+    raise ValueError(f"Only non-negative numbers can be written, got {x}.")
+  return str(x.numerator) if x.denominator == 1 else f"({x.numerator}/{x.denominator})"
+
+
+def apply_op(a: Fraction, op: str, b: Fraction):
+  if op == "+":
+    return a + b
+  if op == "-":
+    return a - b
+  if op == "*":
+    return a * b
+  return None if b == 0 else a / b
+
+
+def writable(x) -> bool:
+  return (x is not None and x >= 0 and x.numerator <= MAX_NUMBER
+          and x.denominator <= MAX_NUMBER)
+
+
+def solve(numbers, target, *, integer_only: bool = False):
+  """Reference solver: depth-first search over exact fractions.
+
+  Args:
+    numbers: the input numbers.
+    target: the number to reach using every input exactly once.
+    integer_only: only allow integer intermediate results.
+
+  Returns:
+    A list of steps ``(a, op, b, c)`` of Fractions, or None if no solution
+    exists in the task's notation (non-negative, writable results).
+  """
+  return exact_solve(tuple(sorted(Fraction(x) for x in numbers)), Fraction(target),
+                integer_only)
+
+
+@functools.lru_cache(maxsize=200_000)
+def exact_solve(nums: tuple, target: Fraction, integer_only: bool):
+  if len(nums) == 1:
+    return [] if nums[0] == target else None
+  n = len(nums)
+  for i in range(n):
+    for j in range(i + 1, n):
+      big, small = nums[j], nums[i]  # nums is sorted
+      rest = nums[:i] + nums[i + 1:j] + nums[j + 1:]
+      cands = [(big, "+", small), (big, "*", small), (big, "-", small),
+               (big, "/", small), (small, "/", big)]
+      for a, op, b in cands:
+        c = apply_op(a, op, b)
+        if not writable(c) or (integer_only and c.denominator != 1):
+          continue
+        sub = exact_solve(tuple(sorted(rest + (c,))), target, integer_only)
+        if sub is not None:
+          return [(a, op, b, c)] + sub
+  return None
+
+
+def steps_text(steps) -> str:
+  """The answer text of solver steps (no EOS)."""
+  return "\n".join(f"{format_number(a)}{op}{format_number(b)}={format_number(c)}"
+                   for a, op, b, c in steps)
+
+
+
 
 
 @functools.lru_cache(maxsize=100_000)
@@ -41,8 +115,8 @@ def _derivations(pool: tuple, target: Fraction) -> tuple:
       a, b = pool[i], pool[j]
       rest = tuple(p for k, p in enumerate(pool) if k not in (i, j))
       for op in "+-*/":
-        c = cd._apply(a, op, b)  # pylint: disable=protected-access
-        if not cd._writable(c):  # pylint: disable=protected-access
+        c = apply_op(a, op, b)
+        if not writable(c):
           continue
         for tail in _derivations(tuple(sorted(rest + (c,))), target):
           out.append(((a, op, b, c),) + tail)
@@ -53,14 +127,14 @@ def all_solutions(numbers, target) -> list[str]:
   """Answer texts (no EOS) of every derivation of ``target``; a step's
   operands appear in both orders where the result is the same number."""
   pool = tuple(sorted(Fraction(x) for x in numbers))
-  texts = [cd.steps_text(steps) for steps in _derivations(pool,
+  texts = [steps_text(steps) for steps in _derivations(pool,
                                                           Fraction(target))]
   return list(dict.fromkeys(texts))  # equal numbers give equal texts
 
 
 @functools.lru_cache(maxsize=200_000)
 def solvable(pool: tuple, target: Fraction) -> bool:
-  return cd._solve(pool, target, False) is not None  # pylint: disable=protected-access
+  return exact_solve(pool, target, False) is not None
 
 
 def legal_steps(pool) -> list[tuple[int, int, str, Fraction]]:
@@ -72,8 +146,8 @@ def legal_steps(pool) -> list[tuple[int, int, str, Fraction]]:
       if i == j:
         continue
       for op in "+-*/":
-        c = cd._apply(pool[i], op, pool[j])  # pylint: disable=protected-access
-        if cd._writable(c):  # pylint: disable=protected-access
+        c = apply_op(pool[i], op, pool[j])
+        if writable(c):
           out.append((i, j, op, c))
   return out
 
@@ -86,7 +160,7 @@ def after_step(pool, i: int, j: int, c) -> list:
 def step_candidates(pool) -> list[tuple[str, list]]:
   """``(step text, numbers left)`` of every legal step on ``pool``, in
   :func:`legal_steps` order."""
-  return [(cd.steps_text([(pool[i], op, pool[j], c)]),
+  return [(steps_text([(pool[i], op, pool[j], c)]),
            after_step(pool, i, j, c)) for i, j, op, c in legal_steps(pool)]
 
 
@@ -138,7 +212,7 @@ def random_derivation(numbers, target, rng):
     steps.append((pool[i], op, pool[j], c))
     pool = after_step(pool, i, j, c)
     labels.append(solvable(tuple(sorted(pool)), Fraction(target)))
-  return cd.steps_text(steps), labels
+  return steps_text(steps), labels
 
 
 def _as_written(numbers, text: str) -> str:
@@ -158,10 +232,10 @@ def _fitting_solutions(task, annotate, numbers: tuple, target,
       numbers, target)) if len(task.encode(a)) < budget)
 
 
-def solver_batch(task, seed: int, batch_size: int, *, max_len: int,
+def solver_traces(task, seed: int, batch_size: int, *, max_len: int,
                  negative_fraction: float = 0.5,
                  split: str = "train") -> dict[str, np.ndarray]:
-  """A warm-start batch (the format of :func:`train.data.supervised_batch`,
+  """A warm-start batch (the format of ``train.data.supervised_batch``,
   with a per-token ``value_target [B, T]``) of ``split``'s problems (a
   ``sample_problems`` split; Game of 24 also ``"train+extended"``); see the
   module docstring."""
@@ -181,7 +255,7 @@ def solver_batch(task, seed: int, batch_size: int, *, max_len: int,
   # its search steps write longer answers (configs/game24.py).
   budget = min(task.max_answer_length, max_len - task.max_prompt_length)
   fits = lambda text: len(task.encode(text)) < budget  # noqa: E731
-  # The environment's notation (train.strict: the numbers left after steps).
+  # The environment's notation (countdown_rules: the numbers left after steps).
   annotate = getattr(task, "annotate", _as_written)
   for r, (numbers, target) in enumerate(problems):
     if rng.random() < negative_fraction:

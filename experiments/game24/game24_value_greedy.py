@@ -2,7 +2,7 @@
 
 Run (a trained configs/game24.py workdir; ~1 min per checkpoint on a 2-core
 CPU):
-  python bench/game24_value_greedy.py --workdir /tmp/g24 --steps 3000,3065
+  python experiments/game24/game24_value_greedy.py --workdir /tmp/g24 --steps 3000,3065
 
 On 100 training puzzles, the 100 validation and the 100 test puzzles, side
 by side per checkpoint:
@@ -11,7 +11,7 @@ by side per checkpoint:
   the strict env);
 * greedy first step keeps: the share of puzzles whose greedy first step
   leaves a solvable position (the exact solver decides;
-  ``puzzle_data.first_step_keeps``): on these checkpoints nearly every
+  ``countdown_solver.first_step_keeps``): on these checkpoints nearly every
   greedy failure is its first step;
 * value-greedy: at each step every legal step ``a op b = c`` is written
   after the answer so far and the one whose end the value head rates
@@ -49,7 +49,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from train import loop, puzzle_data
+from train import loop
+from tsearch.tasks import countdown_solver
 from tsearch._src import algorithms
 from tsearch.tasks import countdown as cd
 from tsearch.tasks import game24_splits
@@ -110,7 +111,7 @@ def _value_greedy(task, apply, params, numbers):
   prefix = _prompt_ids(task.base, numbers)
   first_ok = None
   while len(pool) > 1:
-    cands = puzzle_data.step_candidates(pool)
+    cands = countdown_solver.step_candidates(pool)
     if len(pool) == 2:  # the last step: the verifier's choice
       pool = next((r for _, r in cands if r[0] == _TARGET), cands[0][1])
       break
@@ -119,7 +120,7 @@ def _value_greedy(task, apply, params, numbers):
     best = int(np.argmax(values))
     prefix, pool = seqs[best], cands[best][1]
     if first_ok is None:
-      first_ok = puzzle_data.solvable(tuple(sorted(pool)), _TARGET)
+      first_ok = countdown_solver.solvable(tuple(sorted(pool)), _TARGET)
   return pool == [_TARGET], bool(first_ok)
 
 
@@ -132,12 +133,12 @@ def _first_steps(task, apply, params, puzzles, retracts):
   labels, scores, kept = [], [], []
   for numbers in puzzles:
     pool = [Fraction(x) for x in numbers]
-    cands = puzzle_data.step_candidates(pool)
+    cands = countdown_solver.step_candidates(pool)
     _, values, step_lp = _step_values(
         task, apply, params,
         _prompt_ids(task.base, numbers), pool,
         [t for t, _ in cands])
-    keeps = [puzzle_data.solvable(tuple(sorted(r)), _TARGET)
+    keeps = [countdown_solver.solvable(tuple(sorted(r)), _TARGET)
              for _, r in cands]
     labels += keeps
     scores += list(values)
@@ -147,7 +148,7 @@ def _first_steps(task, apply, params, puzzles, retracts):
       tried = [i for i in order[:r] if values[i] >= 0.5]
       row.append(keeps[tried[0] if tried else order[min(r, len(order) - 1)]])
     kept.append(row)
-  return puzzle_data.ranking_auc(labels, scores), np.mean(kept, 0)
+  return countdown_solver.ranking_auc(labels, scores), np.mean(kept, 0)
 
 
 def main(argv):
@@ -181,10 +182,10 @@ def main(argv):
           jnp.asarray(plen), jax.random.key(0), budget=1)
       greedy = float(np.mean(np.asarray(task.verify(jnp.asarray(prompts),
                                                     out.answers)) > 0.5))
-      keeps = np.mean([bool(puzzle_data.first_step_keeps(
+      keeps = np.mean([bool(countdown_solver.first_step_keeps(
           nums, task.decode(np.asarray(a)), 24)) for (nums, _), a in zip(
               problems, np.asarray(out.answers))])
-      rand = np.mean([puzzle_data.random_step_keeps(nums, 24)
+      rand = np.mean([countdown_solver.random_step_keeps(nums, 24)
                       for nums, _ in problems])
       if not _VALUE.value:
         print(f"{step} | {split} | {greedy:.0%} | {keeps:.0%} | - | - | "
