@@ -28,7 +28,8 @@ class DataNotBuiltError(FileNotFoundError):
 _SPLITS = ("train", "validation", "test")
 
 
-def _step_seed(*parts: int) -> int:
+def step_seed(*parts: int) -> int:
+  """A 32-bit seed that is a function of ``parts`` (run seed, step, ...)."""
   return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
@@ -95,7 +96,7 @@ class ExampleStream:
     # for the others the split is part of the seed.
     kw = dict(split=split) if self.task.fixed_splits else {}
     problems = self.task.sample_problems(
-        _step_seed(self.seed, self._step - 1, jax.process_index(),
+        step_seed(self.seed, self._step - 1, jax.process_index(),
                    splits.index(split)),
         self.batch_size, **kw)
     return examples_from_problems(self.task, problems)

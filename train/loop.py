@@ -197,7 +197,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def warm_batch(step, examples):
     """This process's warm-start batch of ``step`` (also the search steps'
     anchor, ``search.anchor_weight``)."""
-    seed = data_lib._step_seed(config.seed, step, jax.process_index())  # pylint: disable=protected-access
+    seed = data_lib.step_seed(config.seed, step, jax.process_index())
     if config.warm_start.data == "solver":
       return task.solver_traces(
           seed, examples["prompt"].shape[0], max_len=max_len,
