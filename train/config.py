@@ -239,9 +239,9 @@ def validate_task(config: ConfigDict, task) -> None:
        "in a two-player tree is not a forced win. Set it to False.")
   need(config.search.retract_weight == 0 or task.retract_token is not None,
        "search.retract_weight", f"teaches taking back a first step, but "
-       f"{task!r} has no take-back token; e.g. for Countdown / Game of 24 "
-       "set --config.task.options.retract=1 (with strict=True, "
-       "notation='left').")
+       f"{task!r} has no take-back token; turn on the task's take-back "
+       "option (e.g. --config.task.options.retract=1 with strict=True, "
+       "notation='left') or set it to 0.")
 
 
 def _get(config, dotted):
