@@ -1,12 +1,10 @@
 """The search family: equivalences, budgets and exact compute counts."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import models
 import tsearch
-from tests.test_family_helpers import FixedSteps, model_for
+from tests.test_family_helpers import FixedSteps, model_for, tiny_model
 from tsearch._src import algorithms as A
 from tsearch.tasks import vocab as V
 
@@ -18,20 +16,27 @@ KEY = jax.random.key(3)
 T = TASK.max_answer_length
 
 
+def mcts_model(task):
+  """A context for the prompt, the committed answer and one answer-long
+  step of the tree (the rollout behind ``mcts``)."""
+  return tiny_model(task.vocab.size,
+                    task.max_prompt_length + 2 * task.max_answer_length)
+
+
+MCTS_MODEL = mcts_model(TASK)
+
+
 def run(name, budget, key=KEY, task=TASK, pt=PT, pl=PL, model=None, **kw):
   gd, st = model or (GD, ST)
   return jax.device_get(A.get_algorithm(name)(gd, st, task, pt, pl, key,
                                               budget=budget, **kw))
 
 
-def test_greedy_equals_models_generate_and_width_one_beam():
+def test_greedy_equals_width_one_beam():
   out = run("greedy", 1)
-  ref = models.generate(
-      GD, ST, PT, PL, KEY, max_new_tokens=T, greedy=True, eos_id=TASK.eos_id,
-      logits_mask_fn=lambda gen, t: TASK.mask_at(jnp.full((len(PL),), t)))
-  np.testing.assert_array_equal(out.answers, np.asarray(ref.tokens))
   # Step-level beam search of width 1 with one greedy step per round is
-  # greedy decoding, although it stops at every step delimiter.
+  # greedy decoding (tests/test_generate.py: the argmax of full forwards),
+  # although it stops at every step delimiter.
   beam = run("beam", 1, beam_width=1, greedy_tokens=True)
   np.testing.assert_array_equal(beam.answers, out.answers)
   np.testing.assert_allclose(beam.answer_scores, out.answer_scores, rtol=1e-6)
@@ -101,15 +106,33 @@ def test_counts_skip_finished_sequences():
 
 def test_mcts_budget_and_counts():
   k, s = 3, TASK.step_tokens
-  out = run("mcts", 1, num_children=k)
-  # Root: prefill + K sampled steps (s - 1 forwarded tokens each); the one
-  # simulation expands one child (its s tokens) and samples K steps below
-  # it; the answer follows that child and is completed greedily.
-  tokens = PL + k * (s - 1) + s + k * (s - 1) + (T - s)
-  np.testing.assert_array_equal(out.tokens_forwarded, tokens)
-  calls = 1 + (s - 1) + 1 + (s - 1) + (T - s)
+  out = run("mcts", 1, num_children=k, model=MCTS_MODEL)
+  # The rollout: the root is the prompt (one call, PL tokens) and K sampled
+  # steps (s - 1 forwarded tokens each, s - 1 calls); each of the 3 moves
+  # runs one simulation, expanding one node: its own s tokens and, below it,
+  # K sampled steps (none below the last, terminal, step); it then commits
+  # that node and keeps it (already paid for) as the next root.
+  sampled = (1 + (s - 1), k * (s - 1))  # (calls, tokens) of a node
+  calls = sampled[0] + 2 * sampled[0] + 1
+  tokens = PL + sampled[1] + 2 * (s + sampled[1]) + s
   np.testing.assert_array_equal(out.model_calls, calls)
+  np.testing.assert_array_equal(out.tokens_forwarded, tokens)
   assert out.candidate_finished.all()
+  np.testing.assert_array_equal(out.answer_lengths, T)
+  # The same answers as the rollout that makes training targets.
+  cfg = tsearch.LMSearchConfig(mode="step", num_simulations=1, num_children=k,
+                               step_length=T, max_depth=1, reserve_tokens=T,
+                               temperature=0.0, dirichlet_fraction=0.0)
+  r = jax.device_get(tsearch.rollout(*MCTS_MODEL, TASK, PT, PL, KEY,
+                                     config=cfg, num_moves=T))
+  np.testing.assert_array_equal(r.answers, out.answers)
+  np.testing.assert_array_equal(r.model_calls, out.model_calls)
+  assert r.active.sum(1).tolist() == [3, 3, 3]  # one step per move
+
+
+def test_mcts_needs_room_for_the_committed_answer():
+  with pytest.raises(ValueError, match="the 9-token answer it commits"):
+    run("mcts", 2)
 
 
 def test_same_key_same_answers():
@@ -122,11 +145,11 @@ def test_mcts_act_on_solved_answers_with_a_verified_solution():
   # FixedSteps: reward 1 when the answer's first digit is even, else -1.
   # One-step answers: the verifier lookahead scores all K root steps at
   # the root's expansion and pruning leaves no simulation to spend on them,
-  # so the most visited path is the root itself (answered greedily) while
-  # act_on_solved answers with a step the verifier accepted. The same key
-  # grows the same tree: only the answer's path differs.
+  # so the plain search commits the first scored step while act_on_solved
+  # commits a step the verifier accepted. The same key grows the same tree:
+  # only the answer differs.
   one = FixedSteps(steps=1, step_tokens=3)
-  model = model_for(one)
+  model = mcts_model(one)
   problems = list(range(10, 42))
   pt, pl = one.encode_prompts(problems)
   kw = dict(task=one, pt=pt, pl=pl, model=model, num_children=4,
@@ -138,20 +161,29 @@ def test_mcts_act_on_solved_answers_with_a_verified_solution():
     assert out.candidate_finished.all()
     np.testing.assert_array_equal(out.answer_scores,
                                   np.where(even(out), 1.0, -1.0))
+  np.testing.assert_array_equal(act.tokens_forwarded, plain.tokens_forwarded)
   changed = (act.answers != plain.answers).any(-1)
   assert changed.any()
   assert even(act)[changed].all()  # a changed answer is a solution
   assert even(act).sum() > even(plain).sum()
   # Three-step answers: where the tree holds a solution, the answer is one.
   pt, pl = TASK.encode_prompts(problems)
-  kw = dict(pt=pt, pl=pl, num_children=3, terminal_lookahead=True,
-            prune_terminal_slots=True)
+  kw = dict(pt=pt, pl=pl, model=MCTS_MODEL, num_children=3,
+            terminal_lookahead=True, prune_terminal_slots=True)
   out, ref = run("mcts", 6, act_on_solved=True, **kw), run("mcts", 6, **kw)
   assert even(out).sum() >= even(ref).sum()
-  assert (out.tokens_forwarded <= ref.tokens_forwarded).all()  # no completion
   with pytest.raises(ValueError, match="prune_terminal_slots"):
-    run("mcts", 6, num_children=3, prune_terminal_slots=True)
+    run("mcts", 6, num_children=3, prune_terminal_slots=True,
+        model=MCTS_MODEL)
   c4 = tsearch.get_task("connect_four")
   with pytest.raises(ValueError, match="act_on_solved is for single-player "
                      "puzzles.*connect_four has 2 players"):
     run("mcts", 6, task=c4, act_on_solved=True)
+
+
+def test_gumbel_plays_whole_answers():
+  out = run("gumbel", 4, num_children=3, model=MCTS_MODEL)
+  assert out.candidate_finished.all()
+  np.testing.assert_array_equal(out.answer_lengths, T)
+  again = run("gumbel", 4, num_children=3, model=MCTS_MODEL)
+  np.testing.assert_array_equal(again.answers, out.answers)

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 import models
+import tsearch
 from train import config as config_lib
 from train import model as model_lib
-from train import search_learn
+from train import search_config
 from train import solve_rates
 from tsearch.tasks.countdown_rules import StrictCountdown
 from tsearch._src import algorithms
@@ -39,8 +40,8 @@ def test_rows_match_the_methods_run_directly(tmp_path):
   assert rows[0]["solve_rate"] == float(solved.mean())
   assert rows[0]["tokens_forwarded"] == pytest.approx(
       np.mean(np.asarray(g.tokens_forwarded)))
-  sc = search_learn.lm_search_config(config.search, task, num_simulations=3,
-                                     acting_temperature=0.0, noise=False)
+  sc = search_config.lm_search_config(config.search, task, num_simulations=3,
+                                      acting_temperature=0.0, noise=False)
 
   # Jitted, as evaluate runs it, and named and shaped as evaluate's function
   # so that when both build the same program the compile is shared through
@@ -48,9 +49,9 @@ def test_rows_match_the_methods_run_directly(tmp_path):
   # what evaluate passes (config, moves, act_on_solved) makes a different
   # program and different numbers below.
   def run(s, p, l, k):
-    r = search_learn.rollout(fns.graphdef, task, s, p, l, k, config=sc,
-                             num_moves=2, act_on_solved=True)
-    return r["outcome"], r["model_calls"], r["tokens_forwarded"]
+    r = tsearch.rollout(fns.graphdef, s, task, p, l, k, config=sc,
+                        num_moves=2, act_on_solved=True)
+    return r.outcome, r.model_calls, r.tokens_forwarded
   outcome, calls, tokens = jax.jit(run)(fns.state(params), prompts, plen, key)
   assert rows[1]["solve_rate"] == float(np.mean(np.asarray(outcome) > .5))
   assert rows[1]["model_calls"] == pytest.approx(np.mean(np.asarray(calls)))

@@ -282,11 +282,11 @@ def test_show_left_writes_the_numbers_left_and_forces_them(left_env):
   for t in range(6, 6 + len(" 4 4 10")):
     assert legal[0, t].sum() == 1
   assert legal[0, 0].sum() > 1  # the first operand: a real choice
-  # search_learn.choice_tokens: in "13-9=4 4 4 10\n" the choices are
+  # The rollout's choice_tokens: in "13-9=4 4 4 10\n" the choices are
   # "1", "3", "-" and "9"; from "=" on every token is forced.
-  from train import search_learn  # pylint: disable=import-outside-toplevel
+  from tsearch._src.rollout import choice_tokens  # pylint: disable=import-outside-toplevel
   step = np.asarray(answers[:1, :len("13-9=4 4 4 10\n")])[:, None]
-  choice = jax.jit(lambda s, t: search_learn.choice_tokens(env, s, t))(
+  choice = jax.jit(lambda s, t: choice_tokens(env, s, t))(
       env.init_state(jnp.asarray(prompts[:1])), jnp.asarray(step))
   np.testing.assert_array_equal(choice[0, 0], np.arange(step.shape[-1]) < 4)
   # A wrong number left (the first one's first digit changed) fails.
@@ -402,12 +402,12 @@ def test_left_first_chooses_the_numbers_left_then_a_step_reaching_them(
     assert not ok.all(), text
   bad = _answers(env, ["4 13 18:9+10=19\n4 6:19-13=6\n4*6=24"])
   assert float(jax.jit(env.verify)(prompts[:1], bad)[0]) == 0.0
-  # search_learn.choice_tokens: the numbers left hold the choices; only
+  # The rollout's choice_tokens: the numbers left hold the choices; only
   # 13-9 reaches 4 4 10, so the step after them is forced.
-  from train import search_learn  # pylint: disable=import-outside-toplevel
+  from tsearch._src.rollout import choice_tokens  # pylint: disable=import-outside-toplevel
   text = "4 4 10:13-9=4\n"
   step = np.asarray(env.encode(text))[None, None]
-  choice = jax.jit(lambda s, t: search_learn.choice_tokens(env, s, t))(
+  choice = jax.jit(lambda s, t: choice_tokens(env, s, t))(
       env.init_state(prompts[:1]), jnp.asarray(step))
   assert choice[0, 0, 0]  # the smallest number left: 1, 3, 4, 5, ...
   assert not np.asarray(choice[0, 0, text.index(":"):len(text)]).any()

@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import tsearch
 from train import losses, targets
 
 
@@ -61,40 +60,25 @@ def test_children_logits_and_step_nll():
   np.testing.assert_allclose(term.total, 1.5)
 
 
-def _small_tree():
-  tree = tsearch.empty_tree(batch_size=2, capacity=4, num_children=3,
-                            action_length=1, embedding_example=jnp.zeros((2,)))
-  visits = jnp.zeros((2, 4, 3), jnp.int32)
-  visits = visits.at[0, 0].set(jnp.array([3, 1, 5]))  # slot 2 illegal
-  mask = jnp.zeros((2, 4, 3), bool).at[:, 0, :2].set(True)
-  values = jnp.zeros((2, 4)).at[0, 0].set(0.25).at[1, 0].set(-0.5)
-  return tree.replace(children_visits=visits, children_mask=mask,
-                      node_values=values)
-
-
-def test_visit_policy_ignores_illegal_and_flags_unvisited():
-  tree = _small_tree()
-  probs, valid = targets.visit_policy(tree, jnp.zeros(2, jnp.int32))
-  np.testing.assert_allclose(probs[0], [0.75, 0.25, 0.0])
-  np.testing.assert_array_equal(probs[1], 0.0)
-  np.testing.assert_array_equal(valid, [True, False])
-  np.testing.assert_allclose(targets.node_value(tree, jnp.zeros(2, jnp.int32)),
-                             [0.25, -0.5])
-
-
 def test_value_targets_modes():
-  outcome = jnp.array([1.0, 0.0])
-  q = jnp.array([[0.5, 0.2], [0.4, -0.2]])
+  # Two players: the outcome is for the player who moved last; each node
+  # sees it from its player to move. Row 0 made 3 moves, row 1 two.
+  active = jnp.array([[1, 1, 1], [1, 1, 0]], bool)
+  outcome = targets.value_outcomes(jnp.array([1.0, 0.5]), active,
+                                   two_player=True)
+  np.testing.assert_allclose(outcome, [[1, -1, 1], [-0.5, 0.5, -0.5]])
+  np.testing.assert_allclose(
+      targets.value_outcomes(jnp.array([1.0, 0.5]), active, two_player=False),
+      [[1, 1, 1], [0.5, 0.5, 0.5]])
+  q = jnp.array([[0.5, 0.2, 0.0], [0.4, -0.2, 0.0]])
   np.testing.assert_allclose(targets.value_targets(outcome, q, mode="outcome"),
-                             [[1, 1], [0, 0]])
+                             outcome)
   np.testing.assert_allclose(targets.value_targets(outcome, q, mode="q"), q)
   np.testing.assert_allclose(
       targets.value_targets(outcome, q, mode="mix", outcome_weight=0.25),
-      [[0.625, 0.4], [0.3, -0.15]], rtol=1e-6)
+      [[0.625, -0.1, 0.25], [0.175, -0.025, -0.125]], rtol=1e-6)
   with pytest.raises(ValueError, match="value target mode"):
     targets.value_targets(outcome, q, mode="median")
-  np.testing.assert_allclose(targets.two_player_outcome(jnp.array([1.0]), 3),
-                             [[1, -1, 1]])
   np.testing.assert_array_equal(
       targets.sft_mask(jnp.ones((2, 2)), jnp.array([True, False])),
       [[1, 1], [0, 0]])

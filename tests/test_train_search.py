@@ -3,6 +3,7 @@ targets are consistent, packed step log-probs match a plain forward, signs
 of two-player values, and short runs (with a replay buffer) train and
 resume exactly."""
 import os
+import types
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,12 @@ import models
 from train import config as config_lib
 from train import loop
 from train import model as model_lib
-from train import search_learn
+from train import packing
+from train import retract_terms
+from train import search_config
+from train import search_losses
+from train import targets
+import tsearch
 from tsearch.tasks import vocab as V
 from tsearch.tasks.countdown_rules import StrictCountdown
 from tsearch.tasks import get_task
@@ -34,19 +40,38 @@ def _search(**kw):
   return s
 
 
+def _loss_terms(fns, params, batch, *, retract=False, pad_id=0,
+                max_seq_len=64, **search):
+  """The step-level loss terms of ``search`` options on ``batch`` (the
+  outcome as the value target unless set)."""
+  s = _search(**{"level": "step", "value_target": "outcome",
+                 "value_mix": 1.0, **search})
+  ext = ()
+  if retract:
+    task = types.SimpleNamespace(retract_token=V.COLON,
+                                 step_delimiter=V.NEWLINE, pad_id=pad_id)
+    ext = (retract_terms.extension(fns.apply, s, task),)
+  forward = search_losses.make_forward(
+      fns.apply, level=s.level, pad_id=pad_id, max_seq_len=max_seq_len,
+      end_token=V.COLON if retract else None)
+  loss_fn = search_losses.make_loss_fn(
+      forward, search_losses.terms(s, two_player=False), ext)
+  return loss_fn(params, batch, None)
+
+
 def test_token_rollout_commits_verified_trajectories():
   task = get_task("arithmetic", max_digits=1)
   fns, params = _model(task, 48)
   problems = task.sample_problems(0, 4)
   prompt, plen = task.encode_prompts(problems)
   s = _search(num_simulations=6, num_children=3, capacity=24)
-  cfg = search_learn.lm_search_config(s, task)
+  cfg = search_config.lm_search_config(s, task)
   assert cfg.pb_c_init == 1.25
-  assert search_learn.lm_search_config(_search(pb_c_init=3.0),
+  assert search_config.lm_search_config(_search(pb_c_init=3.0),
                                        task).pb_c_init == 3.0
-  moves = search_learn.num_moves(s, task)
-  run = jax.jit(lambda p, k: search_learn.rollout(
-      fns.graphdef, task, fns.state(p), prompt, plen, k, config=cfg,
+  moves = search_config.num_moves(s, task)
+  run = jax.jit(lambda p, k: tsearch.rollout(
+      fns.graphdef, fns.state(p), task, prompt, plen, k, config=cfg,
       num_moves=moves))
   r = jax.device_get(run(params, jax.random.key(0)))
   again = jax.device_get(run(params, jax.random.key(0)))
@@ -87,11 +112,11 @@ def test_step_rollout_on_strict_countdown(prune, by_prior):
   s = _search(level="step", num_simulations=5, num_children=3, capacity=16,
               step_length=20, terminal_lookahead=prune,
               prune_terminal_slots=prune)
-  cfg = search_learn.lm_search_config(s, task)
+  cfg = search_config.lm_search_config(s, task)
   assert cfg.mode == "step" and cfg.max_depth == 2
   assert cfg.prune_terminal_slots == cfg.terminal_lookahead == prune
-  r = jax.device_get(jax.jit(lambda p, k: search_learn.rollout(
-      fns.graphdef, task, fns.state(p), prompt, plen, k, config=cfg,
+  r = jax.device_get(jax.jit(lambda p, k: tsearch.rollout(
+      fns.graphdef, fns.state(p), task, prompt, plen, k, config=cfg,
       num_moves=2, act_on_solved=prune, solved_by_prior=by_prior,
       record_choices=True))(
           params, jax.random.key(3)))
@@ -158,10 +183,10 @@ def test_packed_forward_matches_one_sequence_per_step():
   steps[0, 0, 1, 2:] = -1
   steps[1, 1, 2, 1:] = -1
   steps = jnp.asarray(steps, jnp.int32)
-  out, lp, sv = search_learn.packed_forward(fns.apply, params, seq, length,
+  out, lp, sv = packing.packed_forward(fns.apply, params, seq, length,
                                             start, steps, pad_id=0,
                                             max_seq_len=64)
-  ref = search_learn.step_logprobs(fns.apply, params, seq, start, steps,
+  ref = packing.step_logprobs(fns.apply, params, seq, start, steps,
                                    pad_id=0)
   np.testing.assert_allclose(lp, ref, rtol=1e-5, atol=1e-5)
   assert np.all(np.asarray(lp) < 0)
@@ -189,13 +214,13 @@ def test_packed_forward_counts_only_choice_tokens():
   steps = jnp.asarray(steps, jnp.int32)
   b, m, k, s = steps.shape
   kw = dict(pad_id=0, max_seq_len=64)
-  _, full, _ = search_learn.packed_forward(fns.apply, params, seq, length,
+  _, full, _ = packing.packed_forward(fns.apply, params, seq, length,
                                            start, steps, **kw)
   # Only the first two tokens a choice: the log-prob of the 2-token prefix.
   choice = jnp.broadcast_to(jnp.arange(s) < 2, steps.shape)
-  _, two, _ = search_learn.packed_forward(fns.apply, params, seq, length,
+  _, two, _ = packing.packed_forward(fns.apply, params, seq, length,
                                           start, steps, choice=choice, **kw)
-  ref = search_learn.step_logprobs(fns.apply, params, seq, start,
+  ref = packing.step_logprobs(fns.apply, params, seq, start,
                                    steps[..., :2], pad_id=0)
   np.testing.assert_allclose(two, ref, rtol=1e-5, atol=1e-5)
   assert np.all(np.asarray(two) > np.asarray(full))
@@ -206,11 +231,9 @@ def test_packed_forward_counts_only_choice_tokens():
       weights=jnp.full((b, m, k), 1.0 / k), children_actions=steps,
       children_mask=jnp.ones((b, m, k), bool), root_value=jnp.zeros((b, m)),
       active=jnp.ones((b, m), bool))
-  loss = search_learn.search_loss_fn(
-      fns.apply, level="step", value_target="outcome", outcome_weight=1.0,
-      two_player=False, step_policy_loss="nll", **kw)
-  nll = loss(params, batch, None)["policy"]
-  nll_two = loss(params, dict(batch, children_choice=choice), None)["policy"]
+  nll = _loss_terms(fns, params, batch, step_policy_loss="nll")["policy"]
+  nll_two = _loss_terms(fns, params, dict(batch, children_choice=choice),
+                        step_policy_loss="nll")["policy"]
   np.testing.assert_allclose(nll.total / nll.count,
                              -np.mean(np.asarray(full)), rtol=1e-4)
   np.testing.assert_allclose(nll_two.total / nll_two.count,
@@ -223,7 +246,7 @@ def test_retract_term_reads_the_take_back_token_after_first_move_steps():
   steps = jnp.asarray(steps, jnp.int32)
   b, m, k, s = steps.shape
   kw = dict(pad_id=0, max_seq_len=64)
-  _, _, sv, end_lp = search_learn.packed_forward(
+  _, _, sv, end_lp = packing.packed_forward(
       fns.apply, params, seq, length, start, steps, end_token=V.COLON, **kw)
   apply = jax.jit(fns.apply)
   for i, j, c in ((0, 0, 1), (1, 0, 2), (1, 1, 0)):
@@ -247,10 +270,8 @@ def test_retract_term_reads_the_take_back_token_after_first_move_steps():
       weights=jnp.full((b, m, k), 1.0 / k), children_actions=steps,
       children_mask=mask, root_value=jnp.zeros((b, m)),
       active=jnp.ones((b, m), bool), children_q=q, children_visits=visits)
-  term = search_learn.search_loss_fn(
-      fns.apply, level="step", value_target="outcome", outcome_weight=1.0,
-      two_player=False, retract_token=V.COLON, **kw)(params, batch,
-                                                     None)["retract"]
+  term = _loss_terms(fns, params, batch, retract=True,
+                     retract_weight=1.0)["retract"]
   target = 1.0 - np.clip(np.where(np.asarray(visits) > 0, q, sv), 0, 1)
   p = np.exp(np.asarray(end_lp))
   bce = -(target * np.log(p) + (1 - target) * np.log1p(-p))
@@ -264,7 +285,7 @@ def test_retraction_sequence_and_its_language_model_term():
   seq = jnp.array([[1, 5, 6, 7, 8, 9, 0], [1, 5, 6, 7, 8, 0, 0]], jnp.int32)
   length, plen = jnp.array([6, 5]), jnp.array([2, 3])
   step = jnp.array([[11, 12, 13], [14, -1, -1]], jnp.int32)
-  out, len2 = search_learn.retraction_sequence(
+  out, len2 = retract_terms.retraction_sequence(
       seq, length, plen, step, pad_id=0, retract_token=V.COLON,
       delimiter=V.NEWLINE)
   c, n = V.COLON, V.NEWLINE
@@ -286,13 +307,10 @@ def test_retraction_sequence_and_its_language_model_term():
       children_mask=jnp.ones((b, m, k), bool), root_value=jnp.zeros((b, m)),
       active=jnp.ones((b, m), bool), children_q=q,
       children_visits=jnp.ones((b, m, k), jnp.int32))
-  loss = search_learn.search_loss_fn(
-      fns.apply, level="step", value_target="outcome", outcome_weight=1.0,
-      two_player=False, retract_token=V.COLON, delimiter=V.NEWLINE, pad_id=0,
-      max_seq_len=64)
-  term = loss(params, batch, None)["retract_sft"]
+  term = _loss_terms(fns, params, batch, retract=True,
+                     retract_weight=1.0)["retract_sft"]
   # Row 0 takes back slot 2; row 1's dead slot 0 is the move made: none.
-  ref_seq, ref_len = search_learn.retraction_sequence(
+  ref_seq, ref_len = retract_terms.retraction_sequence(
       seq[:1], length[:1], jnp.array([4]), steps[:1, 0, 2], pad_id=0,
       retract_token=V.COLON, delimiter=V.NEWLINE)
   l2 = ref_seq.shape[1]
@@ -321,14 +339,12 @@ def test_step_policy_losses_nll_and_candidates():
       weights=weights, children_actions=steps,
       children_mask=jnp.ones((b, m, k), bool),
       root_value=jnp.zeros((b, m)), active=jnp.ones((b, m), bool))
-  kw = dict(level="step", value_target="outcome", outcome_weight=1.0,
-            two_player=False, pad_id=task.pad_id, max_seq_len=64)
+  kw = dict(pad_id=task.pad_id, max_seq_len=64)
   start = batch["prompt_length"][:, None] + batch["offset"]
-  lp = search_learn.step_logprobs(fns.apply, params, batch["seq"], start,
+  lp = packing.step_logprobs(fns.apply, params, batch["seq"], start,
                                   steps, pad_id=task.pad_id)
-  nll = search_learn.search_loss_fn(fns.apply, **kw)(params, batch, None)
-  cand = search_learn.search_loss_fn(
-      fns.apply, step_policy_loss="candidates", **kw)(params, batch, None)
+  nll = _loss_terms(fns, params, batch, **kw)
+  cand = _loss_terms(fns, params, batch, step_policy_loss="candidates", **kw)
   ref_nll = -np.sum(weights * lp) / (b * m)
   ref_cand = -np.sum(weights * jax.nn.log_softmax(lp, -1)) / (b * m)
   np.testing.assert_allclose(nll["policy"].total / nll["policy"].count,
@@ -338,10 +354,9 @@ def test_step_policy_losses_nll_and_candidates():
   assert ref_cand < ref_nll  # renormalised over K: a smaller loss
   # policy_on_solved: only row 0 (outcome 1) is a policy target; the value
   # loss is unchanged.
-  only = search_learn.search_loss_fn(
-      fns.apply, step_policy_loss="candidates", policy_on_solved=True,
-      **kw)(params, batch, None)
-  assert "value_policy" not in only  # only with value_policy_scale set
+  only = _loss_terms(fns, params, batch, step_policy_loss="candidates",
+                     policy_on_solved=True, **kw)
+  assert "value_policy" not in only  # only with value_policy_weight > 0
   ref_only = -np.sum(weights[0] * jax.nn.log_softmax(lp[0], -1)) / m
   assert int(only["policy"].count) == m
   np.testing.assert_allclose(only["policy"].total / only["policy"].count,
@@ -349,10 +364,10 @@ def test_step_policy_losses_nll_and_candidates():
   np.testing.assert_allclose(only["value"].total, cand["value"].total,
                              rtol=1e-6)
   with pytest.raises(ValueError, match="step_policy_loss"):
-    search_learn.search_loss_fn(fns.apply, step_policy_loss="ce", **kw)
+    search_losses.policy_term(level="step", step_policy_loss="ce")
   # value_policy: on every move (unsolved row 1 too, even with
   # policy_on_solved), CE against softmax(lp + scale * value after step).
-  _, _, sv = search_learn.packed_forward(
+  _, _, sv = packing.packed_forward(
       fns.apply, params, batch["seq"], batch["length"], start, steps,
       pad_id=task.pad_id, max_seq_len=64)
   # In the form step_policy_loss names: renormalised over the K
@@ -361,10 +376,9 @@ def test_step_policy_losses_nll_and_candidates():
     target = jax.nn.softmax(lp + scale * np.asarray(sv), -1)
     for form, ref_lp in (("candidates", jax.nn.log_softmax(lp, -1)),
                          ("nll", lp)):
-      vp = search_learn.search_loss_fn(
-          fns.apply, policy_on_solved=True, value_policy_scale=scale,
-          **dict(kw, step_policy_loss=form))(params, batch, None)[
-              "value_policy"]
+      vp = _loss_terms(fns, params, batch, policy_on_solved=True,
+                       value_policy_weight=1.0, value_policy_scale=scale,
+                       step_policy_loss=form, **kw)["value_policy"]
       ref_vp = -np.sum(target * ref_lp) / (b * m)
       assert int(vp.count) == b * m
       np.testing.assert_allclose(vp.total / vp.count, ref_vp, rtol=1e-4)
@@ -376,10 +390,10 @@ def test_value_outcomes_flip_sign_for_two_players():
   active = jnp.array([[1, 1, 1, 0], [1, 1, 0, 0]], bool)
   outcome = jnp.array([1.0, 1.0])  # for the player who moved last
   np.testing.assert_array_equal(
-      search_learn.value_outcomes(outcome, active, two_player=True),
+      targets.value_outcomes(outcome, active, two_player=True),
       [[1, -1, 1, -1], [-1, 1, -1, 1]])
   np.testing.assert_array_equal(
-      search_learn.value_outcomes(outcome, active, two_player=False),
+      targets.value_outcomes(outcome, active, two_player=False),
       np.ones((2, 4)))
 
 
@@ -388,9 +402,9 @@ def test_connect_four_rollout_plays_legal_games():
   fns, params = _model(task, 96)
   prompt, plen = task.encode_prompts([(3,), (0, 6)])
   s = _search(num_simulations=4, num_children=7, capacity=16)
-  cfg = search_learn.lm_search_config(s, task)
-  r = jax.device_get(jax.jit(lambda p, k: search_learn.rollout(
-      fns.graphdef, task, fns.state(p), prompt, plen, k, config=cfg,
+  cfg = search_config.lm_search_config(s, task)
+  r = jax.device_get(jax.jit(lambda p, k: tsearch.rollout(
+      fns.graphdef, fns.state(p), task, prompt, plen, k, config=cfg,
       num_moves=task.max_answer_length))(params, jax.random.key(0)))
   for i in range(2):
     pl, n = int(plen[i]), int(r["length"][i])

@@ -94,7 +94,8 @@ def test_search_learning_rate_schedule_spans_the_warm_start_only():
 
 
 def _anchored_run(num_devices):
-  """One replay step whose rows are a supervised batch, plus an anchor."""
+  """One replay step whose rows are a supervised batch, plus a side batch
+  with its own loss (the search-and-learn warm-start anchor)."""
   from train import search_learn  # pylint: disable=import-outside-toplevel
   fns, params = model_lib.create_model(CFG, seed=0)
   opt = step_lib.make_optimizer(OPTIM, total_steps=10)
@@ -104,24 +105,25 @@ def _anchored_run(num_devices):
   rows = _batch(seed=1)
   replay = step_lib.init_replay(prepare, params, rows, mesh, size=8)
   train_step = step_lib.make_replay_train_step(
-      search_learn._anchored(sup, sup), opt, mesh, prepare_fn=prepare,  # pylint: disable=protected-access
+      sup, opt, mesh, prepare_fn=prepare,
       loss_weights={"policy": 1.0, "value": 0.5, "anchor": 2.0,
-                    "anchor_value": 0.25}, updates=1)
+                    "anchor_value": 0.25}, updates=1,
+      side_loss_fn=search_learn.anchor_loss_fn(fns.apply))
   state = step_lib.replicate(step_lib.init_state(params, opt, seed=0), mesh)
   batch = step_lib.shard_batch(rows, mesh)
-  batch[step_lib.ANCHOR] = step_lib.shard_batch(_batch(seed=2), mesh)
-  state, replay, m = train_step(state, replay, batch, jax.random.key(0))
+  side = step_lib.shard_batch(_batch(seed=2), mesh)
+  state, replay, m = train_step(state, replay, batch, jax.random.key(0), side)
   return fns, jax.device_get(m), replay
 
 
-def test_anchor_batch_reaches_every_update_and_not_the_replay():
+def test_side_batch_reaches_every_update_and_not_the_replay():
   fns, m8, replay = _anchored_run(8)
   _, m1, _ = _anchored_run(1)
-  # Replayed rows are drawn per device; the anchor rows are not drawn, so
+  # Replayed rows are drawn per device; the side rows are not drawn, so
   # their terms are the same on 8 devices as on 1.
   for k in ("loss/anchor", "loss/anchor_value"):
     np.testing.assert_allclose(m8[k], m1[k], rtol=2e-5, atol=1e-6, err_msg=k)
-  assert step_lib.ANCHOR not in replay["data"]
+  assert set(replay["data"]) == set(_batch())  # the prepared rows only
   # The anchor terms are the supervised loss of the anchor batch at the
   # parameters before the update, not of the replayed rows.
   sup = step_lib.supervised_loss_fn(fns.apply)

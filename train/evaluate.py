@@ -27,35 +27,26 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+import tsearch
 from train import config as config_lib
 from train import data as data_lib
 from train import loop
-from train import search_learn
+from train import search_config
 
 
-def sample_answers(task, apply_fn, params, prompt, prompt_length, key, *,
-                   seq_len: int, temperature: float):
-  """Decodes one answer per row; ``temperature == 0`` is greedy. Returns the
-  verifier's reward ``[B]``."""
-  b, p = prompt.shape
-  seq = jnp.zeros((b, seq_len), jnp.int32).at[:, :p].set(prompt)
-  pos = search_learn.Position(seq=seq, length=prompt_length.astype(jnp.int32),
-                              task_state=task.init_state(prompt))
-
-  def body(pos, key):
-    prior, _, tokens, mask, _ = search_learn._evaluate(  # pylint: disable=protected-access
-        task, apply_fn, params, pos, task.vocab.size)
-    logits = jnp.where(mask, prior, -jnp.inf)
-    if temperature == 0:
-      slot = jnp.argmax(logits, -1)
-    else:
-      slot = jax.random.categorical(key, logits / temperature)
-    token = jnp.take_along_axis(tokens, slot[:, None], 1)[:, 0]
-    return search_learn._advance(task, pos, token), None  # pylint: disable=protected-access
-
-  pos, _ = jax.lax.scan(body, pos,
-                        jax.random.split(key, task.max_answer_length))
-  return task.reward(pos.task_state)
+def sample_answers(task, graphdef, state, prompt, prompt_length, key, *,
+                   temperature: float):
+  """Decodes one answer per row (the search family's ``greedy``, or
+  ``sampling`` at ``temperature > 0``). Returns the verifier's reward
+  ``[B]``."""
+  if temperature == 0:
+    out = tsearch.get_algorithm("greedy")(graphdef, state, task, prompt,
+                                          prompt_length, key)
+  else:
+    out = tsearch.get_algorithm("sampling")(
+        graphdef, state, task, prompt, prompt_length, key,
+        temperature=temperature)
+  return task.verify(prompt, out.answers)
 
 
 def evaluate(config, workdir: str, *, seed: int = 0,
@@ -63,34 +54,33 @@ def evaluate(config, workdir: str, *, seed: int = 0,
   """Solve rates of each method on ``eval.num_examples`` test problems."""
   task, fns, params, step = loop.latest_params(config, workdir, step)
   e = config.eval
-  max_len = config.data.max_len or data_lib.max_trace_length(task)
   stream = data_lib.ExampleStream(
       task, e.batch_size, source=config.data.source, seed=seed,
       split=e.split, data_dir=config.data.data_dir or os.path.join(
           workdir, "data"), auto_build=config.data.auto_build)
   methods = {
       "greedy": lambda p, l, k: sample_answers(
-          task, fns.apply, params, p, l, k, seq_len=max_len, temperature=0.0),
+          task, fns.graphdef, fns.state(params), p, l, k, temperature=0.0),
       f"sample(t={e.temperature})": lambda p, l, k: sample_answers(
-          task, fns.apply, params, p, l, k, seq_len=max_len,
+          task, fns.graphdef, fns.state(params), p, l, k,
           temperature=e.temperature),
   }
   for n in e.best_of_n:
     def best_of(p, l, k, n=n):
       keys = jax.random.split(k, n)
-      r = jnp.stack([sample_answers(task, fns.apply, params, p, l, kk,
-                                    seq_len=max_len,
-                                    temperature=e.temperature) for kk in keys])
+      r = jnp.stack([sample_answers(task, fns.graphdef, fns.state(params),
+                                    p, l, kk, temperature=e.temperature)
+                     for kk in keys])
       return jnp.max(r, 0)
     methods[f"best_of_{n}"] = best_of
   for budget in e.mcts_budgets:
-    cfg = search_learn.eval_search_config(config, task, budget)
+    cfg = search_config.eval_search_config(config, task, budget)
     methods[f"mcts_{budget}"] = lambda p, l, k, cfg=cfg: (
-        search_learn.rollout(
-            fns.graphdef, task, fns.state(params), p, l, k, config=cfg,
-            num_moves=search_learn.num_moves(config.search, task),
+        tsearch.rollout(
+            fns.graphdef, fns.state(params), task, p, l, k, config=cfg,
+            num_moves=search_config.num_moves(config.search, task),
             act_on_solved=bool(config.search.get("act_on_solved", False))
-        )["outcome"])
+        ).outcome)
   jitted = {name: jax.jit(f) for name, f in methods.items()}
   solved = {name: [] for name in methods}
   seconds = {name: 0.0 for name in methods}

@@ -11,7 +11,7 @@ Methods (all under the run's environment, e.g. the strict rules):
 * ``greedy``: ``tsearch.algorithms.greedy`` (KV-cached argmax decoding);
 * ``best_of_n``: ``tsearch.algorithms.best_of_n`` with ``budget=N`` samples,
   the answer picked by the value head (no verifier);
-* ``mcts``: the trainer's rollout (:func:`train.search_learn.rollout`):
+* ``mcts``: the trainer's rollout (:func:`tsearch.rollout`):
   PUCT without root noise, ``simulations`` per move, acting on the most
   visited child, the kept subtree reused after each move. Terminal nodes
   inside the tree earn the verifier's reward (as in ``tsearch.lm_search``).
@@ -36,9 +36,10 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+import tsearch
 from train import config as config_lib
 from train import loop
-from train import search_learn
+from train import search_config
 
 
 
@@ -61,7 +62,7 @@ def _method_fn(config, task, fns, algo: str, n: int):
   built once per method (so several checkpoints share the compile)."""
   cache_key = (algo, n, id(task), id(fns.graphdef),
                 config.search.to_json_best_effort(),
-                search_learn.eval_num_children(config))
+                search_config.eval_num_children(config))
   if cache_key in _JITTED:
     return _JITTED[cache_key]
   from tsearch._src import algorithms  # pylint: disable=import-outside-toplevel
@@ -73,14 +74,14 @@ def _method_fn(config, task, fns, algo: str, n: int):
       return (task.verify(p, out.answers), out.model_calls,
               out.tokens_forwarded)
   elif algo == "mcts":
-    cfg = search_learn.eval_search_config(config, task, n)
-    moves = search_learn.num_moves(config.search, task)
+    cfg = search_config.eval_search_config(config, task, n)
+    moves = search_config.num_moves(config.search, task)
 
     def run(s, p, l, k):
-      r = search_learn.rollout(
-          fns.graphdef, task, s, p, l, k, config=cfg, num_moves=moves,
+      r = tsearch.rollout(
+          fns.graphdef, s, task, p, l, k, config=cfg, num_moves=moves,
           act_on_solved=bool(config.search.get("act_on_solved", False)))
-      return r["outcome"], r["model_calls"], r["tokens_forwarded"]
+      return r.outcome, r.model_calls, r.tokens_forwarded
   else:
     raise ValueError(f"Unknown method {algo!r}; use greedy, best_of_n or "
                      "mcts.")

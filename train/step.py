@@ -98,12 +98,17 @@ def init_state(params: PyTree, optimizer: optax.GradientTransformation,
                     rng=jax.random.key_data(jax.random.key(seed)))
 
 
-def _update_fn(loss_fn: LossFn, optimizer, loss_weights, num_devices):
-  """One optimizer update on this device's batch (inside ``shard_map``)."""
+def _update_fn(loss_fn: LossFn, optimizer, loss_weights, num_devices,
+               side_loss_fn: LossFn | None = None):
+  """One optimizer update on this device's batch (inside ``shard_map``);
+  with ``side_loss_fn``, ``update(state, batch, key, side)`` also adds its
+  terms on ``side``."""
 
-  def update(state: TrainState, batch, key):
+  def update(state: TrainState, batch, key, side=None):
     def total_loss(params):
       terms = loss_fn(params, batch, key)
+      if side_loss_fn is not None:
+        terms = {**terms, **side_loss_fn(params, side, key)}
       means = {}
       for name, term in terms.items():
         count = lax.psum(lax.stop_gradient(term.count), DATA)
@@ -131,25 +136,19 @@ def _update_fn(loss_fn: LossFn, optimizer, loss_weights, num_devices):
   return update
 
 
-# A batch entry that ``prepare_fn`` does not see and the replay buffer does
-# not store: it reaches the loss of every update as it is (the search-and-
-# learn warm-start anchor, ``search.anchor_weight``).
-ANCHOR = "anchor"
-
-
-def _split_anchor(batch):
-  batch = dict(batch)
-  return batch, batch.pop(ANCHOR, None)
-
-
-def _with_anchor(rows, anchor):
-  return rows if anchor is None else {**rows, ANCHOR: anchor}
+def _shard_and_jit(per_device, mesh, in_specs, out_specs, donate):
+  # Searches and task code inside are written without varying-axis
+  # annotations: check_vma=False.
+  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=in_specs,
+                          out_specs=out_specs, check_vma=False)
+  return jax.jit(sharded, donate_argnums=donate)
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
                     mesh: jax.sharding.Mesh, *,
                     loss_weights: Mapping[str, float],
-                    prepare_fn: Callable | None = None):
+                    prepare_fn: Callable | None = None,
+                    side_loss_fn: LossFn | None = None):
   """Builds ``train_step(state, batch, key) -> (state, metrics)``, jitted.
 
   Args:
@@ -163,33 +162,33 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     prepare_fn: optional ``prepare_fn(params, batch, key) -> (batch, stats)``
       run on each device's shard before the loss and outside the gradient
       (e.g. the search that makes the targets); ``stats`` is a dict of
-      scalars, averaged over devices into the metrics. A batch entry
-      ``ANCHOR`` bypasses it and reaches the loss unchanged.
+      scalars, averaged over devices into the metrics.
+    side_loss_fn: optional loss over a second batch: the step is then
+      ``train_step(state, batch, key, side)`` and the total also weighs
+      ``side_loss_fn(params, side, key)``'s terms (their names must differ
+      from ``loss_fn``'s). ``side`` (split over the ``data`` axis like
+      ``batch``) reaches it as it is, without ``prepare_fn``.
 
   Returns:
     The jitted step. ``metrics`` holds ``loss``, each term's global mean
     (``loss/<name>``), ``grad_norm`` and ``param_norm``, replicated scalars.
   """
-  update = _update_fn(loss_fn, optimizer, loss_weights, mesh.shape[DATA])
+  update = _update_fn(loss_fn, optimizer, loss_weights, mesh.shape[DATA],
+                      side_loss_fn)
 
-  def per_device(state: TrainState, batch, key):
+  def per_device(state: TrainState, batch, key, side=None):
     key = jax.random.fold_in(key, lax.axis_index(DATA))
     stats = {}
     if prepare_fn is not None:
-      batch, anchor = _split_anchor(batch)
       prepare_key, key = jax.random.split(key)
       batch, stats = prepare_fn(state.params, batch, prepare_key)
-      batch = _with_anchor(lax.stop_gradient(batch), anchor)
-    new_state, metrics = update(state, batch, key)
+      batch = lax.stop_gradient(batch)
+    new_state, metrics = update(state, batch, key, side)
     metrics.update(lax.pmean(stats, DATA))
     return new_state, metrics
 
-  sharded = jax.shard_map(per_device, mesh=mesh,
-                          in_specs=(P(), P(DATA), P()), out_specs=(P(), P()),
-                          # Searches and task code inside are written without
-                          # varying-axis annotations.
-                          check_vma=False)
-  return jax.jit(sharded, donate_argnums=(0,))
+  specs = (P(), P(DATA), P()) + ((P(DATA),) if side_loss_fn else ())
+  return _shard_and_jit(per_device, mesh, specs, (P(), P()), (0,))
 
 
 # ---------------------------------------------------------------------------
@@ -248,24 +247,27 @@ def make_replay_train_step(loss_fn: LossFn,
                            optimizer: optax.GradientTransformation,
                            mesh: jax.sharding.Mesh, *,
                            loss_weights: Mapping[str, float],
-                           prepare_fn: Callable, updates: int):
+                           prepare_fn: Callable, updates: int,
+                           side_loss_fn: LossFn | None = None):
   """``step(state, replay, batch, key) -> (state, replay, metrics)``, jitted.
 
   ``prepare_fn`` (the search) turns each device's share of ``batch`` into
   rows that are written into its part of the replay buffer (see
   :func:`init_replay`); then ``updates`` optimizer updates each train on as
   many rows as the device's share of the batch, drawn uniformly with
-  replacement from the filled part of its buffer (a batch entry ``ANCHOR``
-  is not stored: every update's loss gets it as it is). Metrics are the
-  mean over the updates (plus ``prepare_fn``'s stats and ``replay/size``).
+  replacement from the filled part of its buffer. With ``side_loss_fn``
+  (as in :func:`make_train_step`) the step is ``step(state, replay, batch,
+  key, side)``: ``side`` is not stored, every update's loss gets it as it
+  is. Metrics are the mean over the updates (plus ``prepare_fn``'s stats
+  and ``replay/size``).
   """
   if updates < 1:
     raise ValueError(f"search.updates_per_search={updates} must be >= 1.")
-  update = _update_fn(loss_fn, optimizer, loss_weights, mesh.shape[DATA])
+  update = _update_fn(loss_fn, optimizer, loss_weights, mesh.shape[DATA],
+                      side_loss_fn)
 
-  def per_device(state: TrainState, replay, batch, key):
+  def per_device(state: TrainState, replay, batch, key, side=None):
     key = jax.random.fold_in(key, lax.axis_index(DATA))
-    batch, anchor = _split_anchor(batch)
     prepare_key, key = jax.random.split(key)
     rows, stats = prepare_fn(state.params, batch, prepare_key)
     rows = lax.stop_gradient(rows)
@@ -281,8 +283,8 @@ def make_replay_train_step(loss_fn: LossFn,
     def one(state, key):
       sample_key, loss_key = jax.random.split(key)
       idx = jax.random.randint(sample_key, (n_new,), 0, filled)
-      return update(state, _with_anchor(
-          jax.tree.map(lambda x: x[idx], data), anchor), loss_key)
+      return update(state, jax.tree.map(lambda x: x[idx], data), loss_key,
+                    side)
 
     state, metrics = lax.scan(one, state, jax.random.split(key, updates))
     metrics = jax.tree.map(lambda m: jnp.mean(m, 0), metrics)
@@ -290,11 +292,10 @@ def make_replay_train_step(loss_fn: LossFn,
     metrics["replay/size"] = lax.psum(filled, DATA).astype(jnp.float32)
     return state, replay, metrics
 
-  sharded = jax.shard_map(
-      per_device, mesh=mesh,
-      in_specs=(P(), _replay_specs(), P(DATA), P()),
-      out_specs=(P(), _replay_specs(), P()), check_vma=False)
-  return jax.jit(sharded, donate_argnums=(0, 1))
+  specs = (P(), _replay_specs(), P(DATA), P()) + (
+      (P(DATA),) if side_loss_fn else ())
+  return _shard_and_jit(per_device, mesh, specs,
+                        (P(), _replay_specs(), P()), (0, 1))
 
 
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh

@@ -1,89 +1,65 @@
-"""Training targets built on device from search trees and committed moves.
+"""Value and SFT targets along a rollout's committed moves (pure, jittable).
 
-All functions are pure and jittable; they read a :class:`tsearch.Tree` (or
-arrays gathered from one) and return fixed-shape arrays with masks.
+Sign convention (``tsearch.tasks``): a rollout's ``outcome`` is the reward
+for the player who made the last move; the tree stores each node's value
+for the player to move there.
 """
 from __future__ import annotations
 
 import chex
 import jax.numpy as jnp
 
-from tsearch._src.tree import Tree
-
 Array = chex.Array
 
+VALUE_TARGETS = ("outcome", "q", "mix")
 
-def visit_policy(tree: Tree, node_index: Array) -> tuple[Array, Array]:
-  """Normalised visit counts over the child slots of one node per row.
+
+def value_outcomes(outcome: Array, active: Array, *, two_player: bool
+                   ) -> Array:
+  """``[B, M]`` outcome seen from the player to move at each committed node.
+
+  One player: the outcome at every node. Two players: ``outcome`` is the
+  result for the player who made the last move, so node ``j`` of a game of
+  ``n`` moves (``n`` = the row's active moves) gets it with sign
+  ``(-1) ** (n - 1 - j)``.
 
   Args:
-    tree: searched trees, ``B`` rows.
-    node_index: ``[B]`` node whose children to read (0 for the root).
-
-  Returns:
-    ``(probs [B, K], valid [B])``: visit distribution over legal slots, and
-    whether the node had any child visits (rows without are all zeros and
-    must be masked out of the loss).
+    outcome: ``[B]`` the verifier's reward of each trajectory.
+    active: ``[B, M]`` bool, moves made before the trajectory ended.
   """
-  b = jnp.arange(tree.batch_size)
-  visits = tree.children_visits[b, node_index].astype(jnp.float32)
-  visits = jnp.where(tree.children_mask[b, node_index], visits, 0.0)
-  total = jnp.sum(visits, axis=-1)
-  probs = visits / jnp.maximum(total, 1.0)[:, None]
-  return probs, total > 0
-
-
-def node_value(tree: Tree, node_index: Array) -> Array:
-  """The tree's backed-up value (mean return) at ``node_index``, ``[B]``.
-
-  From the point of view of the player to move at that node, as the tree
-  stores it.
-  """
-  b = jnp.arange(tree.batch_size)
-  return tree.node_values[b, node_index]
+  m = active.shape[1]
+  outcome = jnp.broadcast_to(outcome[:, None], (outcome.shape[0], m))
+  if not two_player:
+    return outcome.astype(jnp.float32)
+  n = jnp.sum(active, axis=1, keepdims=True)
+  sign = jnp.where((n - 1 - jnp.arange(m)[None]) % 2 == 0, 1.0, -1.0)
+  return (outcome * sign).astype(jnp.float32)
 
 
 def value_targets(outcome: Array, tree_values: Array, *, mode: str,
                   outcome_weight: float = 0.5) -> Array:
-  """Value targets along committed trajectories (AlphaMath-style choice).
+  """Value targets at each committed node (AlphaMath's choice).
 
   Args:
-    outcome: ``[B]`` the verifier's score of each finished trajectory
-      (e.g. 1 solved, 0 not), from the point of view of the player to move
-      at the root.
-    tree_values: ``[B, M]`` the tree's value at each committed node.
-    mode: ``"outcome"`` (every node regresses to the outcome), ``"q"``
-      (to the tree's value) or ``"mix"``.
+    outcome: ``[B, M]`` float32 outcome at each node, for the player to move
+      there (:func:`value_outcomes`).
+    tree_values: ``[B, M]`` the tree's value at each node (same player).
+    mode: ``"outcome"`` (every node regresses to the outcome), ``"q"`` (to
+      the tree's value) or ``"mix"`` (``outcome_weight * outcome + (1 -
+      outcome_weight) * q``).
     outcome_weight: weight of the outcome in ``"mix"``.
 
   Returns:
     ``[B, M]`` float32 targets.
   """
-  outcome = jnp.broadcast_to(outcome[:, None], tree_values.shape).astype(
-      jnp.float32)
   if mode == "outcome":
     return outcome
   if mode == "q":
     return tree_values.astype(jnp.float32)
   if mode == "mix":
     return outcome_weight * outcome + (1.0 - outcome_weight) * tree_values
-  raise ValueError(f"Unknown value target mode {mode!r}; use 'outcome', 'q' "
-                   "or 'mix'.")
-
-
-def two_player_outcome(outcome: Array, num_moves: int) -> Array:
-  """Per-move outcome for alternating players: sign flips each move.
-
-  Args:
-    outcome: ``[B]`` result from the point of view of the player to move at
-      the root.
-    num_moves: ``M``.
-
-  Returns:
-    ``[B, M]``: ``outcome * (-1) ** m``.
-  """
-  sign = jnp.where(jnp.arange(num_moves) % 2 == 0, 1.0, -1.0)
-  return outcome[:, None].astype(jnp.float32) * sign[None, :]
+  raise ValueError(f"Unknown value target mode {mode!r}; use one of "
+                   f"{VALUE_TARGETS}.")
 
 
 def sft_mask(token_mask: Array, solved: Array) -> Array:

@@ -12,6 +12,7 @@ from tsearch._src.lm_search import (LMSearchConfig, LMSearchOutput, lm_reroot, l
                                     make_lm_expand_fn, make_lm_root)
 from tsearch._src.mctx_compat import from_mctx_recurrent_fn, root_from_mctx
 from tsearch._src.reroot import reroot
+from tsearch._src.rollout import RolloutOutput, rollout
 from tsearch._src.search import gumbel_search, puct_search
 from tsearch._src.tree import Tree, empty_tree, solved_root_slot
 from tsearch import kv_arena, tasks, visualize
@@ -39,6 +40,9 @@ __all__ = (
     "lm_reroot",
     "make_lm_root",
     "make_lm_expand_fn",
+    # Play an answer move by move: search, commit, keep the subtree.
+    "rollout",
+    "RolloutOutput",
     # The test-time search family (greedy, best-of-N, beam, particles, MCTS).
     "SearchOutput",
     "ALGORITHMS",

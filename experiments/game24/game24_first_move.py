@@ -29,7 +29,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from train import config as config_lib
-from train import loop, search_learn
+from train import loop, search_config
 from tsearch.tasks import countdown_solver
 from tsearch._src import algorithms
 from tsearch._src import lm_search as lm
@@ -68,7 +68,7 @@ def main(argv):
   # train.solve_rates' problems (it defines flags, so not imported here).
   problems = [(nums, 24) for _, nums in game24_splits()["test"]]
   prompts, plen = base.encode_prompts(problems)
-  sc = search_learn.lm_search_config(
+  sc = search_config.lm_search_config(
       config.search, task, num_simulations=_SIMS.value,
       acting_temperature=0.0, noise=False)
   out = lm.lm_search(fns.graphdef, fns.state(params), task,

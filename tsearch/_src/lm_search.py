@@ -205,7 +205,7 @@ def _check_prompt(model_cfg, prompt_tokens, prompt_lengths):
 # Pieces of an expansion.
 
 
-def _select(cond, new, old):
+def select_rows(cond, new, old):
   def sel(n, o):
     return jnp.where(cond.reshape(cond.shape + (1,) * (n.ndim - cond.ndim)), n, o)
   return jax.tree.map(sel, new, old)
@@ -217,19 +217,19 @@ def _legal(env, state, vocab_size):
   return jnp.pad(legal, ((0, 0), (0, pad))) if pad else legal
 
 
-def _step_tokens(env, state, tokens, *, with_choices: bool = False):
+def step_tokens(env, state, tokens, *, with_choices: bool = False):
   """Steps ``tokens [B, S]`` (``-1`` = none) into ``state``.
 
   ``with_choices``: returns ``(state, choices [B, S])`` instead, ``choices``
   true where the token was one of several legal ones when it was taken
-  (``train.search_learn.choice_tokens``).
+  (``tsearch._src.rollout.choice_tokens``).
   """
   def body(st, tok):
     several = None
     if with_choices:
       several = (jnp.asarray(env.legal_mask(st), bool).sum(-1) > 1) & (
           tok >= 0)
-    return _select(tok >= 0, env.step(st, jnp.maximum(tok, 0)), st), several
+    return select_rows(tok >= 0, env.step(st, jnp.maximum(tok, 0)), st), several
   state, choices = jax.lax.scan(body, state, tokens.T)
   return (state, choices.T) if with_choices else state
 
@@ -279,7 +279,7 @@ def _sample_steps(graphdef, mstate, env, config: LMSearchConfig, ctx: KVContext,
     tok = jnp.where(skip, PAD_ACTION, tok).astype(jnp.int32)
     lp = jnp.where(skip, 0.0, jnp.take_along_axis(
         logp, jnp.maximum(tok, 0)[:, None], axis=-1)[:, 0])
-    st = _select(~skip, env.step(st, jnp.maximum(tok, 0)), st)
+    st = select_rows(~skip, env.step(st, jnp.maximum(tok, 0)), st)
     ended = (tok == eos) | env.is_terminal(st)
     if delim >= 0:
       ended = ended | (tok == delim)
@@ -513,7 +513,7 @@ def make_lm_expand_fn(graphdef: nnx.GraphDef, env: Any, *,
                          ctx, token_mask=valid)
     last = jnp.maximum(n_tok - 1, 0)
     logits, value = out.logits[b, last], out.value[b, last]
-    env_state = _step_tokens(
+    env_state = step_tokens(
         env, jax.tree.map(lambda x: x[b, parent_index], emb["env_state"]),
         tokens)
     terminal = jnp.asarray(env.is_terminal(env_state), bool)
@@ -544,7 +544,7 @@ def make_lm_expand_fn(graphdef: nnx.GraphDef, env: Any, *,
 # Entry points.
 
 
-def _used_sum(tree: Tree, x: Array) -> Array:
+def used_sum(tree: Tree, x: Array) -> Array:
   used = jnp.arange(tree.capacity)[None] < tree.num_nodes[:, None]
   return jnp.sum(jnp.where(used, x, 0), axis=1).astype(jnp.int32)
 
@@ -559,8 +559,8 @@ def _lm_search_jit(graphdef, state, env, prompt_tokens, prompt_lengths,
     before_calls = before_tokens = 0
   else:
     root = None
-    before_calls = _used_sum(tree, tree.embeddings["model_calls"])
-    before_tokens = _used_sum(tree, tree.embeddings["tokens_forwarded"])
+    before_calls = used_sum(tree, tree.embeddings["model_calls"])
+    before_tokens = used_sum(tree, tree.embeddings["tokens_forwarded"])
   expand_fn = make_lm_expand_fn(graphdef, env, config=config)
   params = (state, prompt_cache)
   common = dict(num_simulations=config.num_simulations,
@@ -582,8 +582,8 @@ def _lm_search_jit(graphdef, state, env, prompt_tokens, prompt_lengths,
   return LMSearchOutput(
       action=out.action, action_weights=out.action_weights, search_tree=t,
       prompt_cache=prompt_cache,
-      model_calls=_used_sum(t, t.embeddings["model_calls"]) - before_calls,
-      tokens_forwarded=(_used_sum(t, t.embeddings["tokens_forwarded"])
+      model_calls=used_sum(t, t.embeddings["model_calls"]) - before_calls,
+      tokens_forwarded=(used_sum(t, t.embeddings["tokens_forwarded"])
                         - before_tokens))
 
 

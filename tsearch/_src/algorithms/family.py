@@ -81,7 +81,7 @@ def check_budget(budget) -> int:
   return int(budget)
 
 
-def _check_inputs(graphdef, state, task, prompt_tokens, prompt_lengths):
+def check_inputs(graphdef, state, task, prompt_tokens, prompt_lengths):
   if task.num_players != 1:
     raise ValueError(f"The search family needs a one-player task; "
                      f"{task.name} has {task.num_players} players.")
@@ -230,7 +230,7 @@ def greedy(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
   """Greedy (argmax) decoding under the task's legal mask. ``rng_key`` and
   ``budget`` are checked, not used. See the module docstring."""
   check_budget(budget)
-  prompt_tokens, prompt_lengths = _check_inputs(graphdef, state, task,
+  prompt_tokens, prompt_lengths = check_inputs(graphdef, state, task,
                                                 prompt_tokens, prompt_lengths)
   return _independent(graphdef, state, task, prompt_tokens, prompt_lengths,
                       rng_key, num_samples=1, greedy=True, temperature=1.0,
@@ -242,7 +242,7 @@ def sampling(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
   """One sampled answer per problem (``budget`` is checked, not used)."""
   check_budget(budget)
   _check_temperature(temperature)
-  prompt_tokens, prompt_lengths = _check_inputs(graphdef, state, task,
+  prompt_tokens, prompt_lengths = check_inputs(graphdef, state, task,
                                                 prompt_tokens, prompt_lengths)
   return _independent(graphdef, state, task, prompt_tokens, prompt_lengths,
                       rng_key, num_samples=1, greedy=False,
@@ -274,7 +274,7 @@ def best_of_n(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key,
   """
   n = check_budget(budget)
   _check_options(aggregate, terminal_score, temperature)
-  prompt_tokens, prompt_lengths = _check_inputs(graphdef, state, task,
+  prompt_tokens, prompt_lengths = check_inputs(graphdef, state, task,
                                                 prompt_tokens, prompt_lengths)
   return _independent(graphdef, state, task, prompt_tokens, prompt_lengths,
                       rng_key, num_samples=n, greedy=False,
@@ -388,7 +388,7 @@ def beam(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
   if n > cap:
     raise ValueError(f"budget={n} candidates per round exceed capacity={cap}.")
   _check_options(aggregate, terminal_score, temperature)
-  prompt_tokens, prompt_lengths = _check_inputs(graphdef, state, task,
+  prompt_tokens, prompt_lengths = check_inputs(graphdef, state, task,
                                                 prompt_tokens, prompt_lengths)
   return _grouped_beam(graphdef, state, task, prompt_tokens, prompt_lengths,
                        rng_key, groups=1, width=int(w), expansions=n // w,
@@ -423,7 +423,7 @@ def dvts(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
     raise ValueError(f"budget={n} must be a multiple of expansions="
                      f"{expansions} (one subtree per {expansions} candidates).")
   _check_options(aggregate, terminal_score, temperature)
-  prompt_tokens, prompt_lengths = _check_inputs(graphdef, state, task,
+  prompt_tokens, prompt_lengths = check_inputs(graphdef, state, task,
                                                 prompt_tokens, prompt_lengths)
   return _grouped_beam(graphdef, state, task, prompt_tokens, prompt_lengths,
                        rng_key, groups=n // expansions, width=1,
@@ -519,7 +519,7 @@ def particle_filter(graphdef, state, task, prompt_tokens, prompt_lengths,
     raise ValueError(f"value_temperature must be > 0 (inf for equal "
                      f"weights); got {value_temperature}.")
   _check_options(aggregate, terminal_score, temperature)
-  prompt_tokens, prompt_lengths = _check_inputs(graphdef, state, task,
+  prompt_tokens, prompt_lengths = check_inputs(graphdef, state, task,
                                                 prompt_tokens, prompt_lengths)
   return _particles(graphdef, state, task, prompt_tokens, prompt_lengths,
                     rng_key, num_particles=n, temperature=float(temperature),
