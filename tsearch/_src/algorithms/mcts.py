@@ -67,10 +67,12 @@ def _search(policy, graphdef, state, task, prompt_tokens, prompt_lengths,
       graphdef, state, task, prompt_tokens, prompt_lengths)
   mcfg = models.model_config_of(graphdef, state)
   t = task.max_answer_length
-  s = step_length or min(t, 12)
   # The committed answer (T tokens) joins the prompt cache; the tree's
-  # paths take the rest of the context.
-  room = (mcfg.max_seq_len - task.max_prompt_length - t) // s
+  # paths take the rest of the context (a step cut short continues in the
+  # next move).
+  free = mcfg.max_seq_len - task.max_prompt_length - t
+  s = step_length or max(1, min(t, 12, free))
+  room = free // s
   d = max_depth or min(room, -(-t // s))
   moves = int(max_moves or t)
   if moves < 1:
@@ -106,7 +108,8 @@ def mcts(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
   Args:
     budget: simulations (node expansions) per move.
     num_children: ``K`` sampled steps per expanded node.
-    step_length: ``S``, most tokens per step (default ``min(T, 12)``; a
+    step_length: ``S``, most tokens per step (default ``min(T, 12)``, less
+      where the context has less room after the prompt and the answer; a
       longer step continues in the next move).
     max_depth: deepest node below the current root; default as deep as the
       context allows after the prompt and the committed answer, at most

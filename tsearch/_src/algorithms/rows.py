@@ -12,9 +12,9 @@ sequences per problem. Each row holds an ordinary KV cache laid out as
 Keys are stored already rotated at their positions, so slot order only
 matters through the mask. Beam search and particle filtering reorder rows
 with :func:`take_rows` (a copy of caches; no model compute). This is the
-``models.forward`` + KV-cache path of the brief: ``tsearch.lm_search`` (the
-tree as KV arena) had not landed when this was written; the compute counts
-below are the same either way, because in both designs every prompt token is
+library's one decoder: greedy and sampled decoding (the family's ``greedy``
+and ``sampling``) are rows too. MCTS (:func:`tsearch.rollout`) keeps its KV
+in the tree instead and counts compute the same way: every prompt token
 forwarded once per problem and every sampled token once.
 
 Randomness is counter based: answer token ``j`` of a row is drawn with
