@@ -386,6 +386,34 @@ def test_step_policy_losses_nll_and_candidates():
                          jax.nn.softmax(lp, -1), atol=1e-3)
 
 
+def test_search_config_checks_what_the_context_holds():
+  task = get_task("arithmetic", max_digits=1)
+  p, t = task.max_prompt_length, task.max_answer_length
+  s = _search(num_simulations=4, num_children=3, capacity=8)
+  moves = search_config.num_moves(s, task)
+  assert moves == t  # token level: one move per answer token
+  depth = search_config.lm_search_config(s, task).max_depth
+  assert depth == min(moves, 4)
+  fits = types.SimpleNamespace(max_seq_len=p + t + depth)
+  search_config.check_fits(s, task, fits)
+  with pytest.raises(ValueError, match=f"Search needs {p + t + depth} "
+                     "positions"):
+    search_config.check_fits(s, task, types.SimpleNamespace(
+        max_seq_len=p + t + depth - 1))
+  with pytest.raises(ValueError, match="search.capacity=3 must be >= "):
+    search_config.check_fits(_search(num_simulations=4, capacity=3), task,
+                             fits)
+  # Step level: the packed trajectory (P + T + moves x K x S) must fit too.
+  step = _search(level="step", num_simulations=4, num_children=3,
+                 capacity=8, step_length=4, max_moves=2)
+  packed = p + t + 2 * 3 * 4
+  search_config.check_fits(step, task,
+                           types.SimpleNamespace(max_seq_len=packed))
+  with pytest.raises(ValueError, match=f"into {packed} positions"):
+    search_config.check_fits(step, task, types.SimpleNamespace(
+        max_seq_len=packed - 1))
+
+
 def test_value_outcomes_flip_sign_for_two_players():
   active = jnp.array([[1, 1, 1, 0], [1, 1, 0, 0]], bool)
   outcome = jnp.array([1.0, 1.0])  # for the player who moved last
