@@ -10,7 +10,7 @@ since the last logged one: up to ``log_every_steps``).
 
   python bench/sigterm_latency.py --config configs/game24_left.py \\
       --from_workdir /tmp/g24l --from_step 3000 --delay_s 60 \\
-      -- --config.search.steps=200 --config.search.choice_tokens_only=True
+      -- --config.search.steps=200 --config.experimental.choice_tokens_only=True
 
 (``/tmp/g24l``: a ``configs/game24_left.py`` warm start,
 ``--config.search.steps=0``; search steps of about a minute on a 2-core

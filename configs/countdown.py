@@ -9,6 +9,7 @@ warm start, then step-level search-and-learn (as configs/game24_plain.py).
 Result (100 held-out problems, one run, 2-core CPU, about 13 min): greedy
 12% -> 13%, MCTS at 64 simulations 85% -> 85% (results/countdown.json).
 """
+from train import experimental
 from train.config import default_config
 
 
@@ -35,11 +36,12 @@ def get_config():
                   num_simulations=16, num_children=8, capacity=32,
                   step_length=16, act_on_solved=True,
                   terminal_lookahead=True, prune_terminal_slots=True,
-                  step_policy_loss="candidates", policy_on_solved=True,
-                  policy_weight=1.0, sft_weight=1.0, value_target="mix",
-                  value_mix=0.5, value_weight=0.5, replay_size=128,
-                  updates_per_search=2, learning_rate=2e-4,
-                  value_policy_weight=1.0, value_policy_scale=10.0)
+                  policy_on_solved=True, policy_weight=1.0, sft_weight=1.0,
+                  value_target="mix", value_mix=0.5, value_weight=0.5,
+                  replay_size=128, updates_per_search=2)
+  c.experimental = experimental.config(
+      step_policy_loss="candidates", search_learning_rate=2e-4,
+      value_policy_weight=1.0, value_policy_scale=10.0)
   c.checkpoint.every_steps = 15
   c.checkpoint.keep = 20
   c.log_every_steps = 5

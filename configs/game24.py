@@ -1,7 +1,7 @@
 """game24: Game of 24 from scratch on CPU, the recipe of the headline result:
 solver warm start, then search-and-learn that also teaches the policy to take
 back a dead-end first step (``notation="left"``, ``retract=2``,
-``search.retract_weight``).
+``experimental.retract_weight``).
 
   python -m train --config configs/game24.py --workdir /tmp/g24
   python -m train.solve_rates --config configs/game24.py --workdir /tmp/g24 \
@@ -27,6 +27,7 @@ def get_config():
   # configs/game24_left.py's P + 72 = 88 positions, not P + 128 (half the
   # warm-start time on CPU).
   c.data.max_len = 88
-  c.search.update(retract_weight=1.0, anchor_weight=1.0,
-                  choice_tokens_only=True, steps=60)
+  c.search.steps = 60
+  c.experimental.update(retract_weight=1.0, anchor_weight=1.0,
+                        choice_tokens_only=True)
   return c

@@ -10,6 +10,7 @@ start, then step-level search-and-learn; the base of the other game24 configs.
 Result (100 test puzzles, one run, 2-core CPU, about 42 min): greedy 15% -> 22%,
 MCTS at 64 simulations 91% -> 95% (experiments/game24/README.md).
 """
+from train import experimental
 from train.config import default_config
 
 
@@ -39,12 +40,13 @@ def get_config():
                   num_simulations=16, num_children=8, capacity=32,
                   step_length=16, act_on_solved=True,
                   terminal_lookahead=True, prune_terminal_slots=True,
-                  step_policy_loss="candidates", policy_weight=1.0,
-                  sft_weight=1.0, value_target="mix", value_mix=0.5,
-                  value_weight=0.5, replay_size=256, updates_per_search=2,
-                  learning_rate=2e-4, policy_on_solved=True,
-                  value_policy_weight=1.0, value_policy_scale=10.0,
-                  problem_split="train+extended")
+                  policy_weight=1.0, sft_weight=1.0, value_target="mix",
+                  value_mix=0.5, value_weight=0.5, replay_size=256,
+                  updates_per_search=2, policy_on_solved=True)
+  c.experimental = experimental.config(
+      step_policy_loss="candidates", search_learning_rate=2e-4,
+      value_policy_weight=1.0, value_policy_scale=10.0,
+      search_problem_split="train+extended")
   c.checkpoint.every_steps = 10
   c.checkpoint.warm_start_every_steps = 100  # each save costs ~0.4 s here
   c.checkpoint.keep = 40

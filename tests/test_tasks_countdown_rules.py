@@ -169,7 +169,7 @@ def test_example_stream_draws_game24_problems_from_its_split(strict):
   for row, n in zip(ex["prompt"], ex["prompt_length"]):
     nums = task.decode(row[1:n]).split(":")[0].split()
     assert key(int(t) for t in nums) in train
-  # Search steps may draw the puzzles beyond the list (search.problem_split).
+  # Search steps may draw the puzzles beyond the list (experimental.search_problem_split).
   ex = stream.next("extended")
   for row, n in zip(ex["prompt"], ex["prompt_length"]):
     nums = [int(t) for t in task.decode(row[1:n]).split(":")[0].split()]

@@ -8,6 +8,7 @@ import pytest
 from train import checkpoint as ckpt_lib
 from train import config as config_lib
 from train import data as data_lib
+from train import experimental
 from train import loop
 from train import metrics as metrics_lib
 
@@ -27,8 +28,16 @@ def _cli(*args):
                         timeout=120)
 
 
+def _load_file(path):
+  """A config file's config, with the (off) experimental group to set."""
+  c = config_lib.load_config_file(path)
+  if "experimental" not in c:
+    c.experimental = experimental.config()
+  return c
+
+
 def _tiny(steps=2):
-  c = config_lib.load_config_file(TINY)
+  c = _load_file(TINY)
   c.warm_start.steps = steps
   c.progress_bar = False
   c.batch_size = 8
@@ -90,12 +99,12 @@ def test_config_validation_and_nan_check(tmp_path):
   with pytest.raises(ValueError, match="search.pb_c_init=0.0: must be pos"):
     _validate(c)
   c = _tiny()
-  c.search.step_policy_loss = "ce"
+  c.experimental.step_policy_loss = "ce"
   with pytest.raises(ValueError, match="step_policy_loss='ce': use 'nll'"):
     _validate(c)
   c = _tiny()
-  c.search.learning_rate = -1e-3
-  with pytest.raises(ValueError, match="search.learning_rate=-0.001"):
+  c.experimental.search_learning_rate = -1e-3
+  with pytest.raises(ValueError, match="experimental.search_learning_rate=-0.001"):
     _validate(c)
   c = _tiny()
   c.search.prune_terminal_slots = True
@@ -105,58 +114,58 @@ def test_config_validation_and_nan_check(tmp_path):
   c.search.terminal_lookahead = True
   _validate(c)  # together they are fine
   c = _tiny()
-  c.search.level, c.search.value_policy_weight = "token", 1.0
+  c.search.level, c.experimental.value_policy_weight = "token", 1.0
   with pytest.raises(ValueError, match="value_policy_weight=1.0: the one-step"
                      " value lookahead target needs --config.search.level="
                      "step"):
     _validate(c)
   c.search.level = "step"
   _validate(c)
-  c.search.value_policy_scale = -1.0
+  c.experimental.value_policy_scale = -1.0
   with pytest.raises(ValueError, match="value_policy_scale=-1.0: must be >= 0"):
     _validate(c)
-  c.search.value_policy_scale, c.search.value_policy_weight = 10.0, -0.5
+  c.experimental.value_policy_scale, c.experimental.value_policy_weight = 10.0, -0.5
   with pytest.raises(ValueError, match="value_policy_weight=-0.5: must be >= 0"):
     _validate(c)
   c = _tiny()
-  c.search.level, c.search.choice_tokens_only = "token", True
+  c.search.level, c.experimental.choice_tokens_only = "token", True
   with pytest.raises(ValueError, match="choice_tokens_only=True: applies to "
                      "--config.search.level=step"):
     _validate(c)
   c.search.level = "step"
   _validate(c)
   c = _tiny()
-  c.search.problem_split = "extended"
-  with pytest.raises(ValueError, match="search.problem_split='extended': use "
+  c.experimental.search_problem_split = "extended"
+  with pytest.raises(ValueError, match="experimental.search_problem_split='extended': use "
                      r"one of \('train',\) for task"):
     _validate(c)
   c = _tiny()
-  c.warm_start.problem_split = "train+extended"
+  c.experimental.warm_start_problem_split = "train+extended"
   c.warm_start.data = "solver"
-  with pytest.raises(ValueError, match="warm_start.problem_split="
+  with pytest.raises(ValueError, match="experimental.warm_start_problem_split="
                      r"'train\+extended': use one of \('train',\)"):
     _validate(c)
-  c = config_lib.load_config_file(os.path.join(REPO, "configs",
+  c = _load_file(os.path.join(REPO, "configs",
                                                "game24_plain.py"))
-  c.warm_start.problem_split = "train+extended"
+  c.experimental.warm_start_problem_split = "train+extended"
   _validate(c)
   c.warm_start.data = "reference"
   with pytest.raises(ValueError, match="needs --config.warm_start.data=solver"):
     _validate(c)
-  c = config_lib.load_config_file(os.path.join(REPO, "configs",
+  c = _load_file(os.path.join(REPO, "configs",
                                                "game24_plain.py"))
-  c.search.anchor_weight = 1.0
+  c.experimental.anchor_weight = 1.0
   _validate(c)  # solver anchor, extended search problems
   c.warm_start.data = "reference"
   with pytest.raises(ValueError, match="anchor_weight=1.0: the anchor on "
-                     "reference solutions .* set --config.search.problem_split"
+                     "reference solutions .* set --config.experimental.search_problem_split"
                      "=train or --config.warm_start.data=solver"):
     _validate(c)
-  c.search.problem_split = "train"
+  c.experimental.search_problem_split = "train"
   _validate(c)
-  c = config_lib.load_config_file(os.path.join(REPO, "configs",
+  c = _load_file(os.path.join(REPO, "configs",
                                                "connect_four.py"))
-  c.search.anchor_weight = 0.5
+  c.experimental.anchor_weight = 0.5
   with pytest.raises(ValueError, match="anchor_weight=0.5: connect_four has "
                      "no reference solutions to anchor on"):
     _validate(c)
@@ -164,14 +173,14 @@ def test_config_validation_and_nan_check(tmp_path):
   c.eval.mcts_num_children = -1
   with pytest.raises(ValueError, match="eval.mcts_num_children=-1"):
     _validate(c)
-  c = config_lib.load_config_file(os.path.join(REPO, "configs",
+  c = _load_file(os.path.join(REPO, "configs",
                                                "connect_four.py"))
   c.search.act_on_solved = True
   with pytest.raises(ValueError, match="act_on_solved=True: is for single"):
     _validate(c)
-  c = config_lib.load_config_file(os.path.join(REPO, "configs",
+  c = _load_file(os.path.join(REPO, "configs",
                                                "game24_plain.py"))
-  c.search.solved_by_prior = True
+  c.experimental.solved_by_prior = True
   _validate(c)  # step level, acting on solutions
   c.search.act_on_solved = False
   with pytest.raises(ValueError, match="solved_by_prior=True: chooses among "
@@ -179,7 +188,7 @@ def test_config_validation_and_nan_check(tmp_path):
     _validate(c)
   c.search.act_on_solved, c.search.level = True, "token"
   c.search.terminal_lookahead, c.search.prune_terminal_slots = False, False
-  c.search.value_policy_weight, c.search.choice_tokens_only = 0.0, False
+  c.experimental.value_policy_weight, c.experimental.choice_tokens_only = 0.0, False
   with pytest.raises(ValueError, match="solved_by_prior=True: reads the root "
                      "prior .*terminal_lookahead=True"):
     _validate(c)
@@ -196,12 +205,12 @@ def test_config_validation_and_nan_check(tmp_path):
   with pytest.raises(ValueError, match="retract takes back a first step"):
     loop.setup_task(c)
   c.task.options = dict(num_numbers=3, strict=True)
-  c.search.level, c.search.retract_weight = "step", 1.0
-  with pytest.raises(ValueError, match="search.retract_weight=1.0: teaches "
+  c.search.level, c.experimental.retract_weight = "step", 1.0
+  with pytest.raises(ValueError, match="experimental.retract_weight=1.0: teaches "
                      "taking back a first step, but .* no take-back token"):
     loop.setup_task(c)
   c.search.level = "token"
-  with pytest.raises(ValueError, match="search.retract_weight.*needs "
+  with pytest.raises(ValueError, match="experimental.retract_weight.*needs "
                      "--config.search.level=step"):
     _validate(c)
   with pytest.raises(metrics_lib.NonFiniteMetricError, match="step 7"):
@@ -212,14 +221,14 @@ def test_config_validation_and_nan_check(tmp_path):
     f for f in os.listdir(os.path.join(REPO, "configs"))
     if f.endswith(".py") and not f.startswith("_")))
 def test_every_config_validates(name):
-  c = config_lib.load_config_file(os.path.join(REPO, "configs", name))
+  c = _load_file(os.path.join(REPO, "configs", name))
   _validate(c)
-  c.search.problem_split = "extended"
+  c.experimental.search_problem_split = "extended"
   if c.task.name == "game24":
     _validate(c)
     c.data.source = "tfds"
     with pytest.raises(ValueError, match="needs --config.data.source=generated"):
       _validate(c)
   else:
-    with pytest.raises(ValueError, match="search.problem_split"):
+    with pytest.raises(ValueError, match="experimental.search_problem_split"):
       _validate(c)

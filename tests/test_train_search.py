@@ -7,11 +7,13 @@ import types
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 import models
 from train import config as config_lib
+from train import experimental
 from train import loop
 from train import model as model_lib
 from train import packing
@@ -41,21 +43,28 @@ def _search(**kw):
 
 
 def _loss_terms(fns, params, batch, *, retract=False, pad_id=0,
-                max_seq_len=64, **search):
-  """The step-level loss terms of ``search`` options on ``batch`` (the
-  outcome as the value target unless set)."""
+                max_seq_len=64, **options):
+  """The step-level loss terms of ``search`` options and experiment
+  switches (``train.experimental``) on ``batch`` (the outcome as the value
+  target unless set)."""
+  switches = {k: options.pop(k) for k in list(options)
+              if k in experimental.DEFAULTS}
+  x = experimental.values(ml_collections.ConfigDict(
+      dict(experimental=switches)))
   s = _search(**{"level": "step", "value_target": "outcome",
-                 "value_mix": 1.0, **search})
+                 "value_mix": 1.0, **options})
   ext = ()
   if retract:
     task = types.SimpleNamespace(retract_token=V.COLON,
                                  step_delimiter=V.NEWLINE, pad_id=pad_id)
-    ext = (retract_terms.extension(fns.apply, s, task),)
+    ext = (retract_terms.extension(fns.apply, task,
+                                   weight=x["retract_weight"],
+                                   sft_weight=s.sft_weight),)
   forward = search_losses.make_forward(
       fns.apply, level=s.level, pad_id=pad_id, max_seq_len=max_seq_len,
       end_token=V.COLON if retract else None)
   loss_fn = search_losses.make_loss_fn(
-      forward, search_losses.terms(s, two_player=False), ext)
+      forward, search_losses.terms(s, x, two_player=False), ext)
   return loss_fn(params, batch, None)
 
 
@@ -448,10 +457,15 @@ def test_connect_four_rollout_plays_legal_games():
 
 
 def _tiny(tmp_path, **search):
+  """configs/tiny.py, shortened; ``search`` sets search keys and
+  experiment switches (``train.experimental``)."""
   c = config_lib.load_config_file(os.path.join(REPO, "configs", "tiny.py"))
   c.warm_start.steps = 2
   c.search.update(steps=2, num_simulations=4, num_children=3, capacity=32,
                   algorithm="gumbel", value_target="mix", sft_weight=0.5)
+  switches = {k: search.pop(k) for k in list(search)
+              if k in experimental.DEFAULTS}
+  c.experimental = experimental.config(**switches)
   c.search.update(**search)
   c.batch_size = 8
   c.log_every_steps = 1
@@ -481,7 +495,7 @@ def test_replay_buffer_is_checkpointed_and_resumes_exactly(tmp_path):
   loop.train(c, stopped)
   ckpt = loop.checkpointer(c, stopped)
   assert ckpt.latest_step() == 4
-  assert "replay" in ckpt._saved_tree(4)  # pylint: disable=protected-access
+  assert ckpt.has_replay(4)
   ckpt.close()
   loop.train(_tiny(tmp_path, **kw), stopped)  # resumes at 4
   from train import metrics as metrics_lib
@@ -499,11 +513,11 @@ def test_replay_buffer_is_checkpointed_and_resumes_exactly(tmp_path):
 
 
 def test_warm_start_checkpoint_continues_into_search_steps(tmp_path):
-  # With search.learning_rate set, a warm-start-only run (search.steps=0,
-  # no replay buffer saved) continued with search steps ends with the
-  # parameters of the run made in one go.
+  # With experimental.search_learning_rate set, a warm-start-only run
+  # (search.steps=0, no replay buffer saved) continued with search steps
+  # ends with the parameters of the run made in one go.
   kw = dict(steps=2, replay_size=16, updates_per_search=2,
-            learning_rate=1e-3)
+            search_learning_rate=1e-3)
   straight = str(tmp_path / "straight")
   loop.train(_tiny(tmp_path, **kw), straight)
   split = str(tmp_path / "split")
@@ -525,7 +539,7 @@ def test_bad_replay_config_is_a_clear_error(tmp_path):
 
 
 def test_search_steps_with_a_warm_start_anchor(tmp_path):
-  # search.anchor_weight: every search update also trains on a warm-start
+  # experimental.anchor_weight: every search update also trains on a warm-start
   # batch; the total is the weighted sum with the warm start's weights.
   c = _tiny(tmp_path, anchor_weight=2.0, replay_size=16, updates_per_search=1)
   last = loop.train(c, str(tmp_path / "run"))
@@ -535,6 +549,6 @@ def test_search_steps_with_a_warm_start_anchor(tmp_path):
       last["loss"], last["loss/policy"] + 0.5 * last["loss/value"]
       + 0.5 * last["loss/sft"] + 2.0 * pw * last["loss/anchor"]
       + 2.0 * vw * last["loss/anchor_value"], rtol=1e-5)
-  c.search.anchor_weight = -1.0
-  with pytest.raises(ValueError, match="search.anchor_weight"):
+  c.experimental.anchor_weight = -1.0
+  with pytest.raises(ValueError, match="experimental.anchor_weight"):
     config_lib.validate_config(c)

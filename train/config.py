@@ -4,6 +4,8 @@ A run's config is a Python file under ``configs/`` whose ``get_config()``
 returns an ``ml_collections.ConfigDict``; ``--config.a.b=v`` overrides a value.
 :func:`default_config` holds every key the trainer reads, so a config file only
 states what it changes (``base = default_config(); base.model.d_model = ...``).
+Switches that one experiment needed are the opt-in ``experimental`` group
+(:mod:`train.experimental`).
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import uuid
 from typing import Sequence
 
 import ml_collections
+
+from train import experimental
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -52,8 +56,6 @@ def default_config() -> ConfigDict:
                          # "solver": the task's exact solver
                          # (task.solver_traces: answers and dead ends).
       negative_fraction=0.5,  # "solver": share of random derivations.
-      problem_split="train",  # "solver": the split it writes solutions of
-                              # (one of the task's splits).
   ))
   # Search-and-learn iterations after the warm start.
   c.search = ConfigDict(dict(
@@ -78,36 +80,14 @@ def default_config() -> ConfigDict:
                                  # verifier reward (LMSearchConfig).
       prune_terminal_slots=False,  # puzzles: no simulation on a slot whose
                                    # reward lookahead already knows.
-      step_policy_loss="nll",  # "step": "nll" (weighted NLL of the K steps)
-                               # or "candidates" (CE over the K candidates).
-      choice_tokens_only=False,  # "step": a step's log-prob in the losses
-                                 # sums only its choice tokens (not those
-                                 # the env forces: search_learn.choice_tokens).
-      max_moves=0,  # moves per rollout; 0: see search_learn.num_moves.
-      max_depth=0,  # tree depth bound; 0: see search_learn.lm_search_config.
+      max_moves=0,  # moves per rollout; 0: see search_config.num_moves.
+      max_depth=0,  # tree depth bound; 0: see search_config.lm_search_config.
       dirichlet_fraction=0.25,  # PUCT root noise while training.
       pb_c_init=1.25,  # PUCT exploration constant (training and evaluation).
-      learning_rate=0.0,  # > 0: search steps run at this constant rate and
-                          # the optim schedule spans the warm start only.
       act_on_solved=False,  # puzzles: follow a verified terminal found in
                             # the tree (tsearch.solved_root_slot).
-      solved_by_prior=False,  # act_on_solved: of several solving root
-                              # slots, the one the prior favours.
       policy_on_solved=False,  # policy loss on solved trajectories only
                                # (their moves' search weights); value on all.
-      value_policy_weight=0.0,  # "step": policy over the K candidates
-                                # toward the value head's one-step lookahead
-      value_policy_scale=10.0,  # softmax(log p + scale * value) target, a
-                                # loss of the form step_policy_loss names.
-      retract_weight=0.0,  # "step", a task with a take-back token
-                           # (task.retract_token): P(take back) after
-                           # each first-move candidate toward 1 - its Q.
-      problem_split="train",  # problems the search steps draw (one of the
-                              # task's splits, e.g. Game of 24's "extended":
-                              # puzzles beyond its list, verifier only).
-      anchor_weight=0.0,  # > 0: every search update also trains on a fresh
-                          # warm-start batch (its LM and value losses at
-                          # this weight), against forgetting (PPO-ptx).
   ))
   # warm_start_every_steps: how often the warm start saves (0: every_steps);
   # its last step is always saved.
@@ -149,46 +129,12 @@ def validate_config(config: ConfigDict) -> None:
        "use 'token' or 'step'.")
   need(config.search.value_target in ("outcome", "q", "mix"),
        "search.value_target", "use 'outcome', 'q' or 'mix'.")
-  need(config.search.step_policy_loss in ("nll", "candidates"),
-       "search.step_policy_loss", "use 'nll' or 'candidates'.")
-  need(not config.search.choice_tokens_only
-       or config.search.level == "step", "search.choice_tokens_only",
-       "applies to --config.search.level=step (a token-level child is one "
-       "token); set it False or use level='step'.")
-  need(config.search.value_policy_weight == 0
-       or config.search.level == "step", "search.value_policy_weight",
-       "the one-step value lookahead target needs --config.search.level=step.")
-  need(config.search.value_policy_weight >= 0, "search.value_policy_weight",
-       "must be >= 0.")
-  need(config.search.retract_weight >= 0, "search.retract_weight",
-       "must be >= 0.")
-  need(config.search.retract_weight == 0 or config.search.level == "step",
-       "search.retract_weight", "teaches taking back a first step: needs "
-       "--config.search.level=step.")
-  need(config.search.value_policy_scale >= 0, "search.value_policy_scale",
-       "must be >= 0 (a larger value-head score must raise a step's target).")
   need(not config.search.prune_terminal_slots
        or config.search.terminal_lookahead, "search.prune_terminal_slots",
        "needs --config.search.terminal_lookahead=True (a pruned step's "
        "reward must reach its node's value).")
-  need(config.warm_start.problem_split == "train"
-       or config.warm_start.data == "solver", "warm_start.problem_split",
-       "only the solver writes solutions beyond the dataset; it needs "
-       "--config.warm_start.data=solver.")
-  need(config.search.problem_split == "train"
-       or config.data.source == "generated", "search.problem_split",
-       "draws puzzles beyond the built dataset; it needs "
-       "--config.data.source=generated.")
   need(config.eval.mcts_num_children >= 0, "eval.mcts_num_children",
        "must be >= 0 (0: search.num_children).")
-  anchor = config.search.get("anchor_weight", 0.0)
-  need(anchor >= 0, "search.anchor_weight",
-       "must be >= 0 (0 turns the warm-start anchor off).")
-  need(not anchor or config.warm_start.data == "solver"
-       or config.search.problem_split == "train", "search.anchor_weight",
-       "the anchor on reference solutions uses the search's problems, which "
-       "must then have them: set --config.search.problem_split=train or "
-       "--config.warm_start.data=solver.")
   need(config.warm_start.data in ("reference", "solver"), "warm_start.data",
        "use 'reference' or 'solver'.")
   need(config.search.replay_size >= 0, "search.replay_size", "must be >= 0.")
@@ -198,23 +144,14 @@ def validate_config(config: ConfigDict) -> None:
        >= config.batch_size, "search.replay_size",
        f"must be 0 (off) or >= batch_size={config.batch_size}.")
   need(config.search.step_length >= 1, "search.step_length", "must be >= 1.")
-  need(config.search.learning_rate >= 0, "search.learning_rate",
-       "must be >= 0 (0: one schedule over all steps).")
   need(config.search.pb_c_init > 0, "search.pb_c_init", "must be positive.")
-  need(not config.search.solved_by_prior or config.search.act_on_solved,
-       "search.solved_by_prior", "chooses among the solutions "
-       "search.act_on_solved follows; set --config.search.act_on_solved=True "
-       "or leave it False.")
-  need(not config.search.solved_by_prior or config.search.level == "step"
-       or config.search.terminal_lookahead, "search.solved_by_prior",
-       "reads the root prior the tree keeps with its slot scores (step level, "
-       "or token level with --config.search.terminal_lookahead=True).")
   need(0.0 <= config.warm_start.corrupt_fraction < 1.0,
        "warm_start.corrupt_fraction", "must be in [0, 1).")
   need(config.data.max_len <= config.model.max_seq_len, "data.max_len",
        f"must be <= model.max_seq_len={config.model.max_seq_len}.")
   need(config.warm_start.steps + config.search.steps > 0, "warm_start.steps",
        "warm_start.steps + search.steps must be positive.")
+  experimental.validate(config)
 
 
 def validate_task(config: ConfigDict, task) -> None:
@@ -223,25 +160,13 @@ def validate_task(config: ConfigDict, task) -> None:
   def need(cond, key, msg):
     if not cond:
       raise ValueError(f"Bad config value {key}={_get(config, key)!r}: {msg}")
-  splits = ("train",) + tuple(task.extra_splits)
-  for key in ("search.problem_split", "warm_start.problem_split"):
-    need(_get(config, key) in splits, key,
-         f"use one of {splits} for task {task.name!r}.")
-  anchor = config.search.get("anchor_weight", 0.0)
-  solutions = "has no reference solutions"
-  need(not (anchor and not task.has_solutions), "search.anchor_weight",
-       f"{task.name} {solutions} to anchor on; set it to 0.")
   need(not (config.warm_start.steps and not task.has_solutions),
-       "warm_start.steps", f"{task.name} {solutions} to warm start on; set "
-       "--config.warm_start.steps=0 (self-play only).")
+       "warm_start.steps", f"{task.name} has no reference solutions to warm "
+       "start on; set --config.warm_start.steps=0 (self-play only).")
   need(not (task.num_players > 1 and config.search.act_on_solved),
        "search.act_on_solved", "is for single-player puzzles; a won terminal "
        "in a two-player tree is not a forced win. Set it to False.")
-  need(config.search.retract_weight == 0 or task.retract_token is not None,
-       "search.retract_weight", f"teaches taking back a first step, but "
-       f"{task!r} has no take-back token; turn on the task's take-back "
-       "option (e.g. --config.task.options.retract=1 with strict=True, "
-       "notation='left') or set it to 0.")
+  experimental.validate_task(config, task)
 
 
 def _get(config, dotted):

@@ -22,6 +22,7 @@ import numpy as np
 from train import checkpoint as ckpt_lib
 from train import config as config_lib
 from train import data as data_lib
+from train import experimental
 from train import metrics as metrics_lib
 from train import model as model_lib
 from train import step as step_lib
@@ -80,8 +81,8 @@ def build(config: ml_collections.ConfigDict, workdir: str):
 
 def _schedule_kw(config):
   return dict(warm_steps=int(config.warm_start.steps),
-              search_learning_rate=float(config.search.get("learning_rate",
-                                                           0.0)))
+              search_learning_rate=float(experimental.values(config)[
+                  "search_learning_rate"]))
 
 
 def optimizer_steps(config: ml_collections.ConfigDict, loop_steps=None
@@ -196,13 +197,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   def warm_batch(step, examples):
     """This process's warm-start batch of ``step`` (also the search steps'
-    anchor, ``search.anchor_weight``)."""
+    anchor, ``experimental.anchor_weight``)."""
     seed = data_lib.step_seed(config.seed, step, jax.process_index())
     if config.warm_start.data == "solver":
       return task.solver_traces(
           seed, examples["prompt"].shape[0], max_len=max_len,
           negative_fraction=config.warm_start.negative_fraction,
-          split=config.warm_start.problem_split)
+          split=experimental.values(config)["warm_start_problem_split"])
     return data_lib.supervised_batch(
         task, examples, max_len=max_len,
         corrupt_fraction=config.warm_start.corrupt_fraction, seed=seed,
@@ -215,7 +216,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for step in range(start or 0, total):
       key = jax.random.fold_in(base_key, step)
       examples = stream.next(
-          None if step < warm else config.search.problem_split)
+          None if step < warm
+          else experimental.values(config)["search_problem_split"])
       if step < warm:
         state, metrics = supervised_step(
             state, step_lib.shard_batch(warm_batch(step, examples), mesh),
@@ -223,7 +225,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       else:
         state, metrics = search_learn.step(
             state, examples, key, anchor=warm_batch(step, examples)
-            if config.search.get("anchor_weight", 0.0) else None)
+            if experimental.values(config)["anchor_weight"] else None)
       done = step + 1
       steps_timed += 1
       # At most two steps in flight: the host prepares the next batch while

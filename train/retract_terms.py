@@ -1,4 +1,4 @@
-"""Teaching take-backs (``search.retract_weight > 0``): an opt-in
+"""Teaching take-backs (``experimental.retract_weight > 0``): an opt-in
 :class:`train.search_losses.Extension` for tasks whose rules let an answer
 take back its first step (``task.retract_token``, then the task's step
 delimiter).
@@ -10,13 +10,13 @@ Two terms, at step level:
   back) against ``1 - q``, ``q`` the tree's Q value of the candidate
   (searched slots; the value head after the step for the others; clipped to
   [0, 1]): the policy learns to take back first steps the search found dead.
-  Weight ``search.retract_weight``.
+  Weight ``experimental.retract_weight``.
 * ``retract_sft``: on solved trajectories whose first move had a candidate
   the search found dead (``1 - q > 0.5``, the deadest one other than the
   move made), the language-model loss on that candidate, ``retract_token``,
   the delimiter, then the answer, from ``retract_token`` on
   (:func:`retraction_sequence`): what to write after taking a step back.
-  Weight ``search.retract_weight * search.sft_weight``.
+  Weight ``experimental.retract_weight * search.sft_weight``.
 """
 from __future__ import annotations
 
@@ -32,10 +32,11 @@ from train import search_losses
 Array = chex.Array
 
 
-def extension(apply_fn, search, task) -> search_losses.Extension:
-  """The take-back terms of a run (``search.retract_weight > 0``; the
-  config checks that the task has a ``retract_token``)."""
-  weight = float(search.retract_weight)
+def extension(apply_fn, task, *, weight: float, sft_weight: float
+              ) -> search_losses.Extension:
+  """The take-back terms of a run (``experimental.retract_weight`` is
+  ``weight`` > 0; the config checks that the task has a ``retract_token``),
+  ``retract_sft`` at ``weight * sft_weight``."""
   token, delimiter, pad_id = (int(task.retract_token),
                               int(task.step_delimiter), task.pad_id)
 
@@ -68,7 +69,7 @@ def extension(apply_fn, search, task) -> search_losses.Extension:
   return search_losses.Extension(
       terms={"retract": retract_term, "retract_sft": retract_sft_term},
       weights={"retract": weight,
-               "retract_sft": weight * search.sft_weight},
+               "retract_sft": weight * sft_weight},
       keep=("children_q", "children_visits"), record_q=True,
       end_token=token, forward=forward)
 

@@ -11,12 +11,12 @@ the loss terms of :mod:`train.search_losses` (policy: the search's action
 weights; value: outcome, tree value or a mix; SFT on solved answers; the
 value head's one-step lookahead), weighted by the config; an experiment's
 terms come from its own module (:mod:`train.retract_terms`, only imported
-when ``search.retract_weight > 0``).
+when ``experimental.retract_weight > 0``).
 
 With ``search.replay_size > 0`` the targets go into an on-device replay
 buffer and each search is followed by ``search.updates_per_search`` updates
 on batches drawn from it (:func:`train.step.make_replay_train_step`). With
-``search.anchor_weight > 0`` every update also trains on a fresh warm-start
+``experimental.anchor_weight > 0`` every update also trains on a fresh warm-start
 batch (the step's side batch, terms ``anchor`` and ``anchor_value``).
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ import numpy as np
 
 import tsearch
 
+from train import experimental
 from train import search_config
 from train import search_losses
 from train import step as step_lib
@@ -65,11 +66,14 @@ class SearchLearn:
     self.task, self.mesh = task, mesh
     self.search_config = cfg = search_config.lm_search_config(s, task)
     self.moves = moves = search_config.num_moves(s, task)
-    choices = s.level == "step" and bool(s.get("choice_tokens_only", False))
+    x = experimental.values(config)
+    choices = s.level == "step" and bool(x["choice_tokens_only"])
     extensions = []
-    if s.get("retract_weight", 0.0) > 0:  # config.validate_task checks it
+    if x["retract_weight"] > 0:  # config.validate_task checks the task
       from train import retract_terms  # pylint: disable=import-outside-toplevel
-      extensions.append(retract_terms.extension(fns.apply, s, task))
+      extensions.append(retract_terms.extension(
+          fns.apply, task, weight=float(x["retract_weight"]),
+          sft_weight=float(s.sft_weight)))
     end_tokens = {e.end_token for e in extensions} - {None}
     if len(end_tokens) > 1:
       raise ValueError(f"Loss extensions ask for different end tokens "
@@ -84,7 +88,7 @@ class SearchLearn:
           fns.graphdef, fns.state(params), task, batch["prompt"],
           batch["prompt_length"], key, config=cfg, num_moves=moves,
           act_on_solved=bool(s.get("act_on_solved", False)),
-          solved_by_prior=bool(s.get("solved_by_prior", False)),
+          solved_by_prior=bool(x["solved_by_prior"]),
           record_choices=choices, record_q=record_q)
       active = r.active.astype(jnp.float32)
       stats = {"search/solve_rate": jnp.mean(r.outcome > 0.5),
@@ -102,12 +106,12 @@ class SearchLearn:
         max_seq_len=fns.config.max_seq_len,
         end_token=next(iter(end_tokens), None))
     loss_fn = search_losses.make_loss_fn(
-        forward, search_losses.terms(s, two_player=two_player),
+        forward, search_losses.terms(s, x, two_player=two_player),
         tuple(extensions))
-    weights = search_losses.weights(s)
+    weights = search_losses.weights(s, x)
     for e in extensions:
       weights.update(e.weights)
-    self.anchor_weight = float(s.get("anchor_weight", 0.0))
+    self.anchor_weight = float(x["anchor_weight"])
     side_loss_fn = None
     if self.anchor_weight:
       side_loss_fn = anchor_loss_fn(fns.apply)
@@ -134,12 +138,12 @@ class SearchLearn:
 
   def step(self, state, examples, key, anchor=None):
     """One search-and-learn step on ``examples`` (this process's prompts);
-    ``anchor``: with ``search.anchor_weight > 0``, this process's rows of a
+    ``anchor``: with ``experimental.anchor_weight > 0``, this process's rows of a
     warm-start batch (``step.supervised_loss_fn``'s), trained on in every
     update of the step."""
     if (anchor is None) != (not self.anchor_weight):
       raise ValueError(
-          f"search.anchor_weight={self.anchor_weight} needs a warm-start "
+          f"experimental.anchor_weight={self.anchor_weight} needs a warm-start "
           "batch in every search step (and 0 none); got "
           f"{'none' if anchor is None else 'one'}.")
     batch = {"prompt": np.asarray(examples["prompt"], np.int32),

@@ -76,7 +76,7 @@ def make_forward(apply_fn, *, level: str, pad_id: int, max_seq_len: int = 0,
                  end_token: int | None = None) -> ForwardFn:
   """``forward(params, batch) -> outputs`` (see the module docstring).
 
-  A batch with ``children_choice`` (``search.choice_tokens_only``): the
+  A batch with ``children_choice`` (``experimental.choice_tokens_only``): the
   steps' log-probabilities count their choice tokens only, as the search's
   prior does.
   """
@@ -212,10 +212,12 @@ def value_policy_term(*, scale: float, two_player: bool,
 # -------------------------------------------------------------- composition
 
 
-def terms(search, *, two_player: bool) -> dict[str, TermFn]:
-  """The generic terms a run's ``search`` section asks for, in the order
-  the total sums them."""
-  step_loss = search.get("step_policy_loss", "nll")
+def terms(search, switches: Mapping[str, Any], *, two_player: bool
+          ) -> dict[str, TermFn]:
+  """The generic terms a run's ``search`` section and experiment switches
+  (``train.experimental.values``) ask for, in the order the total sums
+  them."""
+  step_loss = switches["step_policy_loss"]
   out = {
       "policy": policy_term(
           level=search.level, step_policy_loss=step_loss,
@@ -225,18 +227,19 @@ def terms(search, *, two_player: bool) -> dict[str, TermFn]:
                           two_player=two_player),
       "sft": sft_term(),
   }
-  if search.level == "step" and search.get("value_policy_weight", 0.0) > 0:
+  if search.level == "step" and switches["value_policy_weight"] > 0:
     out["value_policy"] = value_policy_term(
-        scale=float(search.value_policy_scale), two_player=two_player,
+        scale=float(switches["value_policy_scale"]), two_player=two_player,
         step_policy_loss=step_loss)
   return out
 
 
-def weights(search) -> dict[str, float]:
-  """``{term: weight}`` of the generic terms (``search.<term>_weight``)."""
+def weights(search, switches: Mapping[str, Any]) -> dict[str, float]:
+  """``{term: weight}`` of the generic terms (``search.<term>_weight``,
+  ``experimental.value_policy_weight``)."""
   return {"policy": search.policy_weight, "value": search.value_weight,
           "sft": search.sft_weight,
-          "value_policy": float(search.get("value_policy_weight", 0.0))}
+          "value_policy": float(switches["value_policy_weight"])}
 
 
 def make_loss_fn(forward: ForwardFn, term_fns: Mapping[str, TermFn],

@@ -234,7 +234,7 @@ def choice_tokens(task, state, steps: Array) -> Array:
   arithmetic step under a rules mask) has probability 1 under the policy
   the search samples from (:func:`tsearch.lm_search` masks illegal tokens),
   so a step's log-probability under that policy sums its choice tokens only
-  (``search.choice_tokens_only`` in training).
+  (``experimental.choice_tokens_only`` in training).
   """
   b, k, s = steps.shape
   st = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), state)
