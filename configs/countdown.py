@@ -2,7 +2,7 @@
 warm start, then step-level search-and-learn (as configs/game24_plain.py).
 
   python -m train --config configs/countdown.py --workdir /tmp/countdown
-  python -m train.solve_rates --config configs/countdown.py \
+  python -m train.evaluate --config configs/countdown.py \
       --workdir /tmp/countdown --stages warm_start:300,search_and_learn:345 \
       --methods greedy:1,best_of_n:8,mcts:16,mcts:64 --out results/countdown.json
 

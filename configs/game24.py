@@ -4,7 +4,7 @@ back a dead-end first step (``notation="left"``, ``retract=2``,
 ``experimental.retract_weight``).
 
   python -m train --config configs/game24.py --workdir /tmp/g24
-  python -m train.solve_rates --config configs/game24.py --workdir /tmp/g24 \
+  python -m train.evaluate --config configs/game24.py --workdir /tmp/g24 \
       --stages warm_start:3000,search_and_learn:3060 \
       --methods greedy:1,best_of_n:8,mcts:16,mcts:64 --out results/game24.json
 

@@ -2,7 +2,7 @@
 every step (``notation="left"``: ``13-9=4 4 4 10\n``).
 
   python -m train --config configs/game24_left.py --workdir /tmp/game24_left
-  python -m train.solve_rates --config configs/game24_left.py \
+  python -m train.evaluate --config configs/game24_left.py \
       --workdir /tmp/game24_left --stages warm_start:3000,search_and_learn:3065 \
       --methods greedy:1,best_of_n:8 --out results/game24_left.json
 

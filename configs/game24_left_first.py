@@ -3,7 +3,7 @@ than one number starting with them (``notation="left_first"``:
 ``4 4 10:13-9=4\n4 6:10-4=6\n4*6=24``).
 
   python -m train --config configs/game24_left_first.py --workdir /tmp/g24f
-  python -m train.solve_rates --config configs/game24_left_first.py \
+  python -m train.evaluate --config configs/game24_left_first.py \
       --workdir /tmp/g24f --stages warm_start:3000,search_and_learn:3065 \
       --methods greedy:1,best_of_n:8,mcts:16,mcts:64 \
       --out results/game24_left_first.json

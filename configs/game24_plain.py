@@ -2,7 +2,7 @@
 start, then step-level search-and-learn; the base of the other game24 configs.
 
   python -m train --config configs/game24_plain.py --workdir /tmp/g24p
-  python -m train.solve_rates --config configs/game24_plain.py \
+  python -m train.evaluate --config configs/game24_plain.py \
       --workdir /tmp/g24p --stages warm_start:3000,search_and_learn:3065 \
       --methods greedy:1,best_of_n:8,mcts:16,mcts:64 \
       --out results/game24_plain.json

@@ -1,18 +1,50 @@
-"""Evaluate the latest checkpoint of a run on the test split.
+"""Solve rates of a run's checkpoints: one command, one results schema.
 
   python -m train.evaluate --config configs/<name>.py --workdir <dir>
 
-  python -m train.evaluate --config ... --workdir ... \
+  python -m train.evaluate --config configs/countdown.py --workdir <dir> \\
+      --stages warm_start:300,search_and_learn:345 \\
+      --methods greedy:1,best_of_n:8,mcts:16,mcts:64 --out results/x.json
+
+  python -m train.evaluate --config ... --workdir ... \\
       --algos greedy,best_of_n,beam,mcts --budgets 4,16,64
 
-With ``--algos`` it runs the search family (:mod:`tsearch.evaluation`) at
-each budget and writes ``compare_step<step>.json|png``; otherwise:
+Checkpoints: ``--stages label:step,...`` (``latest`` allowed), or
+``--steps step,...`` labelled ``warm_start`` / ``search_and_learn`` by the
+config's ``warm_start.steps``; default the latest. All checkpoints share one
+compile per method. Problems: ``task.eval_problems(num_problems,
+split=split)`` (a fixed-list task's split, else problems sampled with a seed
+no training step uses); defaults ``eval.num_examples`` and ``eval.split``.
 
-Methods: greedy decoding, sampling, best-of-N (solved if any of N samples is
-accepted by the verifier, i.e. pass@N with the exact verifier) and MCTS
-(PUCT, acting on the most visited child) at each budget in
-``eval.mcts_budgets``. Decoding is grammar-constrained by the task's legal
-mask. Prints a table and writes ``<workdir>/eval_step<step>.json``.
+Methods (``--methods algo:N``, default greedy, best-of-N for each N in
+``eval.best_of_n`` and MCTS for each budget in ``eval.mcts_budgets``), all
+under the task's legal mask:
+
+* ``greedy``, ``sampling`` (at ``eval.temperature``), ``best_of_n``,
+  ``beam``, ``dvts``, ``particle_filter``: the search family
+  (``tsearch.get_algorithm``) with budget N; ``--options`` sets their
+  hyperparameters (``best_of_n.terminal_score=verifier`` picks the answer
+  with the verifier, i.e. pass@N);
+* ``mcts``: the trainer's rollout (:func:`tsearch.rollout` with the run's
+  ``search`` options, :func:`train.search_config.eval_search_config`): PUCT
+  without root noise, N simulations per move, acting on the most visited
+  child, the kept subtree reused after each move.
+
+Rows (one per checkpoint and method) have :data:`ROW_FIELDS`:
+``solve_rate`` (share the exact verifier accepts), ``model_calls`` (mean
+sequential forward calls per problem) and ``tokens_forwarded`` (mean token
+positions computed per problem), ``seconds`` (wall time, compile included),
+``verifier_in_search`` (the search itself consults the exact verifier:
+terminal rewards inside the tree, lookahead on sampled final steps, acting on
+a verified slot, or a verifier-picked answer; see :func:`verifier_in_search`),
+``attempts_mean`` (1 + the take-backs per answer, ``task.attempts``).
+They are merged into ``--out`` (default ``<workdir>/eval.json``), replacing
+rows with the same :data:`ROW_KEY`; the file's other keys are kept.
+
+With ``--algos`` it compares the search family at equal compute
+(:mod:`tsearch._src.evaluation`) at each budget instead, writes
+``<workdir>/compare_step<step>.json|png`` and merges the rows (same schema,
+``family: true``) into ``--out``.
 """
 from __future__ import annotations
 
@@ -20,162 +52,452 @@ import json
 import os
 import sys
 import time
+from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 import tsearch
 from train import config as config_lib
-from train import data as data_lib
 from train import loop
 from train import search_config
 
+ROW_FIELDS = ("stage", "step", "algo", "simulations", "budget", "solve_rate",
+              "model_calls", "tokens_forwarded", "seconds",
+              "verifier_in_search", "attempts_mean", "split", "seed",
+              "num_problems")
+# Rows of a results file with the same key are replaced by a new evaluation.
+ROW_KEY = ("stage", "algo", "simulations", "budget", "split", "seed",
+           "family")
 
-def sample_answers(task, graphdef, state, prompt, prompt_length, key, *,
-                   temperature: float):
-  """Decodes one answer per row (the search family's ``greedy``, or
-  ``sampling`` at ``temperature > 0``). Returns the verifier's reward
-  ``[B]``."""
-  if temperature == 0:
-    out = tsearch.get_algorithm("greedy")(graphdef, state, task, prompt,
-                                          prompt_length, key)
-  else:
-    out = tsearch.get_algorithm("sampling")(
-        graphdef, state, task, prompt, prompt_length, key,
-        temperature=temperature)
-  return task.verify(prompt, out.answers)
+# Family algorithms --methods takes (``mcts`` is the trainer's rollout).
+FAMILY_METHODS = ("greedy", "sampling", "best_of_n", "beam", "dvts",
+                  "particle_filter")
+METHODS = FAMILY_METHODS + ("mcts",)
+# Algorithms whose answer search always consults the verifier: every
+# lm_search tree gives its terminal nodes the task's reward.
+_TREE_SEARCHES = ("mcts", "gumbel")
 
 
-def evaluate(config, workdir: str, *, seed: int = 0,
-             step: int | None = None) -> dict:
-  """Solve rates of each method on ``eval.num_examples`` test problems."""
-  task, fns, params, step = loop.latest_params(config, workdir, step)
+def parse_methods(items: Sequence[str]) -> list[tuple[str, int]]:
+  """``["greedy:1", "mcts:16"]`` (or one comma-separated string) ->
+  ``[("greedy", 1), ("mcts", 16)]``."""
+  if isinstance(items, str):
+    items = [x for x in items.split(",") if x.strip()]
+  out = []
+  for item in items:
+    algo, _, n = item.strip().partition(":")
+    if algo not in METHODS:
+      raise ValueError(f"Unknown method {algo!r} in --methods; use "
+                       f"{', '.join(METHODS)} as algo:N.")
+    try:
+      out.append((algo, int(n or 1)))
+    except ValueError:
+      raise ValueError(f"Bad method {item!r}: write algo:N with an integer "
+                       "N (samples, budget or simulations per move).") from None
+    if out[-1][1] < 1:
+      raise ValueError(f"Bad method {item!r}: N must be >= 1.")
+  return out
+
+
+def default_methods(config) -> list[tuple[str, int]]:
+  """Greedy, best-of-N for each ``eval.best_of_n`` and MCTS for each
+  ``eval.mcts_budgets``."""
   e = config.eval
-  stream = data_lib.ExampleStream(
-      task, e.batch_size, source=config.data.source, seed=seed,
-      split=e.split, data_dir=config.data.data_dir or os.path.join(
-          workdir, "data"), auto_build=config.data.auto_build)
-  methods = {
-      "greedy": lambda p, l, k: sample_answers(
-          task, fns.graphdef, fns.state(params), p, l, k, temperature=0.0),
-      f"sample(t={e.temperature})": lambda p, l, k: sample_answers(
-          task, fns.graphdef, fns.state(params), p, l, k,
-          temperature=e.temperature),
-  }
-  for n in e.best_of_n:
-    def best_of(p, l, k, n=n):
-      keys = jax.random.split(k, n)
-      r = jnp.stack([sample_answers(task, fns.graphdef, fns.state(params),
-                                    p, l, kk, temperature=e.temperature)
-                     for kk in keys])
-      return jnp.max(r, 0)
-    methods[f"best_of_{n}"] = best_of
-  for budget in e.mcts_budgets:
-    cfg = search_config.eval_search_config(config, task, budget)
-    methods[f"mcts_{budget}"] = lambda p, l, k, cfg=cfg: (
-        tsearch.rollout(
-            fns.graphdef, fns.state(params), task, p, l, k, config=cfg,
-            num_moves=search_config.num_moves(config.search, task),
-            act_on_solved=bool(config.search.get("act_on_solved", False))
-        ).outcome)
-  jitted = {name: jax.jit(f) for name, f in methods.items()}
-  solved = {name: [] for name in methods}
-  seconds = {name: 0.0 for name in methods}
-  done, key = 0, jax.random.key(seed)
-  while done < e.num_examples:
-    ex = stream.next()
-    take = min(e.batch_size, e.num_examples - done)
-    for name, f in jitted.items():
-      key, sub = jax.random.split(key)
-      t0 = time.time()
-      r = np.asarray(f(ex["prompt"], ex["prompt_length"], sub))
-      seconds[name] += time.time() - t0
-      solved[name].extend((r[:take] > 0.5).tolist())
-    done += take
-  results = {"step": int(step), "task": task.name, "split": e.split,
-             "num_examples": done,
-             "solve_rate": {k: float(np.mean(v)) for k, v in solved.items()},
-             "seconds": seconds}
-  return results
+  return ([("greedy", 1)] + [("best_of_n", int(n)) for n in e.best_of_n]
+          + [("mcts", int(n)) for n in e.mcts_budgets])
+
+
+def verifier_in_search(algo: str, options: dict | None = None) -> bool:
+  """Whether ``algo`` (with its ``options``) consults the exact verifier
+  while choosing its answer.
+
+  Tree searches over the model (the trainer's MCTS rollout, the family's
+  ``mcts`` / ``gumbel``) do: terminal nodes inside the tree earn the task's
+  reward (and, where configured, sampled final steps are scored by lookahead
+  and a verified slot is acted on). The other family algorithms do only
+  with ``terminal_score="verifier"`` (finished candidates ranked by the
+  verifier); greedy decoding and sampling never.
+  """
+  if algo in _TREE_SEARCHES:
+    return True
+  return (options or {}).get("terminal_score", "value") == "verifier"
+
+
+def method_options(text: str, methods) -> dict[str, dict]:
+  """``--options`` for ``--methods``: hyperparameters of the family methods
+  (``algo.key=value``, ``*.key=value``). The ``mcts`` method is the
+  trainer's rollout: its options are the config's ``search`` section."""
+  from tsearch._src import evaluation  # pylint: disable=import-outside-toplevel
+  family = [a for a, _ in methods if a in FAMILY_METHODS]
+  if (text or "").strip().startswith("mcts.") or ",mcts." in (text or ""):
+    raise ValueError(
+        "--options mcts.*: the mcts method is the trainer's rollout; set its "
+        "options with --config.search.<key>=v (and "
+        "--config.eval.mcts_num_children=K), or compare the family's mcts "
+        "with --algos.")
+  return evaluation.parse_options(text, family) if text else {}
+
+
+def stage_of(config, step: int) -> str:
+  """``warm_start`` for a step within the warm start, else
+  ``search_and_learn``."""
+  return "warm_start" if step <= config.warm_start.steps else \
+      "search_and_learn"
+
+
+_JITTED = {}
+
+
+def _method_fn(config, task, fns, algo: str, n: int, options: dict):
+  """Jitted ``(model_state, prompts, lengths, key) -> (reward, attempts,
+  calls, tokens)``, built once per method (checkpoints share the compile)."""
+  cache_key = (algo, n, task, fns.graphdef, config.search.to_json_best_effort(),
+               search_config.eval_num_children(config),
+               json.dumps(options, sort_keys=True, default=str))
+  if cache_key in _JITTED:
+    return _JITTED[cache_key]
+  if algo in FAMILY_METHODS:
+    fn = tsearch.get_algorithm(algo)
+    kw = dict(options)
+    if algo == "sampling":
+      kw.setdefault("temperature", float(config.eval.temperature))
+
+    def run(s, p, l, k):
+      out = fn(fns.graphdef, s, task, p, l, k, budget=n, **kw)
+      final = task.run(p, out.answers)
+      return (task.reward(final), task.attempts(final), out.model_calls,
+              out.tokens_forwarded)
+  elif algo == "mcts":
+    cfg = search_config.eval_search_config(config, task, n)
+    moves = search_config.num_moves(config.search, task)
+    act_on_solved = bool(config.search.get("act_on_solved", False))
+
+    def run(s, p, l, k):
+      r = tsearch.rollout(fns.graphdef, s, task, p, l, k, config=cfg,
+                          num_moves=moves, act_on_solved=act_on_solved)
+      return r.outcome, r.attempts, r.model_calls, r.tokens_forwarded
+  else:
+    raise ValueError(f"Unknown method {algo!r}; use {', '.join(METHODS)}.")
+  _JITTED[cache_key] = jax.jit(run)
+  return _JITTED[cache_key]
+
+
+def evaluate(config, task, fns, params, problems, *, methods, seed: int = 0,
+             options: dict | None = None, progress: bool = True
+             ) -> list[dict]:
+  """One row per method on ``problems`` (one batch): ``algo, simulations,
+  budget, solve_rate, model_calls, tokens_forwarded, seconds,
+  verifier_in_search, attempts_mean, seed, num_problems``.
+
+  Args:
+    config: the run's config (``search`` for MCTS, ``eval.temperature``).
+    task, fns, params: the run's task and model (:func:`train.loop.build`).
+    problems: the task's problems.
+    methods: ``[(algo, N)]`` (:func:`parse_methods`).
+    seed: the key of every method's random draws.
+    options: ``{algo: {key: value}}`` for the family methods.
+    progress: print a line per method.
+  """
+  options = options or {}
+  prompts, plen = task.encode_prompts(problems)
+  state = fns.state(params)
+  rows = []
+  for algo, n in methods:
+    opts = dict(options.get(algo, {}))
+    t0 = time.time()
+    reward, attempts, calls, tokens = jax.device_get(
+        _method_fn(config, task, fns, algo, n, opts)(
+            state, prompts, plen, jax.random.key(seed)))
+    rows.append(dict(
+        algo=algo, simulations=n if algo == "mcts" else None,
+        budget=n if algo in ("best_of_n", "beam", "dvts", "particle_filter")
+        else None,
+        solve_rate=float(np.mean(np.asarray(reward) > 0.5)),
+        model_calls=float(np.mean(calls)),
+        tokens_forwarded=float(np.mean(tokens)),
+        seconds=round(time.time() - t0, 1),
+        verifier_in_search=verifier_in_search(algo, opts),
+        attempts_mean=float(np.mean(attempts)),
+        seed=int(seed), num_problems=len(problems)))
+    if progress:
+      print(format_rows(rows[-1:], header=False), flush=True)
+  return rows
+
+
+def restore(config, workdir: str, steps: Sequence[int | None]):
+  """``(task, fns, [(step, params)])``: the run's task and model, built once,
+  and the parameters of each checkpoint (None: the latest)."""
+  task, fns, state, _, _, _ = loop.build(config, workdir)
+  ckpt = loop.checkpointer(config, workdir)
+  try:
+    have = list(ckpt.all_steps())
+    out = []
+    for step in steps:
+      if step is None:
+        if not have:
+          raise FileNotFoundError(
+              f"No checkpoint in {os.path.join(workdir, 'checkpoints')}; "
+              f"train first with python -m train --config ... --workdir "
+              f"{workdir}.")
+        step = max(have)
+      elif step not in have:
+        raise FileNotFoundError(f"No checkpoint {step} in {workdir}; have "
+                                f"{have}.")
+      tree, _ = ckpt.restore_params(step, loop.state_to_tree(state))
+      out.append((int(step), tree["params"]))
+  finally:
+    ckpt.close()
+  return task, fns, out
+
+
+def parse_stages(stages: Sequence[str], steps: Sequence[str]
+                 ) -> list[tuple[str | None, int | None]]:
+  """``--stages label:step`` or ``--steps step`` -> ``[(label or None,
+  step or None)]`` (None step: the latest; None label: from the step)."""
+  def step_of(text):
+    text = text.strip()
+    if text == "latest":
+      return None
+    try:
+      return int(text)
+    except ValueError:
+      raise ValueError(f"Bad checkpoint step {text!r}: use an integer or "
+                       "'latest'.") from None
+  if stages:
+    out = []
+    for item in stages:
+      label, sep, step = item.partition(":")
+      if not sep or not label:
+        raise ValueError(f"Bad --stages item {item!r}: write label:step, "
+                         "e.g. warm_start:300 or search_and_learn:latest.")
+      out.append((label, step_of(step)))
+    return out
+  return [(None, step_of(s)) for s in (steps or ["latest"])]
+
+
+def evaluate_checkpoints(config, workdir: str, stages, *, methods,
+                         split: str | None = None,
+                         num_problems: int | None = None, seed: int = 0,
+                         options: dict | None = None, progress: bool = True
+                         ) -> list[dict]:
+  """Rows (:data:`ROW_FIELDS`) of every method at every checkpoint.
+
+  Args:
+    config, workdir: the run.
+    stages: ``[(label or None, step or None)]`` (:func:`parse_stages`).
+    methods: ``[(algo, N)]``.
+    split: the task's split (default ``eval.split``).
+    num_problems: problems (default ``eval.num_examples``; a fixed-list
+      task's split may have fewer).
+    seed, options, progress: as :func:`evaluate`.
+  """
+  split = split or config.eval.split
+  num = int(num_problems or config.eval.num_examples)
+  task, fns, checkpoints = restore(config, workdir, [s for _, s in stages])
+  problems = task.eval_problems(num, split=split)
+  rows = []
+  for (label, _), (step, params) in zip(stages, checkpoints):
+    stage = label or stage_of(config, step)
+    if progress:
+      print(f"{stage} (checkpoint {step}), {len(problems)} {split} problems:",
+            flush=True)
+    for r in evaluate(config, task, fns, params, problems, methods=methods,
+                      seed=seed, options=options, progress=progress):
+      rows.append(dict(stage=stage, step=step, **r, split=split))
+  return [{k: r.get(k) for k in ROW_FIELDS} for r in rows]
 
 
 def compare(config, workdir: str, algos: str, budgets: str, *,
-            seed: int = 0, step: int | None = None, options: str = ""
-            ) -> list:
-  """``--algos/--budgets``: the search family, compute-matched (see
-  :mod:`tsearch.evaluation`); writes ``compare_step<step>.json|png``."""
+            seed: int = 0, step: int | None = None, options: str = "",
+            split: str | None = None, num_problems: int | None = None
+            ) -> list[dict]:
+  """``--algos/--budgets``: the search family, compute-matched
+  (:mod:`tsearch._src.evaluation`); writes ``compare_step<step>.json|png``
+  to the workdir and returns the rows in this module's schema."""
   from tsearch._src import evaluation  # pylint: disable=import-outside-toplevel
   algo_list = evaluation.parse_list(algos)
   budget_list = evaluation.parse_list(budgets or "1", int)
   opts = evaluation.parse_options(options, algo_list)
-  task, fns, params, step = loop.latest_params(config, workdir, step)
-  e = config.eval
-  stream = data_lib.ExampleStream(
-      task, e.num_examples, source=config.data.source, seed=seed,
-      split=e.split, data_dir=config.data.data_dir or os.path.join(
-          workdir, "data"), auto_build=config.data.auto_build)
-  ex = stream.next()
-  rows = evaluation.run_algorithms(
-      fns.graphdef, fns.state(params), task, ex["prompt"][:e.num_examples],
-      ex["prompt_length"][:e.num_examples], jax.random.key(seed),
-      algos=algo_list, budgets=budget_list, batch_size=e.batch_size,
-      options=opts, progress=True)
-  print(evaluation.format_table(rows))
+  split = split or config.eval.split
+  task, fns, [(step, params)] = restore(config, workdir, [step])
+  problems = task.eval_problems(int(num_problems or config.eval.num_examples),
+                                split=split)
+  prompts, plen = task.encode_prompts(problems)
+  family = evaluation.run_algorithms(
+      fns.graphdef, fns.state(params), task, prompts, plen,
+      jax.random.key(seed), algos=algo_list, budgets=budget_list,
+      batch_size=config.eval.batch_size, options=opts, progress=True)
+  print(evaluation.format_table(family))
   if jax.process_index() == 0:
     paths = evaluation.write_comparison(
-        rows, workdir, f"compare_step{step}",
-        meta=dict(task=task.name, split=e.split, step=int(step),
+        family, workdir, f"compare_step{step}",
+        meta=dict(task=task.name, split=split, step=int(step), seed=seed,
                   options=opts),
-        title=f"{task.name} ({e.split} split, step {step})")
+        title=f"{task.name} ({split} split, step {step})")
     print("wrote", *paths)
+  # The family's rows give no answers to count take-backs in: 1 where the
+  # task has no take-back token, else unknown.
+  attempts = 1.0 if getattr(task, "retract_token", None) is None else None
+  rows = []
+  for r in family:
+    tree = r["algorithm"] in _TREE_SEARCHES
+    fixed = r["algorithm"] in ("greedy", "sampling")
+    rows.append(dict(
+        stage=stage_of(config, step), step=int(step), algo=r["algorithm"],
+        simulations=r["budget"] if tree else None,
+        budget=None if tree or fixed else r["budget"],
+        solve_rate=r["solve_rate"], model_calls=r["model_calls"],
+        tokens_forwarded=r["tokens_forwarded"],
+        seconds=round(r["wall_s"] + r["compile_s"], 1),
+        verifier_in_search=verifier_in_search(
+            r["algorithm"], opts.get(r["algorithm"])),
+        attempts_mean=attempts, split=split, seed=int(seed),
+        num_problems=r["num_problems"], family=True,
+        options=opts.get(r["algorithm"], {})))
   return rows
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
-_ALGOS = flags.DEFINE_string(
-    "algos", None, "Comma-separated tsearch.ALGORITHMS to compare at equal "
-    "compute (e.g. greedy,best_of_n,beam,mcts); unset: the default table.")
-_BUDGETS = flags.DEFINE_string("budgets", "4,16,64",
-                               "Comma-separated budgets for --algos.")
-_OPTIONS = flags.DEFINE_string(
-    "options", "", "Comma-separated algo.key=value hyperparameters for "
-    "--algos, e.g. mcts.num_children=8,*.terminal_score=verifier ('*': every "
-    "algorithm that takes the key).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the "
-                             "latest).")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def main(argv):
-  del argv
-  if _ALGOS.value:
-    try:
-      compare(_CONFIG.value, _WORKDIR.value, _ALGOS.value, _BUDGETS.value,
-              step=_STEP.value, options=_OPTIONS.value)
-    except (ValueError, FileNotFoundError) as err:
-      print(f"FATAL: {type(err).__name__}: {err}", file=sys.stderr)
-      sys.exit(1)
-    return
+def read_results(path: str) -> dict:
+  """The results file at ``path`` (``{}`` if there is none). Raises
+  ValueError for a file that is not one (``{"rows": [...], ...}``)."""
+  if not os.path.exists(path):
+    return {}
   try:
-    results = evaluate(_CONFIG.value, _WORKDIR.value, step=_STEP.value)
+    with open(path) as f:
+      data = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    raise ValueError(f"{path} is not a results file (not JSON: {err}); "
+                     "pass another --out or move that file away.") from None
+  if not isinstance(data, dict) or not isinstance(data.get("rows", []), list):
+    raise ValueError(f"{path} is not a results file ({{\"rows\": [...], "
+                     "...}): pass another --out or move that file away.")
+  return data
+
+
+def merge_rows(path: str, new: list[dict]) -> dict:
+  """Merges ``new`` into ``path``'s ``"rows"``, replacing rows with the same
+  :data:`ROW_KEY`; the file's other keys (``command``, ``machine``,
+  ``diagnostics``) are kept. Raises ValueError for a file that is not a
+  results file."""
+  key = lambda r: tuple(r.get(k) for k in ROW_KEY)  # noqa: E731
+  data = read_results(path)
+  keys = {key(r) for r in new}
+  data["rows"] = [r for r in data.get("rows", []) if key(r) not in keys] + new
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(data, f, indent=1)
+  return data
+
+
+def _method_name(r: dict) -> str:
+  if r.get("simulations") is not None:
+    return f"{r['algo']} ({r['simulations']} sims/move)"
+  if r.get("budget") is not None:
+    return f"{r['algo']} (N={r['budget']})"
+  return r["algo"]
+
+
+def format_rows(rows: Sequence[dict], header: bool = True) -> str:
+  """A fixed-width table of rows (:data:`ROW_FIELDS`)."""
+  lines = []
+  if header:
+    lines.append(f"{'method':<24}{'solve rate':>11}{'model calls':>13}"
+                 f"{'tokens fwd':>12}{'verifier':>10}{'attempts':>10}"
+                 f"{'seconds':>9}")
+  for r in rows:
+    attempts = ("?" if r.get("attempts_mean") is None
+                else f"{r['attempts_mean']:.2f}")
+    lines.append(f"{_method_name(r):<24}{r['solve_rate']:>11.3f}"
+                 f"{r['model_calls']:>13.1f}{r['tokens_forwarded']:>12.1f}"
+                 f"{'yes' if r['verifier_in_search'] else 'no':>10}"
+                 f"{attempts:>10}{r['seconds']:>9.1f}")
+  return "\n".join(lines)
+
+
+def define_flags() -> dict:
+  """The command's flags (defined only when it runs, so that importing this
+  module, e.g. from ``python -m train``, defines none)."""
+  f = dict(
+      config=config_flags.DEFINE_config_file("config", None, "Run config."),
+      workdir=flags.DEFINE_string("workdir", None, "Run directory."),
+      stages=flags.DEFINE_list(
+          "stages", [], "label:step list (step 'latest' allowed), e.g. "
+          "warm_start:300,search_and_learn:latest."),
+      steps=flags.DEFINE_list(
+          "steps", [], "Checkpoint steps ('latest' allowed), labelled "
+          "warm_start / search_and_learn by the config; default: the "
+          "latest."),
+      step=flags.DEFINE_integer("step", None, "One checkpoint step (as "
+                                "--steps=<step>)."),
+      methods=flags.DEFINE_list(
+          "methods", [], f"algo:N list, algo in {', '.join(METHODS)} (N: "
+          "budget or MCTS simulations per move); default from the config's "
+          "eval section."),
+      split=flags.DEFINE_string("split", None, "The task's split (default "
+                                "eval.split)."),
+      num_problems=flags.DEFINE_integer(
+          "num_problems", None, "Problems (default eval.num_examples; a "
+          "fixed list may have fewer)."),
+      seed=flags.DEFINE_integer("seed", 0, "Key of the methods' random "
+                                "draws."),
+      out=flags.DEFINE_string("out", None, "JSON results file the rows are "
+                              "merged into (default <workdir>/eval.json)."),
+      algos=flags.DEFINE_string(
+          "algos", None, "Comma-separated tsearch.ALGORITHMS to compare at "
+          "equal compute (e.g. greedy,best_of_n,beam,mcts) instead of "
+          "--methods."),
+      budgets=flags.DEFINE_string("budgets", "4,16,64",
+                                  "Comma-separated budgets for --algos."),
+      options=flags.DEFINE_string(
+          "options", "", "Comma-separated algo.key=value hyperparameters of "
+          "the family algorithms, e.g. mcts.num_children=8,"
+          "*.terminal_score=verifier ('*': every algorithm that takes the "
+          "key)."),
+  )
+  flags.mark_flags_as_required(["config", "workdir"])
+  return f
+
+
+def _fatal(err: Exception) -> None:
+  print(f"FATAL: {type(err).__name__}: {err}", file=sys.stderr)
+  sys.exit(1)
+
+
+def main(argv, f: dict):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
+  v = {k: flag.value for k, flag in f.items()}
+  config, workdir = v["config"], v["workdir"]
+  out = v["out"] or os.path.join(workdir, "eval.json")
+  try:
+    read_results(out)  # a bad --out fails before any evaluation
+    if v["algos"]:
+      rows = compare(config, workdir, v["algos"], v["budgets"],
+                     seed=v["seed"], step=v["step"], options=v["options"],
+                     split=v["split"], num_problems=v["num_problems"])
+    else:
+      methods = (parse_methods(v["methods"]) if v["methods"]
+                 else default_methods(config))
+      steps = v["steps"] or ([str(v["step"])] if v["step"] else [])
+      rows = evaluate_checkpoints(
+          config, workdir, parse_stages(v["stages"], steps),
+          methods=methods, split=v["split"], num_problems=v["num_problems"],
+          seed=v["seed"], options=method_options(v["options"], methods))
   except (ValueError, FileNotFoundError) as err:
-    print(f"FATAL: {type(err).__name__}: {err}", file=sys.stderr)
-    sys.exit(1)
-  print(f"{results['task']} {results['split']} split, checkpoint step "
-        f"{results['step']}, {results['num_examples']} problems")
-  print(f"{'method':<18}{'solve rate':>12}{'seconds':>10}")
-  for name, rate in results["solve_rate"].items():
-    print(f"{name:<18}{rate:>12.3f}{results['seconds'][name]:>10.1f}")
-  path = os.path.join(_WORKDIR.value, f"eval_step{results['step']}.json")
+    _fatal(err)
   if jax.process_index() == 0:
-    with open(path, "w") as f:
-      json.dump(results, f, indent=2)
-    print(f"wrote {path}")
+    try:
+      merge_rows(out, rows)
+    except ValueError as err:
+      _fatal(err)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=config_lib.parse_flags)
+  _FLAGS = define_flags()
+  app.run(lambda argv: main(argv, _FLAGS),
+          flags_parser=config_lib.parse_flags)

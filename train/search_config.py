@@ -33,7 +33,7 @@ def eval_num_children(config) -> int | None:
 
 def eval_search_config(config: ml_collections.ConfigDict, task,
                        num_simulations: int) -> tsearch.LMSearchConfig:
-  """Evaluation MCTS of a run (``train.evaluate``, ``train.solve_rates``):
+  """Evaluation MCTS of a run (``train.evaluate``, ``train.summary``):
   the training search's options with PUCT, no root noise, acting on the
   most visited child, and ``eval.mcts_num_children`` slots per node."""
   cfg = lm_search_config(config.search, task, num_simulations=num_simulations,

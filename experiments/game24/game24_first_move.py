@@ -65,7 +65,7 @@ def main(argv):
   task, fns, params, step = loop.latest_params(config, _WORKDIR.value,
                                                _STEP.value)
   base = task.base
-  # train.solve_rates' problems (it defines flags, so not imported here).
+  # train.evaluate's problems (task.eval_problems: the test split in order).
   problems = [(nums, 24) for _, nums in game24_splits()["test"]]
   prompts, plen = base.encode_prompts(problems)
   sc = search_config.lm_search_config(

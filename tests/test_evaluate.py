@@ -1,0 +1,152 @@
+"""train.evaluate: rows agree with running each method directly; the schema,
+the results file merge and the CLI's errors."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import models
+import tsearch
+from train import config as config_lib
+from train import evaluate
+from train import model as model_lib
+from train import search_config
+from tsearch.tasks import get_task
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_rows_match_the_methods_run_directly(tmp_path):
+  task = get_task("countdown", num_numbers=3, max_number=9, max_target=20,
+                  strict=True)
+  cfg = models.ModelConfig(vocab_size=task.vocab.size, num_layers=1,
+                           d_model=16, num_heads=2, num_kv_heads=1,
+                           head_dim=8, mlp_dim=32, max_seq_len=160)
+  fns, params = model_lib.create_model(cfg, seed=0)
+  config = config_lib.default_config()
+  config.search.update(level="step", num_children=3, capacity=16,
+                       step_length=20, terminal_lookahead=True,
+                       prune_terminal_slots=True, act_on_solved=True)
+  problems = task.eval_problems(6)
+  assert len(problems) == 6
+  rows = evaluate.evaluate(config, task, fns, params, problems,
+                           methods=[("greedy", 1), ("mcts", 3)])
+  assert [(r["algo"], r["simulations"], r["budget"]) for r in rows] == [
+      ("greedy", None, None), ("mcts", 3, None)]
+  # The search consults the verifier in the tree; greedy never does.
+  assert [r["verifier_in_search"] for r in rows] == [False, True]
+  assert [r["attempts_mean"] for r in rows] == [1.0, 1.0]  # no take-backs
+  assert all(r["seed"] == 0 and r["num_problems"] == 6 for r in rows)
+  prompts, plen = task.encode_prompts(problems)
+  key = jax.random.key(0)
+  g = tsearch.get_algorithm("greedy")(fns.graphdef, fns.state(params), task,
+                                      prompts, plen, key, budget=1)
+  solved = np.asarray(task.verify(prompts, g.answers)) > 0.5
+  assert rows[0]["solve_rate"] == float(solved.mean())
+  assert rows[0]["tokens_forwarded"] == pytest.approx(
+      np.mean(np.asarray(g.tokens_forwarded)))
+  sc = search_config.lm_search_config(config.search, task, num_simulations=3,
+                                      acting_temperature=0.0, noise=False)
+
+  # Jitted, as evaluate runs it, and named and shaped as evaluate's function
+  # so that when both build the same program the compile is shared through
+  # the test run's compilation cache (tests/conftest.py). A difference in
+  # what evaluate passes (config, moves, act_on_solved) makes a different
+  # program and different numbers below.
+  def run(s, p, l, k):
+    r = tsearch.rollout(fns.graphdef, s, task, p, l, k, config=sc,
+                        num_moves=2, act_on_solved=True)
+    return r.outcome, r.attempts, r.model_calls, r.tokens_forwarded
+  outcome, _, calls, tokens = jax.jit(run)(fns.state(params), prompts, plen,
+                                           key)
+  assert rows[1]["solve_rate"] == float(np.mean(np.asarray(outcome) > .5))
+  assert rows[1]["model_calls"] == pytest.approx(np.mean(np.asarray(calls)))
+  assert rows[1]["tokens_forwarded"] == pytest.approx(
+      np.mean(np.asarray(tokens)))
+  assert rows[1]["tokens_forwarded"] > rows[0]["tokens_forwarded"]
+
+
+def test_merge_rows_replaces_same_key_and_keeps_the_rest(tmp_path):
+  row = dict(stage="s", step=3, algo="mcts", simulations=16, budget=None,
+             solve_rate=0.5, split="test", seed=0)
+  path = str(tmp_path / "r.json")
+  with open(path, "w") as f:
+    json.dump({"command": "c", "rows": [dict(row, stage="t")]}, f)
+  out = evaluate.merge_rows(path, [row])
+  again = evaluate.merge_rows(path, [dict(row, solve_rate=2.0)])
+  assert len(out["rows"]) == len(again["rows"]) == 2
+  assert again["rows"][1]["solve_rate"] == 2.0
+  assert again["rows"][0]["stage"] == "t"  # another stage's row stays
+  # Another split or seed is another row.
+  more = evaluate.merge_rows(path, [dict(row, split="validation"),
+                                    dict(row, seed=1)])
+  assert len(more["rows"]) == 4
+  with open(path) as f:
+    assert json.load(f)["command"] == "c"  # the file's other keys stay
+  for name, text in (("list.json", "[1, 2]"), ("text.json", "not json")):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=f"{name} is not a results file"):
+      evaluate.merge_rows(str(tmp_path / name), [row])
+
+
+def test_methods_stages_and_verifier_flags():
+  assert evaluate.parse_methods("greedy:1,best_of_n:8,mcts:16") == [
+      ("greedy", 1), ("best_of_n", 8), ("mcts", 16)]
+  for bad, match in (("beem:4", "Unknown method 'beem'"),
+                     ("mcts:x", "integer N"), ("mcts:0", "N must be >= 1")):
+    with pytest.raises(ValueError, match=match):
+      evaluate.parse_methods(bad)
+  c = config_lib.default_config()
+  c.eval.update(best_of_n=(8,), mcts_budgets=(16, 64))
+  assert evaluate.default_methods(c) == [("greedy", 1), ("best_of_n", 8),
+                                         ("mcts", 16), ("mcts", 64)]
+  assert evaluate.parse_stages(["warm_start:30", "s:latest"], []) == [
+      ("warm_start", 30), ("s", None)]
+  assert evaluate.parse_stages([], ["5", "latest"]) == [(None, 5),
+                                                        (None, None)]
+  assert evaluate.parse_stages([], []) == [(None, None)]
+  with pytest.raises(ValueError, match="label:step"):
+    evaluate.parse_stages(["30"], [])
+  c.warm_start.steps = 30
+  assert [evaluate.stage_of(c, s) for s in (30, 31)] == [
+      "warm_start", "search_and_learn"]
+  # From the method and its options, never from the task.
+  assert evaluate.verifier_in_search("mcts")
+  assert evaluate.verifier_in_search("gumbel")
+  assert not evaluate.verifier_in_search("best_of_n")
+  assert evaluate.verifier_in_search("best_of_n",
+                                     {"terminal_score": "verifier"})
+  assert not evaluate.verifier_in_search("greedy")
+  assert evaluate.method_options(
+      "*.terminal_score=verifier", [("greedy", 1), ("best_of_n", 8),
+                                    ("mcts", 16)]) == {
+                                        "best_of_n": {
+                                            "terminal_score": "verifier"}}
+  with pytest.raises(ValueError, match="trainer's rollout"):
+    evaluate.method_options("mcts.num_children=8", [("mcts", 16)])
+
+
+def _cli(*args):
+  return subprocess.run(
+      [sys.executable, "-m", "train.evaluate", "--config",
+       os.path.join(REPO, "configs", "tiny.py"), *args], cwd=REPO,
+      capture_output=True, text=True, timeout=120)
+
+
+def test_cli_errors_are_one_fatal_line(tmp_path):
+  r = _cli("--workdir", str(tmp_path / "empty"))
+  assert r.returncode == 1
+  assert "FATAL: FileNotFoundError: No checkpoint in" in r.stderr
+  assert "Traceback" not in r.stderr
+  r = _cli("--workdir", str(tmp_path), "--methods", "beem:4")
+  assert r.returncode == 1 and "Unknown method 'beem'" in r.stderr
+  assert "Traceback" not in r.stderr
+  (tmp_path / "bad.json").write_text("[1, 2]")
+  r = _cli("--workdir", str(tmp_path), "--out", str(tmp_path / "bad.json"))
+  assert r.returncode == 1
+  assert "bad.json is not a results file" in r.stderr
+  assert "Traceback" not in r.stderr
