@@ -1,15 +1,20 @@
 """``python -m train --config configs/<name>.py --workdir <dir> [--config.a.b=v]``.
 
-Parses flags and calls :func:`train.loop.train`; nothing else lives here.
-Launch the same command on every host of a multi-host run (with
-``--num_processes`` or the cluster's environment variables).
+Parses flags, calls :func:`train.loop.train`, then (``eval.summary``)
+:func:`train.summary.run`, whose last line is ``summary task=<name>
+greedy=<x> search=<y> minutes=<m>``; nothing else lives here. Launch the
+same command on every host of a multi-host run (with ``--num_processes`` or
+the cluster's environment variables).
 """
 import sys
+import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from train import config as config_lib
+
+_STARTED = time.time()  # the summary's minutes (imports before it: < 1 s)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file under configs/.", lock_config=True)
@@ -30,15 +35,17 @@ def main(argv):
   except ValueError as e:
     print(f"FATAL: {e}", file=sys.stderr)
     sys.exit(2)
-  from train import loop  # pylint: disable=import-outside-toplevel
+  from train import loop, summary  # pylint: disable=import-outside-toplevel
   loop.maybe_initialize_distributed(_NUM_PROCESSES.value)
   logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
   try:
     final = loop.train(_CONFIG.value, workdir)
+    print("final metrics:", {k: round(v, 5) for k, v in final.items()})
+    if _CONFIG.value.eval.get("summary", False):
+      summary.run(_CONFIG.value, workdir, started=_STARTED)
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
     print(f"FATAL: {type(e).__name__}: {e}", file=sys.stderr)
     sys.exit(1)
-  print("final metrics:", {k: round(v, 5) for k, v in final.items()})
 
 
 if __name__ == "__main__":

@@ -100,8 +100,12 @@ def default_config() -> ConfigDict:
       step_delay_s=0.0,
       stop_after_steps=0,  # > 0: save and stop there, as on SIGTERM.
   ))
+  # Evaluation (train.evaluate; problems from task.eval_problems). summary:
+  # python -m train ends with greedy and MCTS (the first mcts_budgets
+  # simulations per move) solve rates at the warm start and the last step
+  # (train.summary); False turns it off.
   c.eval = ConfigDict(dict(
-      split="test", num_examples=64, batch_size=32, max_new_tokens=16,
+      summary=True, split="test", num_examples=64, batch_size=32,
       best_of_n=(4,), mcts_budgets=(8,), temperature=1.0,
       mcts_num_children=0))  # K of evaluation MCTS; 0: search.num_children.
   return c
