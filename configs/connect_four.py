@@ -26,6 +26,7 @@ def get_config():
                   num_simulations=16, num_children=7, capacity=64,
                   value_target="outcome", replay_size=256,
                   updates_per_search=2)
+  c.eval.summary = False  # games are measured by matches (play.py)
   c.checkpoint.every_steps = 50
   c.log_every_steps = 10
   return c

@@ -45,6 +45,7 @@ def get_config():
   c.checkpoint.every_steps = 15
   c.checkpoint.keep = 20
   c.log_every_steps = 5
+  c.eval.summary = False  # minutes on CPU: use python -m train.evaluate
   c.eval.update(split="test", num_examples=100, batch_size=100,
                 best_of_n=(8,), mcts_budgets=(16, 64), mcts_num_children=32)
   return c

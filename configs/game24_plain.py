@@ -53,6 +53,9 @@ def get_config():
   c.log_every_steps = 5
   # Evaluation MCTS samples K=32 distinct steps per node (the training
   # search's K=8 keeps the packed step targets short).
+  # No end-of-run table (train.summary): MCTS at K=32 takes minutes per
+  # checkpoint on CPU; evaluate with python -m train.evaluate instead.
+  c.eval.summary = False
   c.eval.update(split="test", num_examples=100, batch_size=100,
                 best_of_n=(8,), mcts_budgets=(16, 64), mcts_num_children=32)
   return c

@@ -71,7 +71,7 @@ def test_checkpoint_from_another_model_shape(tmp_path):
   with pytest.raises(ckpt_lib.CheckpointShapeError) as e:
     loop.train(bigger, workdir)
   msg = str(e.value)
-  assert "params/embed_tokens/embedding: checkpoint (23, 32), model (23, 48)" \
+  assert "params/embed_tokens/embedding: checkpoint (23, 64), model (23, 48)" \
       in msg
   assert "fresh --workdir" in msg
 
@@ -107,6 +107,7 @@ def test_config_validation_and_nan_check(tmp_path):
   with pytest.raises(ValueError, match="experimental.search_learning_rate=-0.001"):
     _validate(c)
   c = _tiny()
+  c.search.terminal_lookahead = False
   c.search.prune_terminal_slots = True
   with pytest.raises(ValueError, match="prune_terminal_slots=True: needs "
                      "--config.search.terminal_lookahead=True"):

@@ -31,7 +31,7 @@ def _flags():
   return [f"--config.warm_start.steps={STEPS}",
           f"--config.checkpoint.every_steps={EVERY}",
           "--config.log_every_steps=1", "--config.progress_bar=False",
-          "--config.search.steps=0"]
+          "--config.search.steps=0", "--config.eval.summary=False"]
 
 
 def _comparable(lines):

@@ -462,7 +462,8 @@ def _tiny(tmp_path, **search):
   c = config_lib.load_config_file(os.path.join(REPO, "configs", "tiny.py"))
   c.warm_start.steps = 2
   c.search.update(steps=2, num_simulations=4, num_children=3, capacity=32,
-                  algorithm="gumbel", value_target="mix", sft_weight=0.5)
+                  algorithm="gumbel", value_target="mix", sft_weight=0.5,
+                  policy_on_solved=False)
   switches = {k: search.pop(k) for k in list(search)
               if k in experimental.DEFAULTS}
   c.experimental = experimental.config(**switches)
