@@ -126,6 +126,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     The last logged metrics.
   """
   config_lib.validate_config(config)
+  switches = experimental.values(config)  # read once, not every step
   workdir = config_lib.prepare_workdir(workdir)
   primary = jax.process_index() == 0
   task, fns, state, optimizer, mesh, max_len = build(config, workdir)
@@ -203,7 +204,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       return task.solver_traces(
           seed, examples["prompt"].shape[0], max_len=max_len,
           negative_fraction=config.warm_start.negative_fraction,
-          split=experimental.values(config)["warm_start_problem_split"])
+          split=switches["warm_start_problem_split"])
     return data_lib.supervised_batch(
         task, examples, max_len=max_len,
         corrupt_fraction=config.warm_start.corrupt_fraction, seed=seed,
@@ -217,7 +218,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       key = jax.random.fold_in(base_key, step)
       examples = stream.next(
           None if step < warm
-          else experimental.values(config)["search_problem_split"])
+          else switches["search_problem_split"])
       if step < warm:
         state, metrics = supervised_step(
             state, step_lib.shard_batch(warm_batch(step, examples), mesh),
@@ -225,7 +226,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       else:
         state, metrics = search_learn.step(
             state, examples, key, anchor=warm_batch(step, examples)
-            if experimental.values(config)["anchor_weight"] else None)
+            if switches["anchor_weight"] else None)
       done = step + 1
       steps_timed += 1
       # At most two steps in flight: the host prepares the next batch while
