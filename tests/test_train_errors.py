@@ -233,3 +233,19 @@ def test_every_config_validates(name):
   else:
     with pytest.raises(ValueError, match="experimental.search_problem_split"):
       _validate(c)
+
+
+def test_unknown_experimental_switch_is_a_clear_error():
+  with pytest.raises(ValueError, match=r"Unknown experimental switch\(es\) "
+                     r"\['anchor_wieght'\]; known: .*'anchor_weight'"):
+    experimental.config(anchor_wieght=1.0)
+  c = _tiny()
+  c.experimental.unlock()
+  c.experimental.anchor_wieght = 1.0
+  with pytest.raises(ValueError, match="Unknown config key.*experimental."
+                     "anchor_wieght"):
+    config_lib.validate_config(c)
+  # Without the group every switch is off (its default).
+  c = config_lib.load_config_file(TINY)
+  del c["experimental"]
+  assert experimental.values(c) == experimental.DEFAULTS
