@@ -5,10 +5,12 @@ Decoding (greedy, sampling) is the search family's:
 task's legal mask).
 """
 from models.transformer import (KVContext, ModelConfig, ModelOutput,
+                                RopeScaling,
                                 Transformer, check_tokens, forward,
                                 kv_cache_bytes, model_config_of)
 
 __all__ = [
-    "KVContext", "ModelConfig", "ModelOutput", "Transformer", "check_tokens",
+    "KVContext", "ModelConfig", "ModelOutput", "RopeScaling", "Transformer",
+    "check_tokens",
     "forward", "kv_cache_bytes", "model_config_of",
 ]
