@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models import KVContext, ModelConfig
+from models import sharding
 from tsearch._src.tree import NO_PARENT, ROOT_INDEX, Tree, path_to_root
 
 Array = chex.Array
@@ -55,6 +56,24 @@ class PromptCache:
 
   def context(self) -> KVContext:
     return KVContext(keys=self.keys, values=self.values, mask=self.mask)
+
+
+def constrain_cache(x: Array) -> Array:
+  """A ``[L, B, C, Hkv, Dh]`` cache (prompt cache, decoder rows) sharded on
+  the batch over ``data`` and on KV heads over ``model`` under the current
+  mesh (:func:`models.sharding.constrain_kv`); ``x`` itself without one."""
+  return sharding.constrain_kv(x, batch_dim=1, heads_dim=3)
+
+
+def constrain_arena(kv: dict, *, per_node: bool = True) -> dict:
+  """The arena ``{'keys','values': [B, N, L, S, Hkv, Dh], ...}`` (or, with
+  ``per_node=False``, one node's entry ``[B, L, S, Hkv, Dh]``) sharded as
+  :func:`constrain_cache` says; other fields are left as they are."""
+  heads = 4 if per_node else 3
+  out = dict(kv)
+  for name in ("keys", "values"):
+    out[name] = sharding.constrain_kv(kv[name], batch_dim=0, heads_dim=heads)
+  return out
 
 
 def node_kv_example(config: ModelConfig, batch_size: int,

@@ -46,6 +46,7 @@ from flax import nnx
 
 import models
 from models import KVContext
+from models import sharding
 from tsearch import kv_arena
 from tsearch._src.base import ExpandOutput, RootOutput
 from tsearch._src.search import gumbel_search, puct_search
@@ -466,7 +467,8 @@ def make_lm_root(graphdef: nnx.GraphDef, state: nnx.State, env: Any,
   r = config.reserve_tokens
   pad5 = ((0, 0), (0, 0), (0, r), (0, 0), (0, 0))
   prompt = kv_arena.PromptCache(
-      keys=jnp.pad(out.keys, pad5), values=jnp.pad(out.values, pad5),
+      keys=kv_arena.constrain_cache(jnp.pad(out.keys, pad5)),
+      values=kv_arena.constrain_cache(jnp.pad(out.values, pad5)),
       mask=jnp.pad(valid, ((0, 0), (0, r))),
       num_used=jnp.full((b,), p, jnp.int32), overflowed=jnp.zeros((b,), bool))
   terminal = jnp.asarray(env.is_terminal(env_state), bool)
@@ -474,7 +476,8 @@ def make_lm_root(graphdef: nnx.GraphDef, state: nnx.State, env: Any,
       graphdef, state, env, config, (prompt.context(),), logits, env_state,
       terminal, prompt_lengths, rng_key)
   value = _lookahead(config, value, scores, mask)
-  kv = kv_arena.node_kv_example(mcfg, b, config.step_length)
+  kv = kv_arena.constrain_arena(
+      kv_arena.node_kv_example(mcfg, b, config.step_length), per_node=False)
   kv["start"] = prompt_lengths
   emb = _embedding(config, kv, env_state, calls + 1, toks + p, logits, scores,
                    prior)
@@ -500,8 +503,10 @@ def make_lm_expand_fn(graphdef: nnx.GraphDef, env: Any, *,
   def expand_fn(params, rng_key, tree: Tree, parent_index, action_slot):
     mstate, prompt = params
     b = jnp.arange(tree.batch_size)
-    emb = tree.embeddings
-    kv = emb["kv"]
+    # Under a mesh the arena is batch x KV-head sharded (models.sharding).
+    emb = dict(tree.embeddings)
+    emb["kv"] = kv = kv_arena.constrain_arena(emb["kv"])
+    tree = tree.replace(embeddings=emb)
     tokens = tree.children_actions[b, parent_index, action_slot]  # [B, S]
     valid = tokens >= 0
     n_tok = valid.sum(-1)
@@ -526,9 +531,10 @@ def make_lm_expand_fn(graphdef: nnx.GraphDef, env: Any, *,
     value = _lookahead(config, value, scores, mask)
     if config.prune_terminal_slots:
       mask = mask & ~scores[0]
-    node_kv = dict(keys=jnp.moveaxis(out.keys, 0, 1),
-                   values=jnp.moveaxis(out.values, 0, 1),
-                   start=start.astype(jnp.int32), length=n_tok.astype(jnp.int32))
+    node_kv = kv_arena.constrain_arena(dict(
+        keys=jnp.moveaxis(out.keys, 0, 1), values=jnp.moveaxis(out.values, 0, 1),
+        start=start.astype(jnp.int32), length=n_tok.astype(jnp.int32)),
+                                       per_node=False)
     s = tokens.shape[1]
     return ExpandOutput(
         reward=reward.astype(jnp.float32), discount=discount,
@@ -549,6 +555,7 @@ def used_sum(tree: Tree, x: Array) -> Array:
   return jnp.sum(jnp.where(used, x, 0), axis=1).astype(jnp.int32)
 
 
+@sharding.on_params_mesh
 @functools.partial(jax.jit, static_argnames=("graphdef", "env", "config"))
 def _lm_search_jit(graphdef, state, env, prompt_tokens, prompt_lengths,
                    rng_key, tree, prompt_cache, *, config):

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import models
+from models import sharding
 from tsearch._src.algorithms import rows as rows_lib
 
 Array = chex.Array
@@ -205,6 +206,7 @@ def _value_range(graphdef, state):
 # ---------------------------------------------------- independent samples
 
 
+@sharding.on_params_mesh
 @functools.partial(jax.jit, static_argnames=(
     "graphdef", "task", "num_samples", "greedy", "temperature", "aggregate", "terminal_score"))
 def _independent(graphdef, state, task, prompt_tokens, prompt_lengths,
@@ -285,6 +287,7 @@ def best_of_n(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key,
 # ------------------------------------------------------- step-level beams
 
 
+@sharding.on_params_mesh
 @functools.partial(jax.jit, static_argnames=(
     "graphdef", "task", "groups", "width", "expansions", "greedy",
     "temperature", "max_step_tokens", "aggregate", "terminal_score"))
@@ -452,6 +455,7 @@ def systematic_resample(key: Array, log_weights: Array) -> Array:
   return jnp.minimum(anc, n - 1).astype(jnp.int32)
 
 
+@sharding.on_params_mesh
 @functools.partial(jax.jit, static_argnames=(
     "graphdef", "task", "num_particles", "temperature", "value_temperature",
     "max_step_tokens", "aggregate", "terminal_score"))

@@ -31,11 +31,13 @@ import jax
 import jax.numpy as jnp
 
 import models
+from models import sharding
 from tsearch._src.lm_search import LMSearchConfig
 from tsearch._src.algorithms import family
 from tsearch._src.rollout import rollout
 
 
+@sharding.on_params_mesh
 @functools.partial(jax.jit, static_argnames=("graphdef", "task", "config",
                                              "num_moves", "act_on_solved"))
 def _mcts(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,

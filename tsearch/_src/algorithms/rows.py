@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 
 import models
+from models import sharding
 
 Array = chex.Array
 _NEG = -1e30
@@ -83,6 +84,12 @@ def check_model_fits(graphdef, state, task) -> None:
         f"{task.name} task's vocabulary ({task.vocab.size}).")
 
 
+def _constrain(cache: Array) -> Array:
+  """Rows' caches ``[L, R, C, Hkv, Dh]``: rows over ``data``, KV heads over
+  ``model`` under a mesh (:func:`models.sharding.constrain_kv`)."""
+  return sharding.constrain_kv(cache, batch_dim=1, heads_dim=3)
+
+
 def prefill(graphdef, state, task, prompt_tokens: Array,
             prompt_lengths: Array) -> tuple[Rows, Counters]:
   """Encodes each prompt once; one row per problem.
@@ -107,7 +114,8 @@ def prefill(graphdef, state, task, prompt_tokens: Array,
   rb = jnp.arange(b)
   pad = ((0, 0), (0, 0), (0, t), (0, 0), (0, 0))
   rows = Rows(
-      keys=jnp.pad(out.keys, pad), values=jnp.pad(out.values, pad),
+      keys=_constrain(jnp.pad(out.keys, pad)),
+      values=_constrain(jnp.pad(out.values, pad)),
       mask=jnp.pad(valid, ((0, 0), (0, t))),
       prompt_length=prompt_lengths.astype(jnp.int32),
       tokens=jnp.full((b, t), task.pad_id, jnp.int32),
@@ -181,9 +189,10 @@ def token_step(graphdef, state, task, rows: Rows, active: Array,
     return jnp.where(active.reshape(active.shape + (1,) * (n.ndim - 1)), n, o)
 
   rows = rows.replace(
-      keys=rows.keys.at[:, ridx, slot].set(out.keys[:, :, 0], mode="drop"),
-      values=rows.values.at[:, ridx, slot].set(out.values[:, :, 0],
-                                               mode="drop"),
+      keys=_constrain(rows.keys.at[:, ridx, slot].set(out.keys[:, :, 0],
+                                                      mode="drop")),
+      values=_constrain(rows.values.at[:, ridx, slot].set(out.values[:, :, 0],
+                                                          mode="drop")),
       mask=rows.mask.at[ridx, slot].set(True, mode="drop"),
       tokens=rows.tokens.at[ridx, tslot].set(tok, mode="drop"),
       length=rows.length + active.astype(jnp.int32),
