@@ -22,6 +22,7 @@ import optax
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from models import sharding
 from train import losses as losses_lib
 
 Array = chex.Array
@@ -98,13 +99,12 @@ def init_state(params: PyTree, optimizer: optax.GradientTransformation,
                     rng=jax.random.key_data(jax.random.key(seed)))
 
 
-def _update_fn(loss_fn: LossFn, optimizer, loss_weights, num_devices,
-               side_loss_fn: LossFn | None = None):
-  """One optimizer update on this device's batch (inside ``shard_map``);
-  with ``side_loss_fn``, ``update(state, batch, key, side)`` also adds its
-  terms on ``side``."""
+def _grads_fn(loss_fn: LossFn, loss_weights, num_devices,
+              side_loss_fn: LossFn | None = None):
+  """``grads(params, batch, key, side) -> (loss, means, grads)`` of this
+  device's batch (inside ``shard_map``), before averaging over devices."""
 
-  def update(state: TrainState, batch, key, side=None):
+  def grads(params, batch, key, side=None):
     def total_loss(params):
       terms = loss_fn(params, batch, key)
       if side_loss_fn is not None:
@@ -117,21 +117,38 @@ def _update_fn(loss_fn: LossFn, optimizer, loss_weights, num_devices,
       loss = sum(loss_weights.get(name, 0.0) * m for name, m in means.items())
       return loss, means
 
-    # check_vma=False (below): each device's gradient is its own, with no
-    # implicit psum in the transpose; the explicit pmean averages them.
-    (loss, means), grads = jax.value_and_grad(total_loss, has_aux=True)(
-        state.params)
+    # check_vma=False (see _shard_and_jit): each device's gradient is its
+    # own, with no implicit psum in the transpose; the caller averages them.
+    (loss, means), g = jax.value_and_grad(total_loss, has_aux=True)(params)
+    return loss, means, g
+
+  return grads
+
+
+def _apply(optimizer, state: TrainState, grads, loss, means):
+  """The optax update of ``state`` by averaged ``grads``, and its metrics."""
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+             "param_norm": optax.tree.norm(params)}
+  metrics.update({f"loss/{k}": v for k, v in means.items()})
+  return state.replace(step=state.step + 1, params=params,
+                       opt_state=opt_state), metrics
+
+
+def _update_fn(loss_fn: LossFn, optimizer, loss_weights, num_devices,
+               side_loss_fn: LossFn | None = None):
+  """One optimizer update on this device's batch (inside ``shard_map``);
+  with ``side_loss_fn``, ``update(state, batch, key, side)`` also adds its
+  terms on ``side``."""
+  grads_fn = _grads_fn(loss_fn, loss_weights, num_devices, side_loss_fn)
+
+  def update(state: TrainState, batch, key, side=None):
+    loss, means, grads = grads_fn(state.params, batch, key, side)
     grads = lax.pmean(grads, DATA)
     loss = lax.pmean(loss, DATA)
     means = lax.pmean(means, DATA)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-               "param_norm": optax.tree.norm(params)}
-    metrics.update({f"loss/{k}": v for k, v in means.items()})
-    new_state = state.replace(step=state.step + 1, params=params,
-                              opt_state=opt_state)
-    return new_state, metrics
+    return _apply(optimizer, state, grads, loss, means)
 
   return update
 
@@ -148,7 +165,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
                     mesh: jax.sharding.Mesh, *,
                     loss_weights: Mapping[str, float],
                     prepare_fn: Callable | None = None,
-                    side_loss_fn: LossFn | None = None):
+                    side_loss_fn: LossFn | None = None,
+                    param_specs: PyTree | None = None):
   """Builds ``train_step(state, batch, key) -> (state, metrics)``, jitted.
 
   Args:
@@ -168,11 +186,20 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
       ``side_loss_fn(params, side, key)``'s terms (their names must differ
       from ``loss_fn``'s). ``side`` (split over the ``data`` axis like
       ``batch``) reaches it as it is, without ``prepare_fn``.
+    param_specs: ``PartitionSpec`` per parameter
+      (:func:`models.sharding.param_specs`) for parameters sharded over the
+      mesh (FSDP over ``data``, tensor parallelism over ``model``; see
+      :func:`make_sharded_train_step`); None: replicated parameters.
 
   Returns:
     The jitted step. ``metrics`` holds ``loss``, each term's global mean
     (``loss/<name>``), ``grad_norm`` and ``param_norm``, replicated scalars.
   """
+  if param_specs is not None:
+    return make_sharded_train_step(
+        loss_fn, optimizer, mesh, loss_weights=loss_weights,
+        prepare_fn=prepare_fn, side_loss_fn=side_loss_fn,
+        param_specs=param_specs)
   update = _update_fn(loss_fn, optimizer, loss_weights, mesh.shape[DATA],
                       side_loss_fn)
 
@@ -189,6 +216,111 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
 
   specs = (P(), P(DATA), P()) + ((P(DATA),) if side_loss_fn else ())
   return _shard_and_jit(per_device, mesh, specs, (P(), P()), (0,))
+
+
+# ---------------------------------------------------------------------------
+# Sharded parameters (FSDP over 'data', tensor parallelism over 'model').
+
+
+def _is_spec(x) -> bool:
+  return isinstance(x, P)
+
+
+def state_specs(state: TrainState, optimizer: optax.GradientTransformation,
+                param_specs: PyTree) -> TrainState:
+  """``PartitionSpec`` of every leaf of ``state``: parameters and the
+  optimizer's per-parameter statistics as ``param_specs``, the rest
+  (step, counts, random state) replicated."""
+  opt = optax.tree_map_params(
+      optimizer, lambda _, spec: spec, state.opt_state, param_specs,
+      transform_non_params=lambda _: P(), is_leaf=_is_spec)
+  return TrainState(step=P(), params=param_specs, opt_state=opt, rng=P())
+
+
+def shard_state(state: TrainState, mesh: jax.sharding.Mesh,
+                optimizer: optax.GradientTransformation,
+                param_specs: PyTree) -> TrainState:
+  """Places ``state`` on ``mesh`` as :func:`state_specs` says."""
+  specs = state_specs(state, optimizer, param_specs)
+  return jax.tree.map(
+      lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec)), state,
+      specs, is_leaf=_is_spec)
+
+
+def _gather_params(params, param_specs):
+  """Each device's FSDP shards all-gathered over 'data' (inside a
+  ``shard_map`` manual over 'data'); 'model' shards stay with GSPMD."""
+  def gather(x, spec):
+    dim = sharding.data_dim(spec)
+    return x if dim is None else lax.all_gather(x, DATA, axis=dim, tiled=True)
+  return jax.tree.map(gather, params, param_specs, is_leaf=_is_spec)
+
+
+def _reduce_grads(grads, param_specs):
+  """The mean over devices of full-size gradients, each device keeping its
+  own FSDP shard (a reduce-scatter); replicated leaves are all-reduced."""
+  n = lax.psum(1, DATA)
+
+  def reduce(g, spec):
+    dim = sharding.data_dim(spec)
+    if dim is None:
+      return lax.pmean(g, DATA)
+    return lax.psum_scatter(g, DATA, scatter_dimension=dim, tiled=True) / n
+  return jax.tree.map(reduce, grads, param_specs, is_leaf=_is_spec)
+
+
+def make_sharded_train_step(loss_fn: LossFn,
+                            optimizer: optax.GradientTransformation,
+                            mesh: jax.sharding.Mesh, *,
+                            loss_weights: Mapping[str, float],
+                            param_specs: PyTree,
+                            prepare_fn: Callable | None = None,
+                            side_loss_fn: LossFn | None = None):
+  """:func:`make_train_step` for parameters sharded by ``param_specs``.
+
+  The state must be placed by :func:`shard_state`. The per-device part (the
+  search of ``prepare_fn``, the loss and its gradients) is a ``shard_map``
+  manual over ``data`` only: each device all-gathers the FSDP shards of the
+  parameters, runs exactly the per-device code of the replicated step (same
+  keys, same loss normalisation) and reduce-scatters the gradients back to
+  its shards; the ``model`` axis is left to GSPMD (tensor parallelism). The
+  optax update then runs on the sharded parameters and optimizer state
+  under ``jit`` (GSPMD; global-norm clipping sees the whole gradient), and
+  the new state keeps its shardings. So the step equals the replicated step
+  on a ``data`` mesh of the same size, up to float reassociation.
+  """
+  n = mesh.shape[DATA]
+  grads_fn = _grads_fn(loss_fn, loss_weights, n, side_loss_fn)
+  manual = jax.tree.map(sharding.data_only, param_specs, is_leaf=_is_spec)
+
+  def per_device(params, batch, key, side=None):
+    full = _gather_params(params, param_specs)
+    key = jax.random.fold_in(key, lax.axis_index(DATA))
+    stats = {}
+    if prepare_fn is not None:
+      prepare_key, key = jax.random.split(key)
+      batch, stats = prepare_fn(full, batch, prepare_key)
+      batch = lax.stop_gradient(batch)
+    loss, means, grads = grads_fn(full, batch, key, side)
+    return (_reduce_grads(grads, param_specs), lax.pmean(loss, DATA),
+            lax.pmean(means, DATA), lax.pmean(stats, DATA))
+
+  extra = (P(DATA),) if side_loss_fn else ()
+  grads_of = jax.shard_map(
+      per_device, mesh=mesh, in_specs=(manual, P(DATA), P()) + extra,
+      out_specs=(manual, P(), P(), P()), axis_names={DATA}, check_vma=False)
+
+  def train_step(state: TrainState, batch, key, *side):
+    grads, loss, means, stats = grads_of(state.params, batch, key, *side)
+    new_state, metrics = _apply(optimizer, state, grads, loss, means)
+    specs = state_specs(new_state, optimizer, param_specs)
+    new_state = jax.tree.map(
+        lambda x, spec: lax.with_sharding_constraint(
+            x, NamedSharding(mesh, spec)), new_state, specs, is_leaf=_is_spec)
+    metrics.update(stats)
+    return new_state, metrics
+
+  return jax.jit(train_step, donate_argnums=(0,))
 
 
 # ---------------------------------------------------------------------------
