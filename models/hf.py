@@ -50,6 +50,7 @@ import dataclasses
 import gc
 import json
 import logging
+import mmap
 import os
 import shutil
 import struct
@@ -296,6 +297,21 @@ def _read(entry: _Entry, name: str, index=None) -> np.ndarray:
   return mm if index is None else mm[index]
 
 
+def _scratch_copy(x: np.ndarray, dtype) -> np.ndarray:
+  """``x`` as a C-contiguous ``dtype`` array in its own anonymous mapping.
+
+  Transposed or cast copies are made here rather than with ``np.array``: a
+  mapping is returned to the OS as soon as the array is freed, whereas
+  malloc'd blocks of a few MB stay in the heap and would make the loader's
+  resident memory creep up tensor after tensor.
+  """
+  n = max(int(np.prod(x.shape)) * np.dtype(dtype).itemsize, 1)
+  out = np.frombuffer(mmap.mmap(-1, n), dtype=dtype,
+                      count=int(np.prod(x.shape))).reshape(x.shape)
+  np.copyto(out, x, casting="unsafe")
+  return out
+
+
 # ---------------------------------------------------------------------------
 # Parameter names
 
@@ -393,10 +409,14 @@ def load_params(path: str, config: ModelConfig, *,
         x = _read(entry, name, tuple(reversed(idx))).T
       else:
         x = _read(entry, name, idx)
-      return np.array(x, dtype=dtype)  # a copy of this slice only
+      if x.dtype == dtype and x.flags.c_contiguous:
+        return x  # the mapped bytes themselves; the device copies them
+      return _scratch_copy(x, dtype)
 
-    out.append(jax.make_array_from_callback(a.shape, sharding, cb))
-    gc.collect()  # drop the slice's memory map before the next tensor
+    # Wait for the copy so that at most one tensor's host bytes are alive.
+    out.append(jax.block_until_ready(
+        jax.make_array_from_callback(a.shape, sharding, cb)))
+    gc.collect()  # unmap the slice before the next tensor
   skipped = sorted(set(index) - used - {"lm_head.weight"})
   skipped = [s for s in skipped if not s.endswith("rotary_emb.inv_freq")]
   if skipped:
