@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import chex
+import jax.numpy as jnp
 
 Array = chex.Array
 PyTree = Any
@@ -100,3 +101,19 @@ class PolicyOutput:
   action: Array  # [B] int32 (child slot index)
   action_weights: Array  # [B, K]
   search_tree: Any  # tsearch.Tree
+
+
+def step_ended(env, state, token: Array) -> Array:
+  """``[B]`` bool: ``token`` ``[B]`` (just stepped into ``state``) ends a step.
+
+  ``env.step_ended(state, token)`` where the environment has it (every
+  :class:`tsearch.tasks.Task`); otherwise ``token == env.step_delimiter``,
+  or every token where ``step_delimiter`` is -1 (duck-typed environments).
+  """
+  fn = getattr(env, "step_ended", None)
+  if fn is not None:
+    return jnp.asarray(fn(state, token), bool)
+  token = jnp.asarray(token)
+  if env.step_delimiter < 0:
+    return jnp.ones(token.shape, bool)
+  return token == env.step_delimiter

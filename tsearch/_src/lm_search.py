@@ -29,6 +29,8 @@ that search needs (every task in ``tsearch.tasks`` is one)::
   reward(state) -> [B] float   (read where terminal)
   discount(state) -> [B] float (0 terminal, 1 or -1 for two players)
   step_delimiter: int (-1: every token is a step), eos_id: int
+  step_ended(state, token [B]) -> [B] bool  (optional; default: the token is
+      step_delimiter, or every token where it is -1)
 
 It must be hashable (it is a static argument of the jitted search).
 """
@@ -48,7 +50,7 @@ import models
 from models import KVContext
 from models import sharding
 from tsearch import kv_arena
-from tsearch._src.base import ExpandOutput, RootOutput
+from tsearch._src.base import ExpandOutput, RootOutput, step_ended
 from tsearch._src.search import gumbel_search, puct_search
 from tsearch._src import tree as tsearch_tree
 from tsearch._src.tree import ROOT_INDEX, Tree
@@ -268,7 +270,7 @@ def _sample_steps(graphdef, mstate, env, config: LMSearchConfig, ctx: KVContext,
   rep = lambda x: jnp.repeat(x, k, axis=0)  # noqa: E731  [B,...] -> [B*K,...]
   st = jax.tree.map(rep, state)
   done = jnp.repeat(terminal, k)  # [B*K]
-  delim, eos = env.step_delimiter, env.eos_id
+  eos = env.eos_id
 
   def sample(j, cur_logits, st, done, key):
     legal = _legal(env, st, v)
@@ -281,11 +283,7 @@ def _sample_steps(graphdef, mstate, env, config: LMSearchConfig, ctx: KVContext,
     lp = jnp.where(skip, 0.0, jnp.take_along_axis(
         logp, jnp.maximum(tok, 0)[:, None], axis=-1)[:, 0])
     st = select_rows(~skip, env.step(st, jnp.maximum(tok, 0)), st)
-    ended = (tok == eos) | env.is_terminal(st)
-    if delim >= 0:
-      ended = ended | (tok == delim)
-    else:
-      ended = jnp.ones_like(ended)
+    ended = (tok == eos) | env.is_terminal(st) | step_ended(env, st, tok)
     return tok, lp, st, done | skip | ended
 
   keys = jax.random.split(key, s)

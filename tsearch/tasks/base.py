@@ -265,6 +265,17 @@ class Task:
       return jnp.where(active.reshape(active.shape + (1,) * (n.ndim - 1)), n, o)
     return jax.tree.map(select, new, state)
 
+  def step_ended(self, state, token: Array) -> Array:
+    """``[B]`` bool: ``token`` ``[B]``, just stepped into ``state``, ends a
+    reasoning step. Here: it is the ``step_delimiter`` token (every token
+    where the task has none, ``step_delimiter == -1``). Searches and the
+    decoder end a step here or at the end of the answer; a task whose
+    delimiter is not one token (text over a real tokenizer) overrides it."""
+    token = jnp.asarray(token, jnp.int32)
+    if self.step_delimiter < 0:
+      return jnp.ones(token.shape, bool)
+    return token == self.step_delimiter
+
   def reward(self, state) -> Array:
     """``[B]`` float32 exact verifier reward (1.0 correct, 0.0 otherwise)."""
     return self._reward(state).astype(jnp.float32)

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 
 import models
 from models import sharding
+from tsearch._src.base import step_ended
 
 Array = chex.Array
 _NEG = -1e30
@@ -208,8 +209,9 @@ def sample(graphdef, state, task, rows: Rows, counters: Counters,
            ) -> tuple[Rows, Counters]:
   """Extends every unfinished row by up to ``max_tokens`` tokens.
 
-  A row stops at the end of its answer and, with ``stop_at_step``, after the
-  task's step delimiter (after every token where the task has none).
+  A row stops at the end of its answer and, with ``stop_at_step``, where
+  ``task.step_ended`` says a step ended (after the task's step delimiter
+  token; after every token where the task has none).
 
   Args:
     rows: ``R = B * M`` rows, problem-major (row ``i`` is problem ``i // M``).
@@ -220,7 +222,6 @@ def sample(graphdef, state, task, rows: Rows, counters: Counters,
     ``(rows, counters)``.
   """
   b = counters.model_calls.shape[0]
-  delim = task.step_delimiter
   active = ~is_done(task, rows)
 
   def cond(carry):
@@ -239,7 +240,7 @@ def sample(graphdef, state, task, rows: Rows, counters: Counters,
                            greedy=greedy, temperature=temperature)
     ended = is_done(task, rows)
     if stop_at_step:
-      ended = ended | (tok == delim) if delim >= 0 else jnp.ones_like(ended)
+      ended = ended | step_ended(task, rows.task_state, tok)
     return i + 1, rows, active & ~ended, cnt
 
   _, rows, _, counters = jax.lax.while_loop(
