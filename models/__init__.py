@@ -8,9 +8,11 @@ from models.transformer import (KVContext, ModelConfig, ModelOutput,
                                 RopeScaling,
                                 Transformer, check_tokens, forward,
                                 kv_cache_bytes, model_config_of)
+from models.tokenizer import Tokenizer
 
 __all__ = [
     "KVContext", "ModelConfig", "ModelOutput", "RopeScaling", "Transformer",
     "check_tokens",
     "forward", "kv_cache_bytes", "model_config_of",
+    "Tokenizer",
 ]
