@@ -45,6 +45,11 @@ def default_config() -> ConfigDict:
       learning_rate=3e-3, warmup_steps=10, weight_decay=0.0, b1=0.9, b2=0.98,
       grad_clip=1.0))
   c.batch_size = 32  # global, over all devices and hosts.
+  # Parameter sharding (models.sharding): model > 1 is tensor parallelism
+  # over a 'model' mesh axis of that size (it must divide the devices, the
+  # heads and the KV heads); fsdp shards the parameters' other large dim over
+  # the 'data' axis (the remaining devices). Off (1, False): replicated.
+  c.parallel = ConfigDict(dict(model=1, fsdp=False))
   # Supervised warm start on reference traces (policy) and outcomes (value).
   c.warm_start = ConfigDict(dict(
       steps=100,
@@ -155,7 +160,43 @@ def validate_config(config: ConfigDict) -> None:
        f"must be <= model.max_seq_len={config.model.max_seq_len}.")
   need(config.warm_start.steps + config.search.steps > 0, "warm_start.steps",
        "warm_start.steps + search.steps must be positive.")
+  if "parallel" in config:
+    _validate_parallel_keys(config, need)
   experimental.validate(config)
+
+
+def _validate_parallel_keys(config, need):
+  need(isinstance(config.parallel.model, int) and config.parallel.model >= 1,
+       "parallel.model", "must be an int >= 1 (1: no tensor parallelism).")
+  need(isinstance(config.parallel.fsdp, bool), "parallel.fsdp",
+       "must be True or False.")
+  need(config.model.num_heads % config.parallel.model == 0
+       and config.model.num_kv_heads % config.parallel.model == 0,
+       "parallel.model", f"must divide model.num_heads="
+       f"{config.model.num_heads} and model.num_kv_heads="
+       f"{config.model.num_kv_heads} (tensor parallelism splits whole heads).")
+
+
+def validate_parallel(config: ConfigDict, num_devices: int) -> None:
+  """The ``parallel`` checks that depend on the devices: raises ValueError
+  naming the bad key and the fix."""
+  model = config.parallel.model
+  if num_devices % model:
+    raise ValueError(
+        f"Bad config value parallel.model={model}: it must divide the "
+        f"{num_devices} devices (the 'data' axis gets the rest).")
+  data = num_devices // model
+  if config.batch_size % data:
+    raise ValueError(
+        f"Bad config value batch_size={config.batch_size}: it must be a "
+        f"multiple of the {data} devices of the 'data' axis ({num_devices} "
+        f"devices / parallel.model={model}).")
+  if config.search.replay_size and (model > 1 or config.parallel.fsdp):
+    raise ValueError(
+        "Bad config value search.replay_size="
+        f"{config.search.replay_size}: the replay buffer is not supported "
+        "with sharded parameters yet; set --config.search.replay_size=0 or "
+        "--config.parallel.model=1 --config.parallel.fsdp=False.")
 
 
 def validate_task(config: ConfigDict, task) -> None:

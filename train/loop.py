@@ -69,7 +69,7 @@ def build(config: ml_collections.ConfigDict, workdir: str):
       model_lib.model_config(config, task.vocab.size), seed=config.seed)
   optimizer = step_lib.make_optimizer(config.optim, optimizer_steps(config),
                                       **_schedule_kw(config))
-  mesh = step_lib.make_mesh()
+  mesh = parallel_mesh(config)
   if config.batch_size % mesh.shape[step_lib.DATA]:
     raise ValueError(
         f"batch_size={config.batch_size} is not divisible by the "
@@ -77,6 +77,36 @@ def build(config: ml_collections.ConfigDict, workdir: str):
         f"multiple of {mesh.shape[step_lib.DATA]}.")
   state = step_lib.init_state(params, optimizer, config.seed)
   return task, fns, state, optimizer, mesh, max_len
+
+
+def parallel_mesh(config: ml_collections.ConfigDict):
+  """The run's mesh: ``('data',)`` over every device, or with sharded
+  parameters (``parallel.model > 1`` or ``parallel.fsdp``) a ``('data',
+  'model')`` mesh of ``devices / parallel.model`` x ``parallel.model``."""
+  if not is_sharded_run(config):
+    return step_lib.make_mesh()
+  from models import sharding  # pylint: disable=import-outside-toplevel
+  n = jax.device_count()
+  config_lib.validate_parallel(config, n)
+  return sharding.make_mesh(data=n // config.parallel.model,
+                            model=config.parallel.model)
+
+
+def is_sharded_run(config) -> bool:
+  """Parameters are sharded (``parallel.model > 1`` or ``parallel.fsdp``)."""
+  p = config.get("parallel")
+  return p is not None and (p.model > 1 or bool(p.fsdp))
+
+
+def parallel_specs(config, mesh, params):
+  """``PartitionSpec`` per parameter of a sharded run
+  (:func:`models.sharding.param_specs`); None when parameters are
+  replicated."""
+  if not is_sharded_run(config):
+    return None
+  from models import sharding  # pylint: disable=import-outside-toplevel
+  return sharding.param_specs(params, mesh=mesh, fsdp=config.parallel.fsdp,
+                              tensor_parallel=config.parallel.model > 1)
 
 
 def _schedule_kw(config):
@@ -130,6 +160,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = config_lib.prepare_workdir(workdir)
   primary = jax.process_index() == 0
   task, fns, state, optimizer, mesh, max_len = build(config, workdir)
+  specs = parallel_specs(config, mesh, state.params)
   data_dir = config.data.data_dir or os.path.join(workdir, "data")
   stream = data_lib.ExampleStream(
       task, config.batch_size // jax.process_count(),
@@ -142,7 +173,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.search.steps:
     from train import search_learn as sl  # pylint: disable=import-outside-toplevel
     search_learn = sl.SearchLearn(config, task, fns, optimizer, mesh,
-                                  max_len=max_len)
+                                  max_len=max_len, param_specs=specs)
   replay = search_learn.replay if search_learn is not None else None
 
   ckpt = checkpointer(config, workdir)
@@ -170,7 +201,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if primary:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-  state = step_lib.replicate(state, mesh)
+  if specs is None:
+    state = step_lib.replicate(state, mesh)
+  else:
+    from models import sharding  # pylint: disable=import-outside-toplevel
+    state = step_lib.shard_state(state, mesh, optimizer, specs)
+    if primary:
+      logging.info("Parameter sharding:\n%s", sharding.describe(state.params))
 
   def current_tree(state):
     return state_to_tree(
@@ -183,7 +220,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   supervised_step = step_lib.make_train_step(
       step_lib.supervised_loss_fn(fns.apply), optimizer, mesh,
       loss_weights={"policy": config.warm_start.policy_weight,
-                    "value": config.warm_start.value_weight})
+                    "value": config.warm_start.value_weight},
+      param_specs=specs)
   schedule = step_lib.learning_rate_schedule(
       config.optim, optimizer_steps(config), **_schedule_kw(config))
   verify = jax.jit(task.verify)

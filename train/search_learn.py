@@ -58,7 +58,9 @@ class SearchLearn:
   """
 
   def __init__(self, config: ml_collections.ConfigDict, task, fns, optimizer,
-               mesh, *, max_len: int):
+               mesh, *, max_len: int, param_specs=None):
+    """``param_specs``: sharded parameters (``train.step.make_train_step``);
+    None: replicated."""
     del max_len  # rollouts use P + T, the task's own bound
     s = config.search
     search_config.check_fits(s, task, fns.config)
@@ -120,6 +122,9 @@ class SearchLearn:
       weights["anchor_value"] = (self.anchor_weight
                                  * float(config.warm_start.value_weight))
     self.replay = None
+    if s.replay_size and param_specs is not None:
+      raise ValueError("search.replay_size > 0 is not supported with sharded "
+                       "parameters yet; set --config.search.replay_size=0.")
     if s.replay_size:
       self._step = step_lib.make_replay_train_step(
           loss_fn, optimizer, mesh, prepare_fn=prepare, loss_weights=weights,
@@ -134,7 +139,7 @@ class SearchLearn:
     else:
       self._step = step_lib.make_train_step(
           loss_fn, optimizer, mesh, prepare_fn=prepare, loss_weights=weights,
-          side_loss_fn=side_loss_fn)
+          side_loss_fn=side_loss_fn, param_specs=param_specs)
 
   def step(self, state, examples, key, anchor=None):
     """One search-and-learn step on ``examples`` (this process's prompts);
