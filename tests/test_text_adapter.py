@@ -1,5 +1,6 @@
 """Tasks over a real tokenizer (tsearch.tasks.text): matcher, task, searches."""
 import functools
+import os
 import random
 
 import jax
@@ -7,10 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tokenizers
+from flax import nnx
 from tokenizers import decoders, pre_tokenizers, trainers
 
 import models
 import tsearch
+from models import hf
 from tests.test_family_helpers import tiny_model
 from tsearch.tasks import text
 
@@ -367,3 +370,50 @@ def test_text_task_step_ended_follows_the_delimiter_text():
   state = task.step(state, jnp.asarray([task.encode("1")[0], two]))
   np.testing.assert_array_equal(task.step_ended(state, None), [False, True])
   np.testing.assert_array_equal(state.valid, [True, False])
+
+
+# ---------------------------------------------- a real checkpoint's files
+GOLDENS = os.path.join(os.path.dirname(__file__), "goldens")
+
+
+@pytest.mark.parametrize("family", ["llama3", "qwen2", "qwen3", "gemma3"])
+def test_over_golden_tokenizers(family):
+  tok = models.Tokenizer.from_dir(os.path.join(GOLDENS, family))
+  for inner in (ARITH, COUNTDOWN):
+    task = text.over_tokenizer(inner, tok, chat_template=True,
+                               system="Solve it.")
+    problems = inner.sample_problems(seed=5, num=6)
+    pt, pl = task.encode_prompts(problems)
+    rendered = task.decode(pt[0, :pl[0]])
+    assert inner.prompt_text(problems[0]) in rendered and "Solve it." in rendered
+    assert task.pad_id not in task.eos_ids and task.pad_id not in pt[0, :pl[0]]
+    answers = task.solution_tokens(problems)
+    np.testing.assert_array_equal(jax.jit(task.verify)(pt, answers),
+                                  np.ones(6))
+    assert task.decode(answers[0]).startswith(inner.solution_text(problems[0]))
+
+
+def test_qwen2_checkpoint_searches_a_text_task():
+  path = os.path.join(GOLDENS, "qwen2")
+  task = text.over_tokenizer(COUNTDOWN, models.Tokenizer.from_dir(path),
+                             chat_template=True)
+  cfg, params = hf.load(path)
+  gd, st = nnx.split(hf.to_model(cfg, params))
+  assert cfg.vocab_size > task.vocab.size  # padded embedding rows
+  problems = COUNTDOWN.sample_problems(seed=1, num=2)
+  pt, pl = task.encode_prompts(problems)
+  out = jax.device_get(tsearch.get_algorithm("greedy")(
+      gd, st, task, pt, pl, jax.random.key(0)))
+  for a, n in zip(out.answers, out.answer_lengths):  # legal tokens only
+    assert set(task.decode(a[:n])) <= set("0123456789+-*/=\n") | set(
+        task.decode(list(task.eos_ids)))
+  s = 8
+  search = tsearch.LMSearchConfig(mode="step", num_simulations=4,
+                                  num_children=2, step_length=s, max_depth=2)
+  res = tsearch.lm_search(gd, st, task, pt, pl, jax.random.key(1),
+                          config=search)
+  tree = jax.device_get(res.search_tree)
+  for a in tree.children_actions[tree.children_index >= 0]:
+    a = [int(x) for x in a if x >= 0]
+    assert task.step_delimiter not in a[:-1]
+    assert len(a) == s or a[-1] == task.step_delimiter or a[-1] in task.eos_ids

@@ -35,6 +35,11 @@ makes the answer invalid (reward 0) without raising; a terminal state's
 legal mask is PAD only and stepping it is a no-op. ``task.solution_text``
 writes a reference solution for supervised warm starts.
 
+Over a real tokenizer (pretrained models): ``tsearch.tasks.text.over_tokenizer(
+task, tokenizer, chat_template=True)`` runs any of these tasks with text
+prompts (a chat template around the problem) and one model token per symbol;
+steps end where the delimiter's text completes (see :mod:`tsearch.tasks.text`).
+
 Connect Four (``num_players == 2``): tokens ``"0".."6"`` are columns (pgx
 actions), the prompt is BOS plus an opening, and ``reward`` is the result of
 the finished game from the point of view of the player who made the last
