@@ -243,7 +243,7 @@ class TextTask(base.Task):
     rows = [(i, [char_id[c] for c in t]) for i, t in enumerate(texts)
             if t and i not in specials and len(t) <= kmax
             and all(c in char_id for c in t)]
-    self._prompt_row = np.full((v,), -1, np.int32)
+    self._prompt_row = np.full((v,), -1, np.int32)  # row -1: the empty one
     width = max((len(s) for _, s in rows), default=1)
     self._prompt_syms = np.zeros((len(rows) + 1, width), np.int32)
     self._prompt_lens = np.zeros((len(rows) + 1,), np.int32)
@@ -253,10 +253,12 @@ class TextTask(base.Task):
       self._prompt_lens[r] = len(syms)
 
     bos = tokenizer.bos_id if add_bos else None
-    head = list(tokenizer.encode(prefix, add_special_tokens=False)) if prefix else []
+
+    def encode(s):
+      return list(tokenizer.encode(s, add_special_tokens=False)) if s else []
+    head, tail = encode(prefix), encode(suffix)
     if bos is not None and head[:1] != [bos]:
       head = [bos] + head
-    tail = list(tokenizer.encode(suffix, add_special_tokens=False)) if suffix else []
     self._head, self._tail = tuple(head), tuple(tail)
     reserved = (specials | set(head) | set(tail) | set(canon.values())
                 | {i for i, _ in rows})
@@ -387,7 +389,8 @@ class TextTask(base.Task):
     n_head, n_tail = len(self._head), len(self._tail)
     seg = prompt[:, n_head:p - n_tail]  # [B, L]
     length = (prompt != self.pad_id).sum(1)
-    in_seg = jnp.arange(seg.shape[1])[None] < (length - n_head - n_tail)[:, None]
+    n_seg = length - n_head - n_tail
+    in_seg = jnp.arange(seg.shape[1])[None] < n_seg[:, None]
     safe = jnp.clip(seg, 0, self.vocab.size - 1)
     row = jnp.asarray(self._prompt_row)[safe]
     mapped = row >= 0
