@@ -47,7 +47,6 @@ lets each device read only its own slice. Writing uses ``safetensors``.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import logging
 import mmap
@@ -215,7 +214,10 @@ def model_config(hf: Mapping[str, Any], *, dtype: str = "float32",
       activation=_ACTIVATIONS[act], sandwich_norm=gemma,
       query_pre_attn_scalar=(float(hf.get("query_pre_attn_scalar", 256))
                              if gemma else None),
-      attn_logit_softcap=hf.get("attn_logit_softcapping") if gemma else None,
+      # Gemma 3's reference implementation reads attn_logit_softcapping but
+      # never applies it (q/k norm replaced it; published configs set it
+      # null), so neither do we; final_logit_softcapping is applied.
+      attn_logit_softcap=None,
       final_logit_softcap=hf.get("final_logit_softcapping") if gemma else None,
       rope_scaling=scaling, layer_types=layer_types,
       sliding_window=int(hf["sliding_window"]) if gemma else None,
@@ -416,7 +418,6 @@ def load_params(path: str, config: ModelConfig, *,
     # Wait for the copy so that at most one tensor's host bytes are alive.
     out.append(jax.block_until_ready(
         jax.make_array_from_callback(a.shape, sharding, cb)))
-    gc.collect()  # unmap the slice before the next tensor
   skipped = sorted(set(index) - used - {"lm_head.weight"})
   skipped = [s for s in skipped if not s.endswith("rotary_emb.inv_freq")]
   if skipped:

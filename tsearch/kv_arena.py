@@ -53,9 +53,14 @@ class PromptCache:
   mask: Array  # [B, C] bool
   num_used: Array  # [B] int32, slots written (prompt padding included)
   overflowed: Array  # [B] bool, a commit did not fit (tokens were dropped)
+  # [B, C] int32 absolute position of each slot (sliding-window models need
+  # it; committed tokens sit after the prompt's padding, so a slot's index is
+  # not its position). None: slot index == position, no commits.
+  positions: Array | None = None
 
   def context(self) -> KVContext:
-    return KVContext(keys=self.keys, values=self.values, mask=self.mask)
+    return KVContext(keys=self.keys, values=self.values, mask=self.mask,
+                     positions=self.positions)
 
 
 def constrain_cache(x: Array) -> Array:
@@ -118,9 +123,11 @@ def path_contexts(tree: Tree, node_index: Array, max_depth: int,
     x = jnp.moveaxis(x[b, safe], 2, 0)
     return x.reshape(x.shape[:2] + (-1,) + x.shape[4:])
 
-  return prompt.context(), KVContext(keys=to_ctx(kv["keys"]),
-                                     values=to_ctx(kv["values"]),
-                                     mask=mask.reshape(mask.shape[0], -1))
+  pos = kv["start"][b, safe][:, :, None] + jnp.arange(s)[None, None, :]
+  return prompt.context(), KVContext(
+      keys=to_ctx(kv["keys"]), values=to_ctx(kv["values"]),
+      mask=mask.reshape(mask.shape[0], -1),
+      positions=pos.reshape(pos.shape[0], -1).astype(jnp.int32))
 
 
 def path_context(tree: Tree, node_index: Array, max_depth: int,
@@ -132,9 +139,14 @@ def path_context(tree: Tree, node_index: Array, max_depth: int,
   without concatenating.
   """
   a, b = path_contexts(tree, node_index, max_depth, prompt)
+  a_pos = a.positions
+  if a_pos is None:
+    a_pos = jnp.broadcast_to(jnp.arange(a.mask.shape[1], dtype=jnp.int32),
+                             a.mask.shape)
   return KVContext(keys=jnp.concatenate([a.keys, b.keys], axis=2),
                    values=jnp.concatenate([a.values, b.values], axis=2),
-                   mask=jnp.concatenate([a.mask, b.mask], axis=1))
+                   mask=jnp.concatenate([a.mask, b.mask], axis=1),
+                   positions=jnp.concatenate([a_pos, b.positions], axis=1))
 
 
 def commit_root_tokens(prompt: PromptCache, tree: Tree) -> tuple[PromptCache,
@@ -158,6 +170,10 @@ def commit_root_tokens(prompt: PromptCache, tree: Tree) -> tuple[PromptCache,
   slot = prompt.num_used[:, None] + j[None]  # [B, S]
   fits = prompt.num_used + length <= cap
   slot = jnp.where(valid & fits[:, None], slot, cap)  # cap: dropped
+  positions = prompt.positions
+  if positions is None:
+    positions = jnp.broadcast_to(jnp.arange(cap, dtype=jnp.int32), (nb, cap))
+  root_pos = (kv["start"][:, ROOT_INDEX][:, None] + j[None]).astype(jnp.int32)
 
   def put(cache, new):  # cache [L,B,C,H,Dh], new [B, L, S, H, Dh]
     new = jnp.moveaxis(new, 1, 0)  # [L, B, S, H, Dh]
@@ -167,6 +183,7 @@ def commit_root_tokens(prompt: PromptCache, tree: Tree) -> tuple[PromptCache,
       keys=put(prompt.keys, kv["keys"][:, ROOT_INDEX]),
       values=put(prompt.values, kv["values"][:, ROOT_INDEX]),
       mask=prompt.mask.at[b[:, None], slot].set(True, mode="drop"),
+      positions=positions.at[b[:, None], slot].set(root_pos, mode="drop"),
       num_used=jnp.where(fits, prompt.num_used + length, prompt.num_used),
       overflowed=prompt.overflowed | ~fits)
   new_kv = dict(kv)

@@ -307,7 +307,8 @@ def _sample_steps(graphdef, mstate, env, config: LMSearchConfig, ctx: KVContext,
     full_ctx = tuple(ctx) + (KVContext(
         keys=cache_k.reshape(lcfg[:2] + (k * s,) + lcfg[3:]),
         values=cache_v.reshape(lcfg[:2] + (k * s,) + lcfg[3:]),
-        mask=jnp.broadcast_to(step_mask, (b, k, k * s))),)
+        mask=jnp.broadcast_to(step_mask, (b, k, k * s)),
+        positions=(child_start[:, None] + slot_j[None]).astype(jnp.int32)),)
     out = models.forward(graphdef, mstate, jnp.maximum(tok, 0).reshape(b, k),
                          pos, full_ctx, attention_mask=eye)
     cache_k = cache_k.at[:, :, :, j].set(out.keys)
@@ -468,7 +469,9 @@ def make_lm_root(graphdef: nnx.GraphDef, state: nnx.State, env: Any,
       keys=kv_arena.constrain_cache(jnp.pad(out.keys, pad5)),
       values=kv_arena.constrain_cache(jnp.pad(out.values, pad5)),
       mask=jnp.pad(valid, ((0, 0), (0, r))),
-      num_used=jnp.full((b,), p, jnp.int32), overflowed=jnp.zeros((b,), bool))
+      num_used=jnp.full((b,), p, jnp.int32), overflowed=jnp.zeros((b,), bool),
+      positions=jnp.broadcast_to(jnp.arange(p + r, dtype=jnp.int32),
+                                 (b, p + r)))
   terminal = jnp.asarray(env.is_terminal(env_state), bool)
   actions, prior, mask, calls, toks, scores = _children(
       graphdef, state, env, config, (prompt.context(),), logits, env_state,
@@ -522,7 +525,8 @@ def make_lm_expand_fn(graphdef: nnx.GraphDef, env: Any, *,
     terminal = jnp.asarray(env.is_terminal(env_state), bool)
     reward = jnp.where(terminal, env.reward(env_state), 0.0)
     discount = jnp.asarray(env.discount(env_state), jnp.float32)
-    node_ctx = ctx + (KVContext(keys=out.keys, values=out.values, mask=valid),)
+    node_ctx = ctx + (KVContext(keys=out.keys, values=out.values, mask=valid,
+                                positions=positions.astype(jnp.int32)),)
     actions, prior, mask, calls, toks, scores = _children(
         graphdef, mstate, env, config, node_ctx, logits, env_state, terminal,
         start + n_tok, rng_key)

@@ -177,9 +177,9 @@ def token_step(graphdef, state, task, rows: Rows, active: Array,
   positions = jnp.minimum(rows.prompt_length + rows.length,
                           cfg.max_seq_len - 1)[:, None]
   out = models.forward(graphdef, state, tok[:, None], positions,
-                       kv_context=models.KVContext(keys=rows.keys,
-                                                   values=rows.values,
-                                                   mask=rows.mask))
+                       kv_context=models.KVContext(
+                           keys=rows.keys, values=rows.values, mask=rows.mask,
+                           positions=_slot_positions(rows, p)))
   ridx = jnp.arange(r)
   c = rows.mask.shape[1]
   slot = jnp.where(active, p + rows.length, c)  # c: out of range, dropped
@@ -201,6 +201,14 @@ def token_step(graphdef, state, task, rows: Rows, active: Array,
       logits=select(out.logits[:, 0], rows.logits),
       value=select(out.value[:, 0], rows.value))
   return rows, tok
+
+
+def _slot_positions(rows: Rows, p: int) -> Array:
+  """``[R, P + T]`` absolute position of each KV slot: the prompt's slots are
+  their index; answer token ``i`` (slot ``P + i``) follows the row's prompt."""
+  c = rows.mask.shape[1]
+  slot = jnp.arange(c, dtype=jnp.int32)[None]
+  return jnp.where(slot < p, slot, rows.prompt_length[:, None] + slot - p)
 
 
 def sample(graphdef, state, task, rows: Rows, counters: Counters,
