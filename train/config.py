@@ -38,9 +38,22 @@ def default_config() -> ConfigDict:
       max_len=0,  # padded trace length; 0 means the task's prompt + answer.
   ))
   # Model (models.ModelConfig); vocab_size 0 means "the task's tokenizer".
+  # dtype: computation ("float32" or "bfloat16"); param_dtype: parameters
+  # ("": float32 for the native model, dtype for a loaded checkpoint).
+  # checkpoint: a Hugging Face checkpoint directory (Llama 3, Qwen2/2.5,
+  # Qwen3, Gemma 3; models.hf) to search and train instead of the native
+  # model: its config.json gives the architecture (the shape keys vocab_size
+  # ... mlp_dim are then ignored), its weights the parameters and its
+  # tokenizer the task's tokens (tsearch.tasks.text.over_tokenizer: prompts
+  # are prompt_prefix + problem + prompt_suffix, inside the chat template
+  # with system_prompt as the system message when chat_template is True).
+  # max_seq_len is the context the run allocates (at most the checkpoint's
+  # max_position_embeddings).
   c.model = ConfigDict(dict(
       vocab_size=0, num_layers=2, d_model=64, num_heads=4, num_kv_heads=2,
-      head_dim=16, mlp_dim=128, max_seq_len=128, dtype="float32"))
+      head_dim=16, mlp_dim=128, max_seq_len=128, dtype="float32",
+      param_dtype="", checkpoint="", chat_template=False, system_prompt="",
+      prompt_prefix="", prompt_suffix=""))
   c.optim = ConfigDict(dict(
       learning_rate=3e-3, warmup_steps=10, weight_decay=0.0, b1=0.9, b2=0.98,
       grad_clip=1.0))
@@ -160,9 +173,46 @@ def validate_config(config: ConfigDict) -> None:
        f"must be <= model.max_seq_len={config.model.max_seq_len}.")
   need(config.warm_start.steps + config.search.steps > 0, "warm_start.steps",
        "warm_start.steps + search.steps must be positive.")
+  _validate_model_keys(config, need)
   if "parallel" in config:
     _validate_parallel_keys(config, need)
   experimental.validate(config)
+
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _validate_model_keys(config, need):
+  m = config.model
+  need(m.dtype in _DTYPES, "model.dtype", f"use one of {_DTYPES}.")
+  need(m.get("param_dtype", "") in ("",) + _DTYPES, "model.param_dtype",
+       f"use '' (see the key's comment) or one of {_DTYPES}.")
+  if not m.get("checkpoint", ""):
+    for key in ("chat_template", "system_prompt", "prompt_prefix",
+                "prompt_suffix"):
+      need(not m.get(key), f"model.{key}", "applies to a loaded model's "
+           "tokenizer only; set --config.model.checkpoint=/path/to/hf_dir "
+           "or leave it unset.")
+    return
+  need(not m.system_prompt or m.chat_template, "model.system_prompt",
+       "is the chat template's system message; set "
+       "--config.model.chat_template=True, or put the text in "
+       "model.prompt_prefix.")
+  need(config.data.source == "generated", "data.source",
+       "a loaded model reads the task through its own tokenizer, which the "
+       "built TFDS data do not use; set --config.data.source=generated.")
+
+
+def heads_of(config) -> tuple[int, int]:
+  """``(num_heads, num_kv_heads)`` of the run's model: the model section's,
+  or a loaded checkpoint's ``config.json``'s."""
+  path = config.model.get("checkpoint", "")
+  if not path:
+    return config.model.num_heads, config.model.num_kv_heads
+  from models import hf  # pylint: disable=import-outside-toplevel
+  hf_config = hf.read_config(path)
+  heads = int(hf_config["num_attention_heads"])
+  return heads, int(hf_config.get("num_key_value_heads") or heads)
 
 
 def _validate_parallel_keys(config, need):
@@ -170,11 +220,15 @@ def _validate_parallel_keys(config, need):
        "parallel.model", "must be an int >= 1 (1: no tensor parallelism).")
   need(isinstance(config.parallel.fsdp, bool), "parallel.fsdp",
        "must be True or False.")
-  need(config.model.num_heads % config.parallel.model == 0
-       and config.model.num_kv_heads % config.parallel.model == 0,
-       "parallel.model", f"must divide model.num_heads="
-       f"{config.model.num_heads} and model.num_kv_heads="
-       f"{config.model.num_kv_heads} (tensor parallelism splits whole heads).")
+  if config.parallel.model == 1:
+    return
+  heads, kv_heads = heads_of(config)
+  where = ("the checkpoint's config.json" if config.model.get("checkpoint")
+           else "model.num_heads / model.num_kv_heads")
+  need(heads % config.parallel.model == 0
+       and kv_heads % config.parallel.model == 0,
+       "parallel.model", f"must divide the {heads} heads and {kv_heads} KV "
+       f"heads ({where}): tensor parallelism splits whole heads.")
 
 
 def validate_parallel(config: ConfigDict, num_devices: int) -> None:

@@ -41,6 +41,16 @@ a verified slot, or a verifier-picked answer; see :func:`verifier_in_search`),
 They are merged into ``--out`` (default ``<workdir>/eval.json``), replacing
 rows with the same :data:`ROW_KEY`; the file's other keys are kept.
 
+Without ``--workdir``, over a loaded model (``model.checkpoint``, a Hugging
+Face directory) it evaluates the checkpoint's own weights, no training
+(rows labelled ``stage=pretrained``, ``step=0``), e.g.::
+
+  python -m train.evaluate --config configs/hf_tiny.py \\
+      --config.model.checkpoint=/path/to/hf_dir \\
+      --methods greedy:1,mcts:8 --num_problems 8 --out results/base.json
+
+The rows are written to ``--out`` when given (there is no default file).
+
 With ``--algos`` it compares the search family at equal compute
 (:mod:`tsearch._src.evaluation`) at each budget instead, writes
 ``<workdir>/compare_step<step>.json|png`` and merges the rows (same schema,
@@ -230,7 +240,7 @@ def evaluate(config, task, fns, params, problems, *, methods, seed: int = 0,
 def restore(config, workdir: str, steps: Sequence[int | None]):
   """``(task, fns, [(step, params)])``: the run's task and model, built once,
   and the parameters of each checkpoint (None: the latest)."""
-  task, fns, state, _, _, _ = loop.build(config, workdir)
+  task, fns, state, _, _, _ = loop.build(config, workdir, restoring=True)
   ckpt = loop.checkpointer(config, workdir)
   try:
     have = list(ckpt.all_steps())
@@ -251,6 +261,21 @@ def restore(config, workdir: str, steps: Sequence[int | None]):
   finally:
     ckpt.close()
   return task, fns, out
+
+
+PRETRAINED = "pretrained"  # the stage of a loaded model's own weights
+
+
+def restore_pretrained(config):
+  """``(task, fns, [(0, params)])``: the run's task and ``model.checkpoint``'s
+  own weights (no workdir)."""
+  if not config.model.get("checkpoint", ""):
+    raise ValueError(
+        "--workdir is required: pass the run's directory, or set "
+        "--config.model.checkpoint=/path/to/hf_dir to evaluate a pretrained "
+        "model's own weights.")
+  task, fns, params = loop.pretrained(config)
+  return task, fns, [(0, params)]
 
 
 def parse_stages(stages: Sequence[str], steps: Sequence[str]
@@ -286,7 +311,8 @@ def evaluate_checkpoints(config, workdir: str, stages, *, methods,
   """Rows (:data:`ROW_FIELDS`) of every method at every checkpoint.
 
   Args:
-    config, workdir: the run.
+    config, workdir: the run; workdir None: the weights of
+      ``model.checkpoint`` (stage ``pretrained``, step 0; ``stages`` unused).
     stages: ``[(label or None, step or None)]`` (:func:`parse_stages`).
     methods: ``[(algo, N)]``.
     split: the task's split (default ``eval.split``).
@@ -296,7 +322,11 @@ def evaluate_checkpoints(config, workdir: str, stages, *, methods,
   """
   split = split or config.eval.split
   num = int(num_problems or config.eval.num_examples)
-  task, fns, checkpoints = restore(config, workdir, [s for _, s in stages])
+  if workdir:
+    task, fns, checkpoints = restore(config, workdir, [s for _, s in stages])
+  else:
+    task, fns, checkpoints = restore_pretrained(config)
+    stages = [(PRETRAINED, 0)]
   problems = task.eval_problems(num, split=split)
   rows = []
   for (label, _), (step, params) in zip(stages, checkpoints):
@@ -310,19 +340,26 @@ def evaluate_checkpoints(config, workdir: str, stages, *, methods,
   return [{k: r.get(k) for k in ROW_FIELDS} for r in rows]
 
 
-def compare(config, workdir: str, algos: str, budgets: str, *,
+def compare(config, workdir: str | None, algos: str, budgets: str, *,
             seed: int = 0, step: int | None = None, options: str = "",
-            split: str | None = None, num_problems: int | None = None
-            ) -> list[dict]:
+            split: str | None = None, num_problems: int | None = None,
+            out_dir: str | None = None) -> list[dict]:
   """``--algos/--budgets``: the search family, compute-matched
   (:mod:`tsearch._src.evaluation`); writes ``compare_step<step>.json|png``
-  to the workdir and returns the rows in this module's schema."""
+  to the workdir (``compare_pretrained.json|png`` in ``out_dir`` without
+  one) and returns the rows in this module's schema."""
   from tsearch._src import evaluation  # pylint: disable=import-outside-toplevel
   algo_list = evaluation.parse_list(algos)
   budget_list = evaluation.parse_list(budgets or "1", int)
   opts = evaluation.parse_options(options, algo_list)
   split = split or config.eval.split
-  task, fns, [(step, params)] = restore(config, workdir, [step])
+  if workdir:
+    task, fns, [(step, params)] = restore(config, workdir, [step])
+    stage, name, out_dir = stage_of(config, step), f"compare_step{step}", \
+        workdir
+  else:
+    task, fns, [(step, params)] = restore_pretrained(config)
+    stage, name = PRETRAINED, f"compare_{PRETRAINED}"
   problems = task.eval_problems(int(num_problems or config.eval.num_examples),
                                 split=split)
   prompts, plen = task.encode_prompts(problems)
@@ -331,12 +368,12 @@ def compare(config, workdir: str, algos: str, budgets: str, *,
       jax.random.key(seed), algos=algo_list, budgets=budget_list,
       batch_size=config.eval.batch_size, options=opts, progress=True)
   print(evaluation.format_table(family))
-  if jax.process_index() == 0:
+  if jax.process_index() == 0 and out_dir:
     paths = evaluation.write_comparison(
-        family, workdir, f"compare_step{step}",
+        family, out_dir, name,
         meta=dict(task=task.name, split=split, step=int(step), seed=seed,
                   options=opts),
-        title=f"{task.name} ({split} split, step {step})")
+        title=f"{task.name} ({split} split, {stage} step {step})")
     print("wrote", *paths)
   # The family's rows give no answers to count take-backs in: 1 where the
   # task has no take-back token, else unknown.
@@ -346,7 +383,7 @@ def compare(config, workdir: str, algos: str, budgets: str, *,
     tree = r["algorithm"] in _TREE_SEARCHES
     fixed = r["algorithm"] in ("greedy", "sampling")
     rows.append(dict(
-        stage=stage_of(config, step), step=int(step), algo=r["algorithm"],
+        stage=stage, step=int(step), algo=r["algorithm"],
         simulations=r["budget"] if tree else None,
         budget=None if tree or fixed else r["budget"],
         solve_rate=r["solve_rate"], model_calls=r["model_calls"],
@@ -422,7 +459,9 @@ def define_flags() -> dict:
   module, e.g. from ``python -m train``, defines none)."""
   f = dict(
       config=config_flags.DEFINE_config_file("config", None, "Run config."),
-      workdir=flags.DEFINE_string("workdir", None, "Run directory."),
+      workdir=flags.DEFINE_string(
+          "workdir", None, "Run directory; unset: evaluate the weights of "
+          "model.checkpoint (a Hugging Face directory) themselves."),
       stages=flags.DEFINE_list(
           "stages", [], "label:step list (step 'latest' allowed), e.g. "
           "warm_start:300,search_and_learn:latest."),
@@ -444,7 +483,8 @@ def define_flags() -> dict:
       seed=flags.DEFINE_integer("seed", 0, "Key of the methods' random "
                                 "draws."),
       out=flags.DEFINE_string("out", None, "JSON results file the rows are "
-                              "merged into (default <workdir>/eval.json)."),
+                              "merged into (default <workdir>/eval.json; "
+                              "without --workdir: none)."),
       algos=flags.DEFINE_string(
           "algos", None, "Comma-separated tsearch.ALGORITHMS to compare at "
           "equal compute (e.g. greedy,best_of_n,beam,mcts) instead of "
@@ -457,7 +497,7 @@ def define_flags() -> dict:
           "*.terminal_score=verifier ('*': every algorithm that takes the "
           "key)."),
   )
-  flags.mark_flags_as_required(["config", "workdir"])
+  flags.mark_flags_as_required(["config"])
   return f
 
 
@@ -472,13 +512,18 @@ def main(argv, f: dict):
   logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
   v = {k: flag.value for k, flag in f.items()}
   config, workdir = v["config"], v["workdir"]
-  out = v["out"] or os.path.join(workdir, "eval.json")
+  out = v["out"] or (os.path.join(workdir, "eval.json") if workdir else None)
   try:
-    read_results(out)  # a bad --out fails before any evaluation
+    if out:
+      read_results(out)  # a bad --out fails before any evaluation
+    if not workdir:
+      check_no_workdir_flags(v)
     if v["algos"]:
       rows = compare(config, workdir, v["algos"], v["budgets"],
                      seed=v["seed"], step=v["step"], options=v["options"],
-                     split=v["split"], num_problems=v["num_problems"])
+                     split=v["split"], num_problems=v["num_problems"],
+                     out_dir=workdir or (os.path.dirname(os.path.abspath(out))
+                                         if out else None))
     else:
       methods = (parse_methods(v["methods"]) if v["methods"]
                  else default_methods(config))
@@ -489,12 +534,29 @@ def main(argv, f: dict):
           seed=v["seed"], options=method_options(v["options"], methods))
   except (ValueError, FileNotFoundError) as err:
     _fatal(err)
-  if jax.process_index() == 0:
+  if jax.process_index() == 0 and out:
     try:
       merge_rows(out, rows)
     except ValueError as err:
       _fatal(err)
     print(f"wrote {out}")
+  elif jax.process_index() == 0:
+    print("rows not written: pass --out FILE to keep them.")
+
+
+def check_no_workdir_flags(v: dict) -> None:
+  """Without ``--workdir`` there are no checkpoints to pick: a clear error
+  for ``--stages/--steps/--step`` and for a native model."""
+  picked = [f"--{k}" for k in ("stages", "steps", "step") if v[k]]
+  if picked:
+    raise ValueError(
+        f"{', '.join(picked)} pick checkpoints of a run; pass its --workdir, "
+        "or drop them to evaluate the weights of model.checkpoint.")
+  if not v["config"].model.get("checkpoint", ""):
+    raise ValueError(
+        "--workdir is required: pass the run's directory, or set "
+        "--config.model.checkpoint=/path/to/hf_dir to evaluate a pretrained "
+        "model's own weights.")
 
 
 if __name__ == "__main__":

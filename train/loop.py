@@ -52,12 +52,45 @@ def setup_task(config: ml_collections.ConfigDict):
   checked against the config."""
   from tsearch.tasks import get_task  # pylint: disable=import-outside-toplevel
   task = get_task(config.task.name, **config.task.options.to_dict())
+  if config.model.get("checkpoint", ""):
+    task = over_checkpoint_tokenizer(config, task)
   config_lib.validate_task(config, task)
   return task
 
 
-def build(config: ml_collections.ConfigDict, workdir: str):
-  """Task, model functions, initial state, optimizer and mesh of a run."""
+def over_checkpoint_tokenizer(config: ml_collections.ConfigDict, task):
+  """``task`` read and written with ``model.checkpoint``'s tokenizer
+  (:func:`tsearch.tasks.text.over_tokenizer`), prompts as the model section
+  says (``chat_template``, ``system_prompt``, ``prompt_prefix/suffix``)."""
+  # pylint: disable=import-outside-toplevel
+  import models
+  from models import hf
+  from tsearch.tasks import text
+  m = config.model
+  cfg = model_lib.pretrained_config(config)
+  tokenizer = models.Tokenizer.from_dir(m.checkpoint)
+  hf.check_vocab(cfg, tokenizer.vocab_size)
+  try:
+    return text.over_tokenizer(
+        task, tokenizer, prefix=m.prompt_prefix, suffix=m.prompt_suffix,
+        chat_template=bool(m.chat_template), system=m.system_prompt or None,
+        max_context=int(m.max_seq_len))
+  except ValueError as e:
+    raise ValueError(
+        f"{e} (task {task.name} over the tokenizer of {m.checkpoint}; the "
+        f"model's context is --config.model.max_seq_len={m.max_seq_len}, the "
+        "prompt's text model.chat_template, model.system_prompt, "
+        "model.prompt_prefix and model.prompt_suffix)") from e
+
+
+def build(config: ml_collections.ConfigDict, workdir: str, *,
+          restoring: bool = False):
+  """Task, model functions, initial state, optimizer and mesh of a run.
+
+  ``restoring``: the state is about to be replaced by a checkpoint of the
+  run, so a loaded model's weights are not read (its state is abstract:
+  ``jax.ShapeDtypeStruct`` leaves placed as the run places them).
+  """
   task = setup_task(config)
   max_len = config.data.max_len or data_lib.max_trace_length(task)
   if max_len > config.model.max_seq_len:
@@ -65,8 +98,6 @@ def build(config: ml_collections.ConfigDict, workdir: str):
         f"Traces of {task.name} need {max_len} positions but "
         f"model.max_seq_len={config.model.max_seq_len}; raise "
         f"--config.model.max_seq_len to at least {max_len}.")
-  fns, params = model_lib.create_model(
-      model_lib.model_config(config, task.vocab.size), seed=config.seed)
   optimizer = step_lib.make_optimizer(config.optim, optimizer_steps(config),
                                       **_schedule_kw(config))
   mesh = parallel_mesh(config)
@@ -75,8 +106,65 @@ def build(config: ml_collections.ConfigDict, workdir: str):
         f"batch_size={config.batch_size} is not divisible by the "
         f"{mesh.shape[step_lib.DATA]} devices; set --config.batch_size to a "
         f"multiple of {mesh.shape[step_lib.DATA]}.")
-  state = step_lib.init_state(params, optimizer, config.seed)
+  if not config.model.get("checkpoint", ""):
+    fns, params = model_lib.create_model(
+        model_lib.model_config(config, task.vocab.size), seed=config.seed)
+    return (task, fns, step_lib.init_state(params, optimizer, config.seed),
+            optimizer, mesh, max_len)
+  fns, params, shardings = load_pretrained(config, mesh, abstract=restoring)
+  if not restoring:
+    return (task, fns, step_lib.init_state(params, optimizer, config.seed),
+            optimizer, mesh, max_len)
+  state = jax.eval_shape(
+      lambda p: step_lib.init_state(p, optimizer, config.seed), params)
+  specs = step_lib.state_specs(state, optimizer, jax.tree.map(
+      lambda s: s.spec, shardings))
+  state = jax.tree.map(
+      lambda x, spec: jax.ShapeDtypeStruct(
+          x.shape, x.dtype, sharding=jax.sharding.NamedSharding(mesh, spec)),
+      state, specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
   return task, fns, state, optimizer, mesh, max_len
+
+
+def load_pretrained(config: ml_collections.ConfigDict, mesh, *,
+                    abstract: bool = False):
+  """``(fns, params, shardings)`` of ``model.checkpoint``: each parameter
+  read straight onto the devices that hold it in this run (replicated over
+  ``mesh``, or as ``parallel`` shards it)."""
+  cfg = model_lib.pretrained_config(config)
+  fns, _ = model_lib.load_model(cfg, config.model.checkpoint, abstract=True)
+  shapes = model_lib.abstract_params(fns)
+  specs = parallel_specs(config, mesh, shapes)
+  if specs is None:
+    specs = jax.tree.map(lambda _: jax.sharding.PartitionSpec(), shapes)
+  from models import sharding  # pylint: disable=import-outside-toplevel
+  shardings = sharding.named_shardings(mesh, specs)
+  if abstract:
+    params = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        shapes, shardings)
+    return fns, params, shardings
+  _, params = model_lib.load_model(cfg, config.model.checkpoint,
+                                   shardings=shardings)
+  return fns, params, shardings
+
+
+def describe_pretrained(config: ml_collections.ConfigDict, cfg) -> str:
+  """One line on the loaded model (the model section's shape keys are not
+  used with ``model.checkpoint``)."""
+  return (f"model: {config.model.checkpoint} ({cfg.num_layers} layers, "
+          f"d_model {cfg.d_model}, {cfg.num_heads}/{cfg.num_kv_heads} heads, "
+          f"vocabulary {cfg.vocab_size}, context {cfg.max_seq_len}, compute "
+          f"{cfg.dtype}, parameters {cfg.param_dtype}); the model section's "
+          "shape keys are not used.")
+
+
+def pretrained(config: ml_collections.ConfigDict):
+  """``(task, fns, params)``: the run's task and ``model.checkpoint``'s own
+  weights, no training state (evaluation without a workdir)."""
+  task = setup_task(config)
+  fns, params, _ = load_pretrained(config, parallel_mesh(config))
+  return task, fns, params
 
 
 def parallel_mesh(config: ml_collections.ConfigDict):
@@ -159,7 +247,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   switches = experimental.values(config)  # read once, not every step
   workdir = config_lib.prepare_workdir(workdir)
   primary = jax.process_index() == 0
-  task, fns, state, optimizer, mesh, max_len = build(config, workdir)
+  ckpt = checkpointer(config, workdir)
+  try:
+    task, fns, state, optimizer, mesh, max_len = build(
+        config, workdir, restoring=ckpt.latest_step() is not None)
+  except BaseException:
+    ckpt.close()
+    raise
+  if primary and config.model.get("checkpoint", ""):
+    print(describe_pretrained(config, fns.config), flush=True)
   specs = parallel_specs(config, mesh, state.params)
   data_dir = config.data.data_dir or os.path.join(workdir, "data")
   stream = data_lib.ExampleStream(
@@ -176,7 +272,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                   max_len=max_len, param_specs=specs)
   replay = search_learn.replay if search_learn is not None else None
 
-  ckpt = checkpointer(config, workdir)
   start = ckpt.latest_step()
   if start is not None:
     # A warm-start checkpoint written without a replay buffer (by a run
@@ -231,7 +326,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return {"data_position": stream.state(), "step": step, "model": {
         "config": {k: getattr(fns.config, k) for k in (
             "vocab_size", "num_layers", "d_model", "num_heads",
-            "num_kv_heads", "head_dim", "mlp_dim", "max_seq_len")}},
+            "num_kv_heads", "head_dim", "mlp_dim", "max_seq_len")},
+        "checkpoint": config.model.get("checkpoint", "")},
             "task": task.name}
 
   def warm_batch(step, examples):
@@ -301,7 +397,7 @@ def latest_params(config: ml_collections.ConfigDict, workdir: str,
                   step: int | None = None):
   """``(task, model functions, params, step)`` of checkpoint ``step`` (default:
   the latest)."""
-  task, fns, state, _, _, _ = build(config, workdir)
+  task, fns, state, _, _, _ = build(config, workdir, restoring=True)
   ckpt = checkpointer(config, workdir)
   if step is None:
     step = ckpt.latest_step()

@@ -47,6 +47,11 @@ class ModelFns:
     return flat_shapes(pure)
 
 
+def abstract_params(fns: ModelFns) -> PyTree:
+  """The pure parameter dict of ``fns``'s model as ``ShapeDtypeStruct``s."""
+  return nnx.to_pure_dict(fns.abstract_state)
+
+
 def flat_shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
   """``{'path/to/leaf': shape}`` for every array leaf of ``tree``."""
   out = {}
@@ -57,12 +62,24 @@ def flat_shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
   return out
 
 
+def param_dtype(config: ml_collections.ConfigDict) -> str:
+  """``model.param_dtype``; ``""``: float32 for the native model, the
+  computation dtype (``model.dtype``) for a loaded checkpoint."""
+  m = config.model
+  if m.get("param_dtype", ""):
+    return m.param_dtype
+  return m.dtype if m.get("checkpoint", "") else "float32"
+
+
 def model_config(config: ml_collections.ConfigDict,
                  vocab_size: int) -> models.ModelConfig:
   """``models.ModelConfig`` from the ``model`` section of a run config.
 
-  ``model.vocab_size == 0`` takes the task tokenizer's ``vocab_size``.
+  ``model.vocab_size == 0`` takes the task tokenizer's ``vocab_size``. With
+  ``model.checkpoint`` set, the checkpoint's (:func:`pretrained_config`).
   """
+  if config.model.get("checkpoint", ""):
+    return pretrained_config(config)
   m = config.model
   if m.vocab_size and m.vocab_size < vocab_size:
     raise ValueError(
@@ -73,7 +90,53 @@ def model_config(config: ml_collections.ConfigDict,
       vocab_size=int(m.vocab_size or vocab_size), num_layers=m.num_layers,
       d_model=m.d_model, num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
       head_dim=m.head_dim, mlp_dim=m.mlp_dim, max_seq_len=m.max_seq_len,
-      dtype=m.dtype)
+      dtype=m.dtype, param_dtype=param_dtype(config))
+
+
+def pretrained_config(config: ml_collections.ConfigDict
+                      ) -> models.ModelConfig:
+  """The ``models.ModelConfig`` of ``model.checkpoint`` (its
+  ``config.json``) with the run's dtypes and ``model.max_seq_len`` context.
+
+  Raises:
+    models.hf.CheckpointError: no checkpoint there, an unsupported
+      architecture, or a context beyond the checkpoint's.
+  """
+  from models import hf  # pylint: disable=import-outside-toplevel
+  m = config.model
+  raw = hf.read_config(m.checkpoint)
+  limit = raw.get("max_position_embeddings")
+  if limit and m.max_seq_len > int(limit):
+    raise hf.CheckpointError(
+        f"model.max_seq_len={m.max_seq_len} is longer than the context "
+        f"{m.checkpoint} was trained for (max_position_embeddings={limit}); "
+        f"set --config.model.max_seq_len to at most {limit}.")
+  return hf.model_config(raw, dtype=m.dtype, param_dtype=param_dtype(config),
+                         max_seq_len=m.max_seq_len)
+
+
+def load_model(cfg: models.ModelConfig, path: str, *, shardings=None,
+               abstract: bool = False) -> tuple[ModelFns, PyTree]:
+  """The model of ``cfg`` with the weights of Hugging Face checkpoint
+  ``path`` (:func:`models.hf.load_params`).
+
+  Args:
+    cfg: :func:`pretrained_config` of the run.
+    path: the checkpoint directory.
+    shardings: where each parameter goes (a pytree of ``Sharding`` shaped
+      like the parameters); None: the default device.
+    abstract: return ``jax.ShapeDtypeStruct`` parameters and read nothing
+      (a run that restores its own trained parameters).
+  """
+  from models import hf  # pylint: disable=import-outside-toplevel
+  model = nnx.eval_shape(lambda: models.Transformer(cfg, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(model)
+  abstract_state = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+  fns = ModelFns(cfg, graphdef, abstract_state)
+  if abstract:
+    return fns, nnx.to_pure_dict(abstract_state)
+  return fns, hf.load_params(path, cfg, shardings=shardings)
 
 
 def create_model(cfg: models.ModelConfig, seed: int) -> tuple[ModelFns, PyTree]:
