@@ -332,9 +332,11 @@ def _softcap(x: Array, cap: float | None) -> Array:
   return x if cap is None else cap * jnp.tanh(x / cap)
 
 
-def _linear(din, dout, cfg: ModelConfig, rngs, *, bias=False):
+def _linear(din, dout, cfg: ModelConfig, rngs, *, bias=False,
+            out_dtype=None):
   return nnx.Linear(din, dout, use_bias=bias, dtype=cfg.compute_dtype,
                     bias_init=nnx.initializers.zeros,
+                    preferred_element_type=out_dtype,
                     param_dtype=cfg.params_dtype,
                     kernel_init=nnx.initializers.normal(din ** -0.5),
                     rngs=rngs)
@@ -462,7 +464,9 @@ class Transformer(nnx.Module):
                             for i in range(cfg.num_layers)])
     self.norm = _norm(cfg.d_model, cfg)
     if not cfg.tie_embeddings:
-      self.lm_head = _linear(cfg.d_model, cfg.vocab_size, cfg, rngs)
+      # Logits accumulate in float32 whatever the compute dtype.
+      self.lm_head = _linear(cfg.d_model, cfg.vocab_size, cfg, rngs,
+                             out_dtype=jnp.float32)
     self.value_head = nnx.Linear(cfg.d_model, 1, dtype=jnp.float32,
                                  param_dtype=cfg.params_dtype,
                                  kernel_init=nnx.initializers.normal(

@@ -238,3 +238,31 @@ def test_prompt_longer_than_context():
     model(jnp.zeros((1, 20), jnp.int32), jnp.arange(20)[None])
   with pytest.raises(ValueError, match="longer than the model's context"):
     model(jnp.zeros((1, 2), jnp.int32), jnp.asarray([[15, 16]]))
+
+
+def test_bfloat16_end_to_end_dtypes_and_accuracy():
+  """Parameters, activations and KV caches in bfloat16; logits and values in
+  float32 and close to the float32 model's (bench/bf16_accuracy.py measures
+  it in full)."""
+  import tsearch
+  from tests.lm_toy_env import ToyEnv
+  path, ref = _golden("qwen2")
+  cfg, params = hf.load(path, dtype="bfloat16")
+  assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
+  g, st = nnx.split(hf.to_model(cfg, params))
+  ids = jnp.asarray(ref["input_ids"], jnp.int32)
+  mask = np.asarray(ref["attention_mask"], bool)
+  pos = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+  out = _forward(g, st, ids, pos, None, jnp.asarray(mask))
+  assert out.logits.dtype == jnp.float32 and out.value.dtype == jnp.float32
+  assert out.keys.dtype == jnp.bfloat16
+  got, want = np.asarray(out.logits)[mask], ref["logits"][mask]
+  assert np.abs(got - want).mean() < 0.05 * want.std()
+  assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.9
+  search = tsearch.lm_search(
+      g, st, ToyEnv(vocab_size=16, max_len=6), ids[:2, :8],
+      jnp.asarray([8, 8]), jax.random.key(0),
+      config=tsearch.LMSearchConfig(num_simulations=4, num_children=2))
+  assert search.search_tree.embeddings["kv"]["keys"].dtype == jnp.bfloat16
+  assert search.prompt_cache.keys.dtype == jnp.bfloat16
+  assert search.search_tree.node_values.dtype == jnp.float32
