@@ -266,3 +266,27 @@ def test_bfloat16_end_to_end_dtypes_and_accuracy():
   assert search.search_tree.embeddings["kv"]["keys"].dtype == jnp.bfloat16
   assert search.prompt_cache.keys.dtype == jnp.bfloat16
   assert search.search_tree.node_values.dtype == jnp.float32
+
+
+def test_load_puts_each_tensor_straight_onto_its_sharding():
+  from models import sharding
+  path, ref = _golden("qwen2")
+  cfg = hf.model_config(hf.read_config(path))
+  mesh = sharding.make_mesh(data=4, model=2)
+  specs = sharding.param_specs(hf.abstract_params(cfg), mesh=mesh)
+  _, params = hf.load(path, shardings=sharding.named_shardings(mesh, specs))
+  _, plain = hf.load(path)
+  q = params["layers"][0]["self_attn"]["q_proj"]["kernel"]  # [D, H*Dh]
+  assert q.sharding.spec == jax.sharding.PartitionSpec("data", "model")
+  assert q.addressable_shards[0].data.shape == (64 // 4, 64 // 2)
+  emb = params["embed_tokens"]["embedding"]  # [768, 64]
+  assert emb.addressable_shards[0].data.shape == (768 // 2, 64 // 4)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(plain)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  model = hf.to_model(cfg, params)
+  ids = jnp.asarray(ref["input_ids"], jnp.int32)
+  mask = np.asarray(ref["attention_mask"], bool)
+  pos = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+  with jax.set_mesh(mesh):
+    got = np.asarray(model(ids, pos, token_mask=jnp.asarray(mask)).logits)
+  np.testing.assert_allclose(got[mask], ref["logits"][mask], atol=1e-4)
