@@ -24,7 +24,8 @@ step's re-forward at expansion). MFU = analytic model FLOPs
 (``ModelConfig.flops_per_token``; prompt tokens at context P / 2, the others
 at P + T / 2) per second over the device's peak: a table by device kind for
 accelerators (bf16 dense), on a CPU the best float32 matmul measured in this
-run.
+run. The "after P" column is tokens/s less the prompt: (tokens - B x P) /
+(time - the B x P prefill's own time, measured alone in the same run).
 
   python bench/lm_search_large.py                          # 24 layers
   python bench/lm_search_large.py --layers 2 --batch 2 --simulations 8
@@ -224,7 +225,14 @@ def main(argv=None):
             g, st, env, pt, pl, key, budget=k, aggregate="best_value",
             temperature=args.temperature))
 
+  # The prompt's prefill alone (both methods run exactly one, of B x P):
+  # timed to also report tokens/s after the prompt.
+  pos = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
+  prefill = jax.jit(lambda st, pt, pl, key: models.forward(
+      g, st, pt, pos, token_mask=pos < pl[:, None]))
   res = {}
+  jax.block_until_ready(prefill(st, prompt, lengths, key))
+  prefill_times = []
   for name, fn in methods.items():  # compile + warm up
     t0 = time.perf_counter()
     out = jax.block_until_ready(fn(st, prompt, lengths, key))
@@ -238,6 +246,9 @@ def main(argv=None):
     print(f"  {name}: compile + first call {res[name]['compile_s']:.1f} s",
           flush=True)
   for _ in range(args.repeats):  # interleaved: the machine may be shared
+    t0 = time.perf_counter()
+    jax.block_until_ready(prefill(st, prompt, lengths, key))
+    prefill_times.append(time.perf_counter() - t0)
     for name, fn in methods.items():
       t0 = time.perf_counter()
       jax.block_until_ready(fn(st, prompt, lengths, key))
@@ -250,18 +261,22 @@ def main(argv=None):
   gen_fpt = cfg.flops_per_token(p + t_len // 2)
   print(f"peak {peak / 1e12:.3f} TFLOP/s ({peak_src}); model "
         f"{gen_fpt / 1e9:.3f} GFLOP/token at context {p + t_len // 2}")
+  t_pre = statistics.median(prefill_times)
+  print(f"prefill of the B x P prompts alone: {t_pre:.3f} s (median)")
   print(f"{'method':<11} {'median s':>9} {'min s':>8} {'sims/s':>8} "
-        f"{'tokens':>7} {'calls/row':>9} {'tokens/s':>9} {'MFU %':>7}")
+        f"{'tokens':>7} {'calls/row':>9} {'tokens/s':>9} {'after P':>8} "
+        f"{'MFU %':>7}")
   for name, r in res.items():
     dt = statistics.median(r["times"])
     r["dt"] = dt
     r["tok_s"] = r["tokens"] / dt
+    r["gen_tok_s"] = (r["tokens"] - b * p) / max(dt - t_pre, 1e-9)
     flops = b * p * prefill_fpt + (r["tokens"] - b * p) * gen_fpt
     r["mfu"] = 100 * flops / dt / peak
     sims_s = f"{b * sims / dt:8.2f}" if name == "search" else f"{'-':>8}"
     print(f"{name:<11} {dt:>9.3f} {min(r['times']):>8.3f} {sims_s} "
           f"{r['tokens']:>7d} {r['calls']:>9.0f} {r['tok_s']:>9.1f} "
-          f"{r['mfu']:>7.2f}")
+          f"{r['gen_tok_s']:>8.1f} {r['mfu']:>7.2f}")
   srch = res["search"]
   per_exp = (s - 1) * k + s
   print(f"search: tree depth {srch['depth']}, {srch['nodes']:.0f} nodes/row; "
@@ -273,6 +288,8 @@ def main(argv=None):
     extra = (f"; over best_of_{k} (B x K rows): "
              f"{srch['tok_s'] / res[f'best_of_{k}']['tok_s']:.3f}")
   print(f"search tokens/s over sampling: {r:.3f} (goal >= 0.8){extra}")
+  print(f"after the prompt (tokens and time less the B x P prefill): "
+        f"{srch['gen_tok_s'] / res['sampling']['gen_tok_s']:.3f}")
   print(f"lm_search_large step_tokens_over_generate={r:.3f} "
         f"mfu_pct={srch['mfu']:.2f}")
 
