@@ -267,6 +267,6 @@ def test_bad_mesh_sizes_are_clear_errors():
   config.batch_size, config.search.replay_size = 8, 16
   with pytest.raises(ValueError, match="replay"):
     config_lib.validate_parallel(config, 8)
-  config.parallel.fsdp = "yes"
-  with pytest.raises(ValueError, match="parallel.fsdp"):
-    config_lib.validate_config(config)
+  # ConfigDict itself refuses a value of the wrong type, naming the key.
+  with pytest.raises(TypeError, match="fsdp"):
+    config.parallel.fsdp = "yes"
