@@ -103,6 +103,13 @@ class LMSearchConfig:
       spent on a leaf whose outcome is known; a node left without slots is
       a leaf. PUCT also passes over such dead ends
       (``puct_search(skip_dead_ends=True)``).
+    verifier_in_search: whether the search may call ``env.reward``. False
+      (no answer key at test time, as in AlphaMath / ReST-MCTS*): a node
+      that ends the episode earns the value head's estimate at its last
+      token instead of the environment's reward, slot scores hold no
+      reward, and ``env.reward`` is never called (the task's checker is
+      left for training targets and scoring). Needs ``terminal_lookahead``
+      and ``prune_terminal_slots`` off.
     keep_logits: store each node's next-token logits ``[B, N, V]`` in the
       tree (for tests and inspection; costs ``N * V`` floats per row).
     dirichlet_fraction, dirichlet_alpha, pb_c_init, temperature: PUCT options.
@@ -121,6 +128,7 @@ class LMSearchConfig:
   length_normalize: bool = False
   terminal_lookahead: bool = False
   prune_terminal_slots: bool = False
+  verifier_in_search: bool = True
   keep_logits: bool = False
   dirichlet_fraction: float = 0.25
   dirichlet_alpha: float = 0.3
@@ -148,6 +156,12 @@ class LMSearchConfig:
     if self.prune_terminal_slots and not self.terminal_lookahead:
       raise ValueError("prune_terminal_slots needs terminal_lookahead=True "
                        "(a pruned slot's reward must reach its node's value).")
+    if not self.verifier_in_search and (self.terminal_lookahead
+                                        or self.prune_terminal_slots):
+      raise ValueError(
+          "verifier_in_search=False cannot score slots ahead: turn "
+          "terminal_lookahead and prune_terminal_slots off (they read the "
+          "environment's reward).")
     if self.capacity is not None and self.capacity < self.num_simulations + 1:
       raise ValueError(f"capacity {self.capacity} < num_simulations + 1 = "
                        f"{self.num_simulations + 1}.")
@@ -334,15 +348,19 @@ def _sample_steps(graphdef, mstate, env, config: LMSearchConfig, ctx: KVContext,
     mask = mask & ~repeated_slots(actions, mask)
   calls = jnp.full((b,), s - 1, jnp.int32)
   tokens = jnp.full((b,), (s - 1) * k, jnp.int32)
-  return actions, prior, mask, calls, tokens, _slot_scores(env, st, mask)
+  return actions, prior, mask, calls, tokens, _slot_scores(
+      env, st, mask, config.verifier_in_search)
 
 
-def _slot_scores(env, child_state, mask):
+def _slot_scores(env, child_state, mask, verifier: bool = True):
   """``(terminal, reward)`` ``[B, K]`` of the child slots' end states
-  (leaves ``[B * K, ...]``); False / 0 on illegal slots."""
+  (leaves ``[B * K, ...]``); False / 0 on illegal slots (reward 0 where the
+  verifier may not be consulted)."""
   b, k = mask.shape
   terminal = jnp.asarray(env.is_terminal(child_state), bool).reshape(b, k)
   terminal = terminal & mask
+  if not verifier:
+    return terminal, jnp.zeros((b, k), jnp.float32)
   reward = jnp.asarray(env.reward(child_state), jnp.float32).reshape(b, k)
   return terminal, jnp.where(terminal, reward, 0.0)
 
@@ -523,7 +541,10 @@ def make_lm_expand_fn(graphdef: nnx.GraphDef, env: Any, *,
         env, jax.tree.map(lambda x: x[b, parent_index], emb["env_state"]),
         tokens)
     terminal = jnp.asarray(env.is_terminal(env_state), bool)
-    reward = jnp.where(terminal, env.reward(env_state), 0.0)
+    if config.verifier_in_search:
+      reward = jnp.where(terminal, env.reward(env_state), 0.0)
+    else:  # no answer key: the value head judges the finished answer
+      reward = jnp.where(terminal, value, 0.0)
     discount = jnp.asarray(env.discount(env_state), jnp.float32)
     node_ctx = ctx + (KVContext(keys=out.keys, values=out.values, mask=valid,
                                 positions=positions.astype(jnp.int32)),)
