@@ -8,6 +8,11 @@ problem, which is checked while building)::
       --option max_digits=4
   python -m tsearch.data build countdown --data_dir /tmp/tsearch_data
   python -m tsearch.data build game24 --data_dir /tmp/tsearch_data
+  python -m tsearch.data build gsm8k --data_dir /tmp/tsearch_data
+
+``gsm8k`` is a text dataset (natural-language problems, tokenized later by a
+real tokenizer): see :mod:`tsearch.text_data`; only ``--seed`` and
+``--num_validation`` apply to it.
 
 ``game24`` uses the puzzle list: test = ranks 901-1000, validation =
 ``--num_validation`` (default 100) puzzles of the other ranks chosen by ``--seed``, train =
@@ -43,6 +48,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from tsearch import tasks as tasks_lib
+from tsearch import text_data
 
 DATASET_TASKS = tasks_lib.DATASET_TASK_NAMES  # tasks with reference solutions
 VERSION = "1.0.0"
@@ -178,6 +184,11 @@ def build(task: str, data_dir: str, *, seed: int = 0, num_train: int | None = No
   Returns:
     ``{"path": dataset dir, "splits": {split: num_examples}}``.
   """
+  if task in text_data.TEXT_DATASETS:
+    if num_train is not None or num_test is not None or task_options:
+      raise ValueError(f"{task} has fixed train/test files; only --seed and "
+                       "--num_validation apply to it.")
+    return text_data.build(task, data_dir, seed=seed, num_validation=num_validation)
   _check_task(task)
   sizes = dict(num_train=num_train, num_validation=num_validation, num_test=num_test)
   task_obj = tasks_lib.get_task(task, **(task_options or {}))
@@ -217,6 +228,8 @@ def load_task(task: str, data_dir: str) -> tasks_lib.Task:
 
 def data_source(task: str, data_dir: str, split: str):
   """``tfds.data_source`` of one split (random access, no TensorFlow)."""
+  if task in text_data.TEXT_DATASETS:
+    return text_data.data_source(task, data_dir, split)
   opts = load_build_options(task, data_dir)
   known = [s for s in ("train", "validation", "test")
            if (s == "train" and (load_task(task, data_dir).fixed_splits
@@ -336,7 +349,7 @@ def main(argv=None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
   b = sub.add_parser("build", help="build one task's dataset")
-  b.add_argument("task", help=f"one of {', '.join(DATASET_TASKS)}")
+  b.add_argument("task", help=f"one of {', '.join(DATASET_TASKS + text_data.TEXT_DATASETS)}")
   b.add_argument("--data_dir", required=True)
   b.add_argument("--seed", type=int, default=0)
   for k, v in _DEFAULT_SIZES.items():
