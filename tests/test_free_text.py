@@ -119,3 +119,48 @@ def test_search_without_the_answer_key_never_calls_the_checker(setup,
     assert all(0 < abs(r) < 1 for r in rewards)
   with pytest.raises(ValueError, match="terminal_lookahead"):
     tsearch.LMSearchConfig(verifier_in_search=False, terminal_lookahead=True)
+
+
+def _final(text):
+  return text.split("####")[-1].strip() if "####" in text else None
+
+
+def test_majority_voting_compares_final_answers_not_words():
+  from tsearch._src.algorithms import family
+  tok = models.Tokenizer.from_dir(QWEN2)
+  task = FreeTextTask(name="vote", tokenizer=tok, problems=PROBLEMS,
+                      score_fn=_score([]), max_prompt_length=24,
+                      max_answer_length=16, vocab_size=768, answer_fn=_final)
+  prompts, _ = task.encode_prompts(task.eval_problems(1) * 4)
+  texts = ["so 8\n#### 8", "other words\n#### 8", "#### 9", "no answer"]
+  answers = np.stack([task.encode_answer(t) for t in texts])
+  ids = np.asarray(task.answer_ids(task.run(prompts, answers)))
+  assert ids[0] == ids[1] != ids[2] and ids[2] >= 0 and ids[3] == -1
+  # One candidate per row of the batch: [B=1, M=4].
+  cand = jnp.asarray(answers)[None]
+  values = jnp.asarray([[0.0, 0.0, 0.9, 0.5]])
+  done = jnp.ones((1, 4), bool)
+  pick = lambda how, a: int(family.choose(  # noqa: E731
+      cand, None, values, done, aggregate=how, value_range=(-1.0, 1.0),
+      answer_ids=a)[0])
+  assert pick("majority", jnp.asarray(ids)[None]) == 0  # "8" twice
+  assert pick("majority", None) == 0  # all differ token-wise: lowest index
+  assert pick("best_value", jnp.asarray(ids)[None]) == 2
+  # weighted: "8" has 0.5 + 0.5, "9" 0.95, "none" 0.75 (mapped to [0, 1]).
+  assert pick("weighted", jnp.asarray(ids)[None]) == 0
+  # The family's best_of_n votes over the task's answer ids.
+  cfg, params = hf.load(QWEN2, max_seq_len=48)
+  g, st = nnx.split(hf.to_model(cfg, params))
+  prompts, lengths = task.encode_prompts(task.eval_problems(2))
+  out = tsearch.get_algorithm("best_of_n")(
+      g, st, task, jnp.asarray(prompts), jnp.asarray(lengths),
+      jax.random.key(0), budget=4, aggregate="majority")
+  for b in range(2):
+    c = np.asarray(out.candidates[b])
+    ids = np.asarray(task.answer_ids(task.run(
+        np.repeat(prompts[b:b + 1], 4, 0), c)))
+    want = int(family.choose(
+        jnp.asarray(c)[None], None, out.candidate_scores[b:b + 1],
+        out.candidate_finished[b:b + 1], aggregate="majority",
+        value_range=(-1.0, 1.0), answer_ids=jnp.asarray(ids)[None])[0])
+    np.testing.assert_array_equal(out.answers[b], c[want])

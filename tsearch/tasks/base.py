@@ -276,6 +276,13 @@ class Task:
       return jnp.ones(token.shape, bool)
     return token == self.step_delimiter
 
+  def answer_ids(self, state) -> Array | None:
+    """``[B]`` int32 ids of the final answers (equal id, equal answer;
+    negative: none), for majority voting over answers written in different
+    words; None: answers are compared token by token (symbol tasks)."""
+    del state
+    return None
+
   def reward(self, state) -> Array:
     """``[B]`` float32 exact verifier reward (1.0 correct, 0.0 otherwise)."""
     return self._reward(state).astype(jnp.float32)

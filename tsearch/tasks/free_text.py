@@ -115,6 +115,10 @@ class FreeTextTask(base.Task):
       of chat messages`` (rendered with the tokenizer's chat template and a
       generation prompt). Default: the question.
     vocab_size: the model's embedding rows, if more than the tokenizer's.
+    answer_fn: ``answer_text -> canonical final answer or None``, for
+      majority voting over final answers (:meth:`answer_ids`); it reads
+      only the candidate's text, never the reference. None: candidates are
+      compared token by token.
   """
   fixed_splits = True
 
@@ -124,7 +128,8 @@ class FreeTextTask(base.Task):
                max_prompt_length: int, max_answer_length: int,
                step_delimiter: str = "\n",
                prompt_fn: Callable[[TextProblem], Any] | None = None,
-               vocab_size: int | None = None):
+               vocab_size: int | None = None,
+               answer_fn: Callable[[str], str | None] | None = None):
     eos_ids = tuple(int(i) for i in (tokenizer.eos_ids or ()))
     if not eos_ids:
       raise ValueError("The tokenizer has no EOS token (eos_ids is empty); "
@@ -141,6 +146,7 @@ class FreeTextTask(base.Task):
     self.extra_splits = tuple(k for k in self.problems
                               if k not in ("train", "validation", "test"))
     self.score_fn = score_fn
+    self.answer_fn = answer_fn
     self.prompt_fn = prompt_fn or (lambda p: p.question)
     self.max_prompt_length = int(max_prompt_length)
     self.max_answer_length = int(max_answer_length)
@@ -171,7 +177,8 @@ class FreeTextTask(base.Task):
     digest = hashlib.sha256(b"".join(tokenizer.token_bytes(v)))
     digest.update(repr((eos_ids, step_delimiter, v)).encode())
     self._identity = (name, digest.hexdigest(), self.max_prompt_length,
-                      self.max_answer_length, id(score_fn), id(self.problems))
+                      self.max_answer_length, id(score_fn), id(self.problems),
+                      id(answer_fn))
 
   # ---------------------------------------------------------------- host
   def options(self) -> dict:
@@ -327,3 +334,29 @@ class FreeTextTask(base.Task):
     return jax.pure_callback(self._score_host, out, state.key, state.tokens,
                              state.length, state.done,
                              vmap_method="expand_dims")
+
+  def _answer_ids_host(self, tokens, length) -> np.ndarray:
+    tokens, length = np.asarray(tokens), np.asarray(length)
+    lead = length.shape
+    tokens = tokens.reshape(-1, tokens.shape[-1])
+    out = np.full((tokens.shape[0],), -1, np.int32)
+    for i, (t, n) in enumerate(zip(tokens, length.ravel())):
+      t = t[:int(n)]
+      t = t[~np.isin(t, self.eos_ids)]
+      try:
+        ans = self.answer_fn(self.decode(t))
+      except Exception:  # noqa: BLE001  (no final answer)
+        ans = None
+      if ans is not None:
+        digest = hashlib.blake2b(str(ans).encode(), digest_size=4).digest()
+        out[i] = int.from_bytes(digest, "little") & 0x7FFFFFFF
+    return out.reshape(lead)
+
+  def answer_ids(self, state) -> Array | None:
+    """``[B]`` int32 hashes of the final answers ``answer_fn`` extracts
+    (host callback; -1 where there is none). None without ``answer_fn``."""
+    if self.answer_fn is None:
+      return None
+    out = jax.ShapeDtypeStruct(state.length.shape, jnp.int32)
+    return jax.pure_callback(self._answer_ids_host, out, state.tokens,
+                             state.length, vmap_method="expand_dims")

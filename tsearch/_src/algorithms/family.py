@@ -148,10 +148,14 @@ def _check_capacity(n: int, capacity: int | None, what: str) -> int:
 
 
 def choose(candidates: Array, lengths: Array, values: Array, finished: Array,
-           *, aggregate: str, value_range: tuple[float, float]) -> Array:
+           *, aggregate: str, value_range: tuple[float, float],
+           answer_ids: Array | None = None) -> Array:
   """Index ``[B]`` of the chosen candidate per problem.
 
-  Answers are compared by their full answer tokens. ``majority``: the most
+  Answers are compared by their full answer tokens, or by ``answer_ids``
+  ``[B, M]`` where the task extracts a final answer from free text
+  (``task.answer_ids``: equal ids, equal final answers; a negative id, no
+  final answer, equals nothing). ``majority``: the most
   frequent finished answer; ``weighted``: the answer with the largest sum of
   values (mapped onto [0, 1] from ``value_range``); ``best_value``: the
   finished candidate with the largest value. Ties go to the lowest index;
@@ -168,7 +172,12 @@ def choose(candidates: Array, lengths: Array, values: Array, finished: Array,
   if aggregate == "best_value":
     score = values
   else:
-    same = jnp.all(candidates[:, :, None] == candidates[:, None, :], -1)
+    if answer_ids is None:
+      same = jnp.all(candidates[:, :, None] == candidates[:, None, :], -1)
+    else:
+      ids = jnp.asarray(answer_ids)
+      same = (ids[:, :, None] == ids[:, None, :]) & (ids[:, :, None] >= 0)
+      same = same | jnp.eye(ids.shape[1], dtype=bool)[None]
     if aggregate == "majority":
       w = jnp.ones_like(values)
     else:
@@ -188,8 +197,11 @@ def _output(task, rows, counters, b, *, aggregate, value_range,
   values = score_rows(task, rows, terminal_score=terminal_score,
                       value_range=value_range).reshape(b, m)
   finished = task.is_terminal(rows.task_state).reshape(b, m)
+  ids = task.answer_ids(rows.task_state) if hasattr(task,
+                                                    "answer_ids") else None
   idx = choose(cand, lengths, values, finished, aggregate=aggregate,
-               value_range=value_range)
+               value_range=value_range,
+               answer_ids=None if ids is None else ids.reshape(b, m))
   rb = jnp.arange(b)
   return SearchOutput(
       answers=cand[rb, idx], answer_lengths=lengths[rb, idx],
