@@ -28,7 +28,8 @@ the main thread each parse and comparison gets ``timeout_s`` seconds and off
 it (a JAX host callback, a thread pool) they run without an alarm. Either
 way, expressions that could make sympy compute for minutes (a power tower
 such as ``10^{10^{10}}``, an exponent over 9999, the factorial of a number
-over 999 or of a bracket, more than 500 characters) are refused and score 0
+over 999 or of a bracket, more than 500 characters, unbalanced or deeply
+nested brackets) are refused and score 0
 before math-verify sees them; an alarm cannot interrupt sympy's big-integer
 arithmetic, so this guard is what bounds the time off the main thread too.
 
@@ -162,6 +163,10 @@ _LATEX_SUBS = (
 )
 
 
+_SIMPLE_INT = re.compile(r"\s*(-?\d{1,18})\s*")
+
+
+@functools.lru_cache(maxsize=1 << 16)
 def parse_number(text: str | None) -> fractions.Fraction | None:
   """The exact value of a GSM8K-style number, or None if it is not one.
 
@@ -172,6 +177,9 @@ def parse_number(text: str | None) -> fractions.Fraction | None:
   """
   if text is None or len(text) > MAX_ANSWER_CHARS:
     return None
+  simple = _SIMPLE_INT.fullmatch(text)
+  if simple:
+    return fractions.Fraction(int(simple.group(1)))
   s = text.replace("\u2212", "-")
   for pattern, repl in _LATEX_SUBS:
     s = pattern.sub(repl, s)
@@ -200,12 +208,21 @@ def is_safe_latex(expr: str) -> bool:
   """False for expressions that could keep sympy busy for minutes.
 
   Power towers, exponents with more than 4 digits, more than 8 powers, the
-  factorial of a bracket or of a number over 999, more than 500 characters.
+  factorial of a bracket or of a number over 999, more than 500 characters,
+  unbalanced or over 12 deep brackets, nothing at all.
 
   >>> is_safe_latex(r"2^{2023}"), is_safe_latex(r"10^{10^{10}}")
   (True, False)
   """
-  if len(expr) > MAX_ANSWER_CHARS or expr.count("^") > 8:
+  if len(expr) > MAX_ANSWER_CHARS or expr.count("^") > 8 or not expr.strip():
+    return False
+  # Brackets: intervals mix ( and ], but opened and closed must balance.
+  depth = 0
+  for c in expr:
+    depth += (c in "([{") - (c in ")]}")
+    if depth < 0 or depth > 12:
+      return False
+  if depth:
     return False
   s = expr.replace("**", "^")
   for m in re.finditer(r"\^\s*", s):
