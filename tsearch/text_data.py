@@ -53,7 +53,6 @@ class TsearchGsm8k(tfds.core.GeneratorBasedBuilder):
   """GSM8K with a validation split cut from the official train file."""
   VERSION = tfds.core.Version(VERSION)
   RELEASE_NOTES = {str(VERSION): "First release."}
-  disable_shuffling = True  # records keep the official files' order
 
   def __init__(self, *, seed: int = 0, num_validation: int = gsm8k.NUM_VALIDATION,
                **kwargs):
@@ -76,7 +75,8 @@ class TsearchGsm8k(tfds.core.GeneratorBasedBuilder):
             "answer": tfds.features.Text(),
             "index": np.int64,
         }),
-        metadata=tfds.core.MetadataDict(build_options=self._build_options))
+        metadata=tfds.core.MetadataDict(build_options=self._build_options),
+        disable_shuffling=True)  # records keep the official files' order
 
   def _split_generators(self, dl_manager):
     del dl_manager

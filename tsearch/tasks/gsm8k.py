@@ -165,13 +165,15 @@ def solution_steps(solution: str) -> list[str]:
 
 
 def fewshot_examples(k: int, *, seed: int = 0) -> list[Problem]:
-  """``k`` problems of the train split (never validation or test), fixed by ``seed``."""
+  """``k`` problems of the train split (never validation or test), fixed by
+  ``seed``; the first ``k`` of the same seed's ``k + 1``."""
   train = _official("train")
   idx = split_indices(len(train), num_validation=NUM_VALIDATION)["train"]
   if not 0 <= k <= len(idx):
     raise ValueError(f"k must be in [0, {len(idx)}], got {k}.")
-  pick = np.random.default_rng([seed, 8]).choice(idx, size=k, replace=False)
-  return [train[i] for i in pick]
+  # A fixed order per seed, so k examples are the first k of any larger k.
+  order = np.random.default_rng([seed, 8]).permutation(idx)
+  return [train[i] for i in order[:k]]
 
 
 def fewshot_prompt(question: str, *, k: int = 8, seed: int = 0,
