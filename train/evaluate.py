@@ -120,7 +120,8 @@ def default_methods(config) -> list[tuple[str, int]]:
           + [("mcts", int(n)) for n in e.mcts_budgets])
 
 
-def verifier_in_search(algo: str, options: dict | None = None) -> bool:
+def verifier_in_search(algo: str, options: dict | None = None, *,
+                       tree_verifier: bool = True) -> bool:
   """Whether ``algo`` (with its ``options``) consults the exact verifier
   while choosing its answer.
 
@@ -132,7 +133,11 @@ def verifier_in_search(algo: str, options: dict | None = None) -> bool:
   verifier); greedy decoding and sampling never.
   """
   if algo in _TREE_SEARCHES:
-    return True
+    # The trainer's MCTS rollout runs without the answer key under
+    # search.verifier_in_search=False (tree_verifier); the family's tree
+    # searches with options verifier_in_search=False.
+    return bool(tree_verifier if algo == "mcts" and not options
+                else (options or {}).get("verifier_in_search", True))
   return (options or {}).get("terminal_score", "value") == "verifier"
 
 
@@ -229,7 +234,9 @@ def evaluate(config, task, fns, params, problems, *, methods, seed: int = 0,
         model_calls=float(np.mean(calls)),
         tokens_forwarded=float(np.mean(tokens)),
         seconds=round(time.time() - t0, 1),
-        verifier_in_search=verifier_in_search(algo, opts),
+        verifier_in_search=verifier_in_search(
+            algo, opts, tree_verifier=bool(
+                config.search.get("verifier_in_search", True))),
         attempts_mean=float(np.mean(attempts)),
         seed=int(seed), num_problems=len(problems)))
     if progress:

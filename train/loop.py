@@ -50,10 +50,23 @@ def maybe_initialize_distributed(num_processes: int | None = None) -> None:
 def setup_task(config: ml_collections.ConfigDict):
   """The run's task (``tsearch.get_task(task.name, **task.options)``),
   checked against the config."""
-  from tsearch.tasks import get_task  # pylint: disable=import-outside-toplevel
-  task = get_task(config.task.name, **config.task.options.to_dict())
-  if config.model.get("checkpoint", ""):
+  # pylint: disable=import-outside-toplevel
+  from tsearch.tasks import TEXT_TASK_NAMES, get_task
+  options = config.task.options.to_dict()
+  checkpoint = config.model.get("checkpoint", "")
+  if config.task.name in TEXT_TASK_NAMES:
+    if checkpoint:  # written in words over the checkpoint's own tokenizer
+      options.setdefault("tokenizer_dir", checkpoint)
+      options.setdefault("vocab_size",
+                         model_lib.pretrained_config(config).vocab_size)
+    return _checked(config, get_task(config.task.name, **options))
+  task = get_task(config.task.name, **options)
+  if checkpoint:
     task = over_checkpoint_tokenizer(config, task)
+  return _checked(config, task)
+
+
+def _checked(config, task):
   config_lib.validate_task(config, task)
   return task
 

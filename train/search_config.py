@@ -75,6 +75,7 @@ def lm_search_config(search: ml_collections.ConfigDict, task, *,
       dedupe_steps=bool(search.get("dedupe_steps", True)),
       terminal_lookahead=bool(search.get("terminal_lookahead", False)),
       prune_terminal_slots=bool(search.get("prune_terminal_slots", False)),
+      verifier_in_search=bool(search.get("verifier_in_search", True)),
       dirichlet_fraction=(float(search.get("dirichlet_fraction", 0.25))
                           if noise else 0.0),
       pb_c_init=float(search.get("pb_c_init", 1.25)),

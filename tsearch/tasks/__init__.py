@@ -70,6 +70,18 @@ def _connect_four(**options):
 
 _REGISTRY["connect_four"] = _connect_four
 
+
+def _gsm8k(**options):
+  from tsearch.tasks.gsm8k_task import Gsm8kTask  # loads the jsonl files
+  return Gsm8kTask(**options)
+
+
+_REGISTRY["gsm8k"] = _gsm8k
+# Tasks written in words over the model's own tokenizer (option
+# ``tokenizer_dir``; a run over ``model.checkpoint`` passes its directory),
+# not symbol tasks to read through ``tsearch.tasks.text.over_tokenizer``.
+TEXT_TASK_NAMES = ("gsm8k",)
+
 TASK_NAMES = tuple(sorted(_REGISTRY))
 # Tasks with reference solutions, so a TFDS dataset (``tsearch.data``).
 DATASET_TASK_NAMES = ("arithmetic", "countdown", "game24")

@@ -50,6 +50,10 @@ from tsearch.tasks.text import DelimiterMatcher, TextVocabulary, TokenizerLike
 
 Array = chex.Array
 _MULTIPLIERS = (np.uint32(1_000_003), np.uint32(2_654_435_761))
+# prompt hash -> reference answer, per task identity: equal tasks (which jit
+# treats as one static argument, so one callback) share it.
+_GOLD: dict[tuple, dict[tuple[int, int], str]] = {}
+_GOLD_LOCK = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,8 +175,6 @@ class FreeTextTask(base.Task):
     if bos is not None and bos not in eos_ids:
       allowed[int(bos)] = False
     self._allowed = allowed
-    self._gold: dict[tuple[int, int], str] = {}
-    self._lock = threading.Lock()
     self._warned = False
     digest = hashlib.sha256(b"".join(tokenizer.token_bytes(v)))
     digest.update(repr((eos_ids, step_delimiter, v)).encode())
@@ -251,9 +253,10 @@ class FreeTextTask(base.Task):
     tokens = np.full((len(ids), self.max_prompt_length), self.pad_id, np.int32)
     for row, x in zip(tokens, ids):
       row[:len(x)] = x
-    with self._lock:
+    with _GOLD_LOCK:
+      gold = _GOLD.setdefault(self._identity, {})
       for key, p in zip(prompt_hash(tokens), problems):
-        self._gold[(int(key[0]), int(key[1]))] = p.answer
+        gold[(int(key[0]), int(key[1]))] = p.answer
     return tokens, np.array([len(x) for x in ids], np.int32)
 
   def encode_answer(self, text: str, *, eos: bool = True) -> np.ndarray:
@@ -276,7 +279,7 @@ class FreeTextTask(base.Task):
                                          done.ravel())):
       if not d:
         continue
-      gold = self._gold.get((int(k[0]), int(k[1])))
+      gold = _GOLD.get(self._identity, {}).get((int(k[0]), int(k[1])))
       if gold is None:
         raise KeyError("An answer's prompt was not made by this task's "
                        "encode_prompts, so its reference answer is unknown.")

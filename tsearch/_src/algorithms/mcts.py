@@ -60,6 +60,9 @@ def _search(policy, graphdef, state, task, prompt_tokens, prompt_lengths,
             rng_key, *, budget, num_children, step_length, max_depth, capacity,
             max_moves=None, act_on_solved=False, **options):
   n = family.check_budget(budget)
+  if act_on_solved and not options.get("verifier_in_search", True):
+    raise ValueError("act_on_solved follows a verified answer: it needs "
+                     "verifier_in_search=True.")
   if act_on_solved and getattr(task, "num_players", 1) != 1:
     raise ValueError(
         f"act_on_solved is for single-player puzzles (a terminal the verifier "
@@ -103,7 +106,8 @@ def mcts(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
          dirichlet_fraction: float = 0.0, pb_c_init: float = 1.25,
          step_temperature: float = 1.0, terminal_lookahead: bool = False,
          prune_terminal_slots: bool = False,
-         act_on_solved: bool = False) -> family.SearchOutput:
+         act_on_solved: bool = False,
+         verifier_in_search: bool = True) -> family.SearchOutput:
   """Step-level PUCT MCTS, ``budget`` simulations per move (see the module
   docstring); each move commits the most visited root slot.
 
@@ -126,6 +130,9 @@ def mcts(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
       simulation on those known leaves.
     act_on_solved: puzzles: commit a move toward a verified solution where
       the tree holds one (see the module docstring).
+    verifier_in_search: False: no answer key inside the search; finished
+      answers in the tree earn the value head's estimate
+      (``LMSearchConfig.verifier_in_search``).
   """
   return _search("puct", graphdef, state, task, prompt_tokens, prompt_lengths,
                  rng_key, budget=budget, num_children=num_children,
@@ -135,7 +142,8 @@ def mcts(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
                  pb_c_init=pb_c_init, step_temperature=step_temperature,
                  terminal_lookahead=terminal_lookahead,
                  prune_terminal_slots=prune_terminal_slots,
-                 act_on_solved=act_on_solved)
+                 act_on_solved=act_on_solved,
+                 verifier_in_search=verifier_in_search)
 
 
 def gumbel(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
@@ -143,7 +151,8 @@ def gumbel(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
            max_depth: int | None = None, capacity: int | None = None,
            max_moves: int | None = None, gumbel_scale: float = 1.0,
            step_temperature: float = 1.0, terminal_lookahead: bool = False,
-           act_on_solved: bool = False) -> family.SearchOutput:
+           act_on_solved: bool = False,
+           verifier_in_search: bool = True) -> family.SearchOutput:
   """Step-level Gumbel MuZero search, ``budget`` simulations per move; as
   :func:`mcts`, but each move commits Gumbel's choice (sequential halving
   over the root's ``num_children`` slots)."""
@@ -154,4 +163,5 @@ def gumbel(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
                  max_num_considered_actions=int(num_children),
                  gumbel_scale=gumbel_scale, step_temperature=step_temperature,
                  terminal_lookahead=terminal_lookahead,
-                 act_on_solved=act_on_solved)
+                 act_on_solved=act_on_solved,
+                 verifier_in_search=verifier_in_search)
