@@ -123,8 +123,10 @@ def test_mcts_budget_and_counts():
   cfg = tsearch.LMSearchConfig(mode="step", num_simulations=1, num_children=k,
                                step_length=T, max_depth=1, reserve_tokens=T,
                                temperature=0.0, dirichlet_fraction=0.0)
-  r = jax.device_get(tsearch.rollout(*MCTS_MODEL, TASK, PT, PL, KEY,
-                                     config=cfg, num_moves=T))
+  # (Jitted: run eagerly, its ops compile one by one, twice as slow.)
+  gd, st = MCTS_MODEL
+  r = jax.device_get(jax.jit(lambda st, key: tsearch.rollout(
+      gd, st, TASK, PT, PL, key, config=cfg, num_moves=T))(st, KEY))
   np.testing.assert_array_equal(r.answers, out.answers)
   np.testing.assert_array_equal(r.model_calls, out.model_calls)
   assert r.active.sum(1).tolist() == [3, 3, 3]  # one step per move

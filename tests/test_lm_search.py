@@ -394,8 +394,9 @@ def test_solved_slot_by_prior_reads_the_prior_before_noise():
   # Without it, the lowest solved slot (all at depth 1).
   _, slot = lm.solved_slot(tree, 4)
   np.testing.assert_array_equal(slot, np.sort(order[:, :2], axis=-1)[:, 0])
+  # (The plain token search of the test above: one compiled program.)
   token = tsearch.LMSearchConfig(mode="token", policy="puct",
-                                 num_simulations=2, num_children=4,
+                                 num_simulations=3, num_children=4,
                                  max_depth=4)
   plain = tsearch.lm_search(g, st, env, prompt, lengths, key,
                             config=token).search_tree

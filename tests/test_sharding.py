@@ -21,7 +21,9 @@ from train import config as config_lib
 from train import model as model_lib
 from train import step as step_lib
 
-CFG = models.ModelConfig(vocab_size=64, num_layers=2, d_model=32, num_heads=4,
+# One layer: every layer is sharded by the same rules (a second one would
+# only lengthen each compile).
+CFG = models.ModelConfig(vocab_size=64, num_layers=1, d_model=32, num_heads=4,
                          num_kv_heads=2, head_dim=8, mlp_dim=64, max_seq_len=48)
 ENV = ToyEnv(vocab_size=16, max_len=8)
 TASK = tsearch.get_task("arithmetic", max_digits=2)

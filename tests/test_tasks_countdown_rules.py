@@ -1,5 +1,6 @@
 """The rules environment for Countdown/Game 24 and the solver warm-start data."""
 from fractions import Fraction
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,21 @@ def env():
   return StrictCountdown(get_task("game24"))
 
 
-def _walk(env, prompts, answers):
+def _rows(n):
+  """The batch size a walk of ``n`` rows runs at: rows are independent, so
+  batches are padded to a few sizes and each (environment, size, length)
+  compiles once, not once per call and row count."""
+  return max(8, 1 << (n - 1).bit_length())
+
+
+def _pad_rows(n, *xs):
+  return [np.concatenate([np.asarray(x), np.repeat(np.asarray(x)[:1],
+                                                   _rows(n) - n, 0)])
+          for x in xs]
+
+
+@functools.lru_cache(maxsize=None)
+def _walker(env):
   @jax.jit
   def run(prompts, answers):
     s = env.init_state(prompts)
@@ -41,7 +56,24 @@ def _walk(env, prompts, answers):
       return env.step(s, t), (ok, legal)
     s, (ok, legal) = jax.lax.scan(body, s, answers.T)
     return ok.T, jnp.swapaxes(legal, 0, 1), env.reward(s), env.is_terminal(s)
-  return jax.device_get(run(prompts, answers))
+  return run
+
+
+def _walk(env, prompts, answers):
+  n = len(answers)
+  out = jax.device_get(_walker(env)(*_pad_rows(n, prompts, answers)))
+  return tuple(x[:n] for x in out)
+
+
+@functools.lru_cache(maxsize=None)
+def _verifier(env):
+  return jax.jit(env.verify)
+
+
+def _verify(env, prompts, answers):
+  """``env.verify``, jitted once per environment (rows padded as a walk's)."""
+  n = len(answers)
+  return np.asarray(_verifier(env)(*_pad_rows(n, prompts, answers)))[:n]
 
 
 def test_every_solution_is_legal_and_only_the_rules_are(env):
@@ -253,7 +285,7 @@ def _walk_solved(env, prompts, answers):
   ok, legal, reward, terminal = _walk(env, prompts, answers)
   assert ok.all() and terminal.all()
   np.testing.assert_array_equal(reward, 1.0)
-  np.testing.assert_array_equal(jax.jit(env.verify)(prompts, answers), 1.0)
+  np.testing.assert_array_equal(_verify(env, prompts, answers), 1.0)
   return legal
 
 
@@ -293,8 +325,7 @@ def test_show_left_writes_the_numbers_left_and_forces_them(left_env):
   bad = np.asarray(answers).copy()
   at = list(bad[0]).index(V.SPACE) + 1
   bad[0, at] = V.DIGIT0 + (bad[0, at] - V.DIGIT0 + 1) % 10
-  assert float(jax.jit(env.verify)(jnp.asarray(prompts[:1]),
-                                   jnp.asarray(bad[:1]))[0]) == 0.0
+  assert float(_verify(env, prompts[:1], bad[:1])[0]) == 0.0
   # Without show_left the same environment writes and accepts plain steps.
   plain = StrictCountdown(get_task("game24", max_answer_length=72))
   assert plain.annotate((4, 9, 10, 13), "13-9=4\n10-4=6\n4*6=24") == \
@@ -306,7 +337,6 @@ def _solver_batch_lines(env):
   """Each row's answer lines of a solver batch; asserts every row has 3
   step ends and every solved row verifies."""
   a = countdown_solver.solver_traces(env, 3, 16, max_len=88)
-  verify = jax.jit(env.verify)
   out = []
   for r in range(16):
     ends = np.flatnonzero(a["value_mask"][r])
@@ -318,7 +348,7 @@ def _solver_batch_lines(env):
       answer[0, :ends[-1] - ends[0]] = a["tokens"][r][ends[0] + 1:ends[-1] + 1]
       prompt = np.zeros((1, env.max_prompt_length), np.int32)
       prompt[0, :ends[0] + 1] = a["tokens"][r][:ends[0] + 1]
-      assert float(verify(prompt, answer)[0]) == 1.0, text
+      assert float(_verify(env, prompt, answer)[0]) == 1.0, text
   return out
 
 
@@ -401,7 +431,7 @@ def test_left_first_chooses_the_numbers_left_then_a_step_reaching_them(
     ok, _, _, _ = _walk(env, prompts[:1], _answers(env, [text]))
     assert not ok.all(), text
   bad = _answers(env, ["4 13 18:9+10=19\n4 6:19-13=6\n4*6=24"])
-  assert float(jax.jit(env.verify)(prompts[:1], bad)[0]) == 0.0
+  assert float(_verify(env, prompts[:1], bad)[0]) == 0.0
   # The rollout's choice_tokens: the numbers left hold the choices; only
   # 13-9 reaches 4 4 10, so the step after them is forced.
   from tsearch._src.rollout import choice_tokens  # pylint: disable=import-outside-toplevel
@@ -474,14 +504,13 @@ def test_retract_takes_back_the_first_step_and_bars_it():
   assert legal_after("4*")[V.DIGIT0 + 9]  # only that step is barred
   # The same answers without retract: ":" is no rule there, reward 0.
   np.testing.assert_array_equal(
-      jax.jit(plain.verify)(jnp.asarray(prompts), jnp.asarray(answers)), 0.0)
+      _verify(plain, prompts, answers), 0.0)
   # Only the first step's numbers return: the third step's result is the
   # kept steps' (a retraction's step cannot be reused as an operand).
   bad = base.encode("13-9=4 4 4 10\n:\n4*10=40 4 9 40\n") + [V.EOS]
   a = np.zeros((1, 104), np.int32)
   a[0, :len(bad)] = bad
-  assert float(jax.jit(env.verify)(jnp.asarray(prompts[:1]),
-                                   jnp.asarray(a))[0]) == 0.0
+  assert float(_verify(env, prompts[:1], a)[0]) == 0.0
   with pytest.raises(ValueError, match="set show_left=True with it"):
     StrictCountdown(get_task("game24"), retract=1)
   with pytest.raises(ValueError, match="non-negative integer"):
