@@ -43,10 +43,11 @@ def _search(**kw):
 
 
 def _loss_terms(fns, params, batch, *, retract=False, pad_id=0,
-                max_seq_len=64, **options):
+                max_seq_len=64, jit=False, **options):
   """The step-level loss terms of ``search`` options and experiment
   switches (``train.experimental``) on ``batch`` (the outcome as the value
-  target unless set)."""
+  target unless set); ``jit``: as one compiled program (faster for a single
+  call; eagerly, calls with other options share the compiled ops)."""
   switches = {k: options.pop(k) for k in list(options)
               if k in experimental.DEFAULTS}
   x = experimental.values(ml_collections.ConfigDict(
@@ -65,7 +66,7 @@ def _loss_terms(fns, params, batch, *, retract=False, pad_id=0,
       end_token=V.COLON if retract else None)
   loss_fn = search_losses.make_loss_fn(
       forward, search_losses.terms(s, x, two_player=False), ext)
-  return loss_fn(params, batch, None)
+  return (jax.jit(loss_fn) if jit else loss_fn)(params, batch, None)
 
 
 def test_token_rollout_commits_verified_trajectories():
@@ -109,8 +110,11 @@ def test_token_rollout_commits_verified_trajectories():
   assert np.all(r["model_calls"] >= 2)  # the root and the committed child
 
 
-@pytest.mark.parametrize("prune,by_prior", [(False, False), (True, False),
-                                            (True, True)])
+# act_on_solved without solved_by_prior (the lowest solved slot), pruned,
+# is the rollout under tests/test_family_search.py's
+# test_mcts_act_on_solved_answers_with_a_verified_solution (and the choice of
+# slot, tsearch.lm_search.solved_slot, is tests/test_lm_search.py's).
+@pytest.mark.parametrize("prune,by_prior", [(False, False), (True, True)])
 def test_step_rollout_on_strict_countdown(prune, by_prior):
   task = StrictCountdown(get_task("countdown", num_numbers=3, max_number=9,
                                   max_target=20))
@@ -316,7 +320,7 @@ def test_retraction_sequence_and_its_language_model_term():
       children_mask=jnp.ones((b, m, k), bool), root_value=jnp.zeros((b, m)),
       active=jnp.ones((b, m), bool), children_q=q,
       children_visits=jnp.ones((b, m, k), jnp.int32))
-  term = _loss_terms(fns, params, batch, retract=True,
+  term = _loss_terms(fns, params, batch, retract=True, jit=True,
                      retract_weight=1.0)["retract_sft"]
   # Row 0 takes back slot 2; row 1's dead slot 0 is the move made: none.
   ref_seq, ref_len = retract_terms.retraction_sequence(
