@@ -28,7 +28,13 @@ if "xla_backend_optimization_level" not in _flags:
 os.environ["XLA_FLAGS"] = _flags.strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+# Opt-in since jax 0.10.2's CPU executable serialisation (called for every
+# cache write) segfaulted a worker in about one full run in three here
+# (`executable.serialize()` under put_executable_and_time, in a plain
+# training step): a crashed worker fails the run, a slower run does not.
+# TSEARCH_TEST_JAX_CACHE=1 turns the shared cache back on.
+if (os.environ.get("TSEARCH_TEST_JAX_CACHE", "0") == "1"
+    and "JAX_COMPILATION_CACHE_DIR" not in os.environ):
   # The first process to load this file (the xdist controller, or pytest
   # itself without -n) makes the directory; workers and subprocesses inherit
   # the variable and share it.
