@@ -45,7 +45,8 @@ def test_rows_match_the_methods_run_directly(tmp_path):
   key = jax.random.key(0)
   g = tsearch.get_algorithm("greedy")(fns.graphdef, fns.state(params), task,
                                       prompts, plen, key, budget=1)
-  solved = np.asarray(task.verify(prompts, g.answers)) > 0.5
+  # Jitted: one compile instead of one per operation.
+  solved = np.asarray(jax.jit(task.verify)(prompts, g.answers)) > 0.5
   assert rows[0]["solve_rate"] == float(solved.mean())
   assert rows[0]["tokens_forwarded"] == pytest.approx(
       np.mean(np.asarray(g.tokens_forwarded)))
@@ -138,7 +139,8 @@ def _cli(*args):
 
 
 def test_cli_errors_are_one_fatal_line(tmp_path):
-  r = _cli("--workdir", str(tmp_path / "empty"))
+  # One layer: the model is built before the checkpoint is looked for.
+  r = _cli("--workdir", str(tmp_path / "empty"), "--config.model.num_layers=1")
   assert r.returncode == 1
   assert "FATAL: FileNotFoundError: No checkpoint in" in r.stderr
   assert "Traceback" not in r.stderr

@@ -19,17 +19,40 @@ LINE = re.compile(r"summary task=(\S+) greedy=(\d\.\d{3}) search=(\d\.\d{3}) "
                   r"minutes=(\d+\.\d)")
 
 
+# A one-layer model: the summary does not depend on the size, and a smaller
+# program compiles faster.
+SMALL = dict(num_layers=1, d_model=32, num_heads=2, num_kv_heads=1,
+             head_dim=16, mlp_dim=64)
+
+
 def _tiny():
   """configs/tiny.py, shortened: one-digit sums (so that some are solved),
-  a few steps, a few problems."""
+  a smaller model, a few steps, a few problems."""
   c = config_lib.load_config_file(TINY)
   c.task.options = dict(max_digits=1, min_digits=1, ops=("+",))
+  c.model.update(**SMALL)
   c.warm_start.steps = 30
   c.search.update(steps=1, num_simulations=4, capacity=32)
   c.batch_size = 8
   c.progress_bar = False
   c.eval.update(num_examples=24, mcts_budgets=(4,))
   return c
+
+
+def _tiny_flags():
+  """:func:`_tiny` on the command line, warm start only: the same model,
+  train step (tiny's warm-start schedule depends on the warm start's steps
+  only) and evaluation, so that the command's programs are those the
+  in-process tests compile (shared through the test run's compilation
+  cache, tests/conftest.py)."""
+  return ["--config.task.options.max_digits=1",
+          "--config.task.options.min_digits=1",
+          *[f"--config.model.{k}={v}" for k, v in SMALL.items()],
+          "--config.warm_start.steps=30", "--config.search.steps=0",
+          "--config.search.num_simulations=4", "--config.search.capacity=32",
+          "--config.batch_size=8",
+          "--config.progress_bar=False", "--config.eval.num_examples=24",
+          "--config.eval.mcts_budgets=(4,)"]
 
 
 def test_summary_prints_the_evaluated_rates_last(tmp_path, monkeypatch):
@@ -80,20 +103,19 @@ def test_summary_waits_for_the_last_step(tmp_path, capsys):
 def test_command_ends_with_the_summary_line(tmp_path):
   r = subprocess.run(
       [sys.executable, "-m", "train", "--config", TINY, "--workdir",
-       str(tmp_path / "run"), "--config.warm_start.steps=4",
-       "--config.search.steps=0", "--config.batch_size=8",
-       "--config.progress_bar=False", "--config.eval.num_examples=8",
-       "--config.eval.mcts_budgets=(2,)"],
+       str(tmp_path / "run"), *_tiny_flags()],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
   last = r.stdout.strip().splitlines()[-1]
   assert LINE.fullmatch(last), r.stdout[-2000:]
-  assert "warm start (step 4)" in r.stdout
+  assert "warm start (step 30)" in r.stdout
+  # The same command again over the finished run, with the summary off:
+  # with it on, this run would evaluate its last checkpoint and print the
+  # table and the line again (no training steps to repeat here).
   r = subprocess.run(
       [sys.executable, "-m", "train", "--config", TINY, "--workdir",
-       str(tmp_path / "off"), "--config.warm_start.steps=2",
-       "--config.search.steps=0", "--config.batch_size=8",
-       "--config.progress_bar=False", "--config.eval.summary=False"],
+       str(tmp_path / "run"), *_tiny_flags(), "--config.eval.summary=False"],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
+  assert "Resumed from step 30" in r.stdout
   assert "summary" not in r.stdout

@@ -15,10 +15,18 @@ from train import metrics as metrics_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, EVERY = 16, 4
+# configs/tiny.py with a smaller model and batch: what these tests check
+# (resume, signals, checkpoint steps) does not depend on the size, and each
+# process compiles the train step again (one layer instead of two halves it).
+SMALL = dict(num_layers=1, d_model=32, num_heads=2, num_kv_heads=1,
+             head_dim=16, mlp_dim=64)
+BATCH = 8
 
 
 def _config():
   c = config_lib.load_config_file(os.path.join(REPO, "configs", "tiny.py"))
+  c.model.update(**SMALL)
+  c.batch_size = BATCH
   c.warm_start.steps = STEPS
   c.checkpoint.every_steps = EVERY
   c.log_every_steps = 1
@@ -27,11 +35,18 @@ def _config():
   return c
 
 
+def _small_flags():
+  """The command line's flags for :data:`SMALL` and :data:`BATCH`."""
+  return ([f"--config.model.{k}={v}" for k, v in SMALL.items()]
+          + [f"--config.batch_size={BATCH}"])
+
+
 def _flags():
   return [f"--config.warm_start.steps={STEPS}",
           f"--config.checkpoint.every_steps={EVERY}",
           "--config.log_every_steps=1", "--config.progress_bar=False",
-          "--config.search.steps=0", "--config.eval.summary=False"]
+          "--config.search.steps=0", "--config.eval.summary=False",
+          *_small_flags()]
 
 
 def _comparable(lines):
@@ -97,14 +112,20 @@ def test_kill_9_and_resume_matches_uninterrupted(tmp_path):
 
 
 def test_sigterm_saves_current_step_and_resume_continues(tmp_path):
-  steps = 30
+  # STEPS: the same train step as the test above (shared through the test
+  # run's compilation cache); 0.5 s a step leaves 13 steps (6.5 s) between
+  # the third logged step and the run's end for the signal to land in.
+  steps = STEPS
   workdir = str(tmp_path / "term")
   flags = ["--config", os.path.join(REPO, "configs", "tiny.py"), "--workdir",
            workdir, f"--config.warm_start.steps={steps}",
            "--config.checkpoint.every_steps=1000", "--config.log_every_steps=1",
-           "--config.progress_bar=False", "--config.search.steps=0"]
+           "--config.progress_bar=False", "--config.search.steps=0",
+           # No evaluation after the resumed run's last step (tiny's: 500
+           # problems, greedy and MCTS); resuming is what is tested here.
+           "--config.eval.summary=False", *_small_flags()]
   proc = subprocess.Popen(
-      [sys.executable, "-m", "train", *flags, "--config.debug.step_delay_s=0.3"],
+      [sys.executable, "-m", "train", *flags, "--config.debug.step_delay_s=0.5"],
       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   metrics = os.path.join(workdir, "metrics.jsonl")
   deadline = time.time() + 240
