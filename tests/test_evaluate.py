@@ -1,5 +1,6 @@
 """train.evaluate: rows agree with running each method directly; the schema,
 the results file merge and the CLI's errors."""
+import inspect
 import json
 import os
 import subprocess
@@ -20,7 +21,7 @@ from tsearch.tasks import get_task
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_rows_match_the_methods_run_directly(tmp_path):
+def test_rows_match_the_methods_run_directly(tmp_path, monkeypatch):
   task = get_task("countdown", num_numbers=3, max_number=9, max_target=20,
                   strict=True)
   cfg = models.ModelConfig(vocab_size=task.vocab.size, num_layers=1,
@@ -33,6 +34,34 @@ def test_rows_match_the_methods_run_directly(tmp_path):
                        prune_terminal_slots=True, act_on_solved=True)
   problems = task.eval_problems(6)
   assert len(problems) == 6
+  prompts, plen = task.encode_prompts(problems)
+  key = jax.random.key(0)
+
+  # The MCTS rollout is the biggest program here: rather than compile it a
+  # second time to run it directly, record what evaluate's one calls
+  # tsearch.rollout with (every argument, defaults filled in) and what that
+  # rollout returns, from inside evaluate's own jitted function.
+  real_rollout = tsearch.rollout
+  signature = inspect.signature(real_rollout)
+  arrays = ("state", "prompt_tokens", "prompt_lengths", "rng_key")
+  calls = []
+
+  def recording_rollout(*args, **kwargs):
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    a = dict(bound.arguments)
+    r = real_rollout(*args, **kwargs)
+    static = {k: v for k, v in a.items() if k not in arrays}
+    jax.debug.callback(
+        lambda *x: calls.append((static, *x)), jax.tree.leaves(a["state"]),
+        a["prompt_tokens"], a["prompt_lengths"],
+        jax.random.key_data(a["rng_key"]), r.outcome, r.model_calls,
+        r.tokens_forwarded)
+    return r
+  monkeypatch.setattr(tsearch, "rollout", recording_rollout)
+  # evaluate's functions are built here, with the recording rollout.
+  monkeypatch.setattr(evaluate, "_JITTED", {})
+
   rows = evaluate.evaluate(config, task, fns, params, problems,
                            methods=[("greedy", 1), ("mcts", 3)])
   assert [(r["algo"], r["simulations"], r["budget"]) for r in rows] == [
@@ -41,8 +70,6 @@ def test_rows_match_the_methods_run_directly(tmp_path):
   assert [r["verifier_in_search"] for r in rows] == [False, True]
   assert [r["attempts_mean"] for r in rows] == [1.0, 1.0]  # no take-backs
   assert all(r["seed"] == 0 and r["num_problems"] == 6 for r in rows)
-  prompts, plen = task.encode_prompts(problems)
-  key = jax.random.key(0)
   g = tsearch.get_algorithm("greedy")(fns.graphdef, fns.state(params), task,
                                       prompts, plen, key, budget=1)
   # Jitted: one compile instead of one per operation.
@@ -50,22 +77,30 @@ def test_rows_match_the_methods_run_directly(tmp_path):
   assert rows[0]["solve_rate"] == float(solved.mean())
   assert rows[0]["tokens_forwarded"] == pytest.approx(
       np.mean(np.asarray(g.tokens_forwarded)))
+
+  # MCTS: one rollout, over this model, these prompts and key, with the
+  # evaluation's search options (no root noise, acting on the most visited
+  # child), one move per step and acting on a verified slot ...
+  assert len(calls) == 1
+  static, leaves, p, l, k, outcome, model_calls, tokens = calls[0]
   sc = search_config.lm_search_config(config.search, task, num_simulations=3,
                                       acting_temperature=0.0, noise=False)
-
-  # Jitted, as evaluate runs it, and named and shaped as evaluate's function
-  # so that when both build the same program the compile is shared through
-  # the test run's compilation cache (tests/conftest.py). A difference in
-  # what evaluate passes (config, moves, act_on_solved) makes a different
-  # program and different numbers below.
-  def run(s, p, l, k):
-    r = tsearch.rollout(fns.graphdef, s, task, p, l, k, config=sc,
-                        num_moves=2, act_on_solved=True)
-    return r.outcome, r.attempts, r.model_calls, r.tokens_forwarded
-  outcome, _, calls, tokens = jax.jit(run)(fns.state(params), prompts, plen,
-                                           key)
+  expected = signature.bind(fns.graphdef, None, task, None, None, None,
+                            config=sc, num_moves=2, act_on_solved=True)
+  expected.apply_defaults()
+  assert static == {k_: v for k_, v in expected.arguments.items()
+                    if k_ not in arrays}
+  want = jax.tree.leaves(fns.state(params))
+  assert len(leaves) == len(want)
+  for got, w in zip(leaves, want):
+    np.testing.assert_array_equal(got, w)
+  np.testing.assert_array_equal(p, prompts)
+  np.testing.assert_array_equal(l, plen)
+  np.testing.assert_array_equal(k, jax.random.key_data(key))
+  # ... and its row is that rollout's solve rate, calls and tokens.
   assert rows[1]["solve_rate"] == float(np.mean(np.asarray(outcome) > .5))
-  assert rows[1]["model_calls"] == pytest.approx(np.mean(np.asarray(calls)))
+  assert rows[1]["model_calls"] == pytest.approx(
+      np.mean(np.asarray(model_calls)))
   assert rows[1]["tokens_forwarded"] == pytest.approx(
       np.mean(np.asarray(tokens)))
   assert rows[1]["tokens_forwarded"] > rows[0]["tokens_forwarded"]

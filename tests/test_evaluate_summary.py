@@ -43,8 +43,8 @@ def _tiny_flags():
   """:func:`_tiny` on the command line, warm start only: the same model,
   train step (tiny's warm-start schedule depends on the warm start's steps
   only) and evaluation, so that the command's programs are those the
-  in-process tests compile (shared through the test run's compilation
-  cache, tests/conftest.py)."""
+  in-process tests compile (shared where the test run's compilation cache
+  is on, TSEARCH_TEST_JAX_CACHE=1 in tests/conftest.py)."""
   return ["--config.task.options.max_digits=1",
           "--config.task.options.min_digits=1",
           *[f"--config.model.{k}={v}" for k, v in SMALL.items()],

@@ -112,9 +112,10 @@ def test_kill_9_and_resume_matches_uninterrupted(tmp_path):
 
 
 def test_sigterm_saves_current_step_and_resume_continues(tmp_path):
-  # STEPS: the same train step as the test above (shared through the test
-  # run's compilation cache); 0.5 s a step leaves 13 steps (6.5 s) between
-  # the third logged step and the run's end for the signal to land in.
+  # STEPS: the same train step as the test above (shared where the test
+  # run's compilation cache is on, tests/conftest.py); 0.5 s a step leaves
+  # 13 steps (6.5 s) between the third logged step and the run's end for the
+  # signal to land in.
   steps = STEPS
   workdir = str(tmp_path / "term")
   flags = ["--config", os.path.join(REPO, "configs", "tiny.py"), "--workdir",
