@@ -162,3 +162,25 @@ def test_too_long_solution_is_named(task):
   with pytest.raises(ValueError, match=r"longest solution \(\w+ split\)"):
     wp.make_task(seed=0, tokenizer_dir=task.tokenizer.path, num_train=20,
                  num_validation=2, num_test=2, max_answer_length=40)
+
+
+def test_registry_trains_its_tokenizer_once_per_options(tmp_path, monkeypatch):
+  """``get_task("word_problems")`` keeps its tokenizer in a cache directory
+  named by the options that decide it: the same options load it, others
+  get their own."""
+  from tsearch.tasks import TEXT_TASK_NAMES, get_task
+  assert "word_problems" in TEXT_TASK_NAMES
+  monkeypatch.setenv("TSEARCH_CACHE", str(tmp_path))
+  a = get_task("word_problems", **SIZES)
+  dirs = list((tmp_path / "word_problems").iterdir())
+  assert len(dirs) == 1 and (dirs[0] / "tokenizer.json").is_file()
+  stamp = (dirs[0] / "tokenizer.json").stat().st_mtime_ns
+  b = get_task("word_problems", **SIZES)
+  assert (dirs[0] / "tokenizer.json").stat().st_mtime_ns == stamp
+  assert a.tokenizer.encode("Ann has 12 apples.") == b.tokenizer.encode(
+      "Ann has 12 apples.")
+  get_task("word_problems", **dict(SIZES, vocab_size=600))
+  assert len(list((tmp_path / "word_problems").iterdir())) == 2
+  assert a.vocab.size == 768
+  with pytest.raises(ValueError, match="Bad options.*word_problems"):
+    get_task("word_problems", num_trian=3)

@@ -1,7 +1,9 @@
 """Tasks: problems as tokens, and jittable environments with exact verifiers.
 
 Registry: ``get_task(name, **options)`` with names ``arithmetic``,
-``countdown``, ``game24`` and ``connect_four``. Countdown and the Game of 24
+``countdown``, ``game24``, ``connect_four``, and the math word problems
+``gsm8k`` and ``word_problems`` (written in words over a BPE tokenizer:
+:mod:`tsearch.tasks.gsm8k_task`, :mod:`tsearch.tasks.word_problems`). Countdown and the Game of 24
 also take ``strict=True`` (the legal mask is the game's rules), ``notation``
 (``"plain"``, ``"left"``: the numbers left after each step, or
 ``"left_first"``) and ``retract=R`` (an answer may take back its first step R
@@ -77,10 +79,19 @@ def _gsm8k(**options):
 
 
 _REGISTRY["gsm8k"] = _gsm8k
+
+
+def _word_problems(**options):
+  from tsearch.tasks import word_problems  # generates the splits
+  return word_problems.make_task(**options)
+
+
+_REGISTRY["word_problems"] = _word_problems
 # Tasks written in words over the model's own tokenizer (option
 # ``tokenizer_dir``; a run over ``model.checkpoint`` passes its directory),
 # not symbol tasks to read through ``tsearch.tasks.text.over_tokenizer``.
-TEXT_TASK_NAMES = ("gsm8k",)
+# ``word_problems`` trains its own BPE tokenizer when given none.
+TEXT_TASK_NAMES = ("gsm8k", "word_problems")
 
 TASK_NAMES = tuple(sorted(_REGISTRY))
 # Tasks with reference solutions, so a TFDS dataset (``tsearch.data``).

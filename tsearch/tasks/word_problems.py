@@ -38,8 +38,9 @@ answer to vote over.
 * :func:`make_task` puts them together into a
   :class:`~tsearch.tasks.free_text.FreeTextTask` named ``word_problems``
   scored by :func:`score` (:func:`tsearch.tasks.math_answers.score`, GSM8K
-  kind). It is not in ``get_task``'s registry: it needs a tokenizer
-  directory.
+  kind); ``tsearch.tasks.get_task("word_problems", **options)`` calls it
+  (the tokenizer goes to :func:`default_tokenizer_dir` unless
+  ``tokenizer_dir`` is given).
 
 Everything is deterministic: the same seed gives the same problems, and the
 same problems give the same ``tokenizer.json`` bytes.
@@ -61,6 +62,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
@@ -807,7 +809,18 @@ def _check_fits(tokenizer, problems: dict, max_prompt_length: int,
           f"{name} or use fewer operations. It is:\n{text_of(p)}")
 
 
-def make_task(*, seed: int = 0, tokenizer_dir, num_train: int = 20_000,
+def default_tokenizer_dir(**key) -> str:
+  """Where :func:`make_task` keeps the tokenizer it trains when given no
+  ``tokenizer_dir``: ``$TSEARCH_CACHE`` (default ``~/.cache/tsearch``)
+  ``/word_problems/<hash of the split and tokenizer options>``, so equal
+  options share one tokenizer and different ones never mix."""
+  root = os.environ.get("TSEARCH_CACHE") or os.path.join(
+      os.path.expanduser("~"), ".cache", "tsearch")
+  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode())
+  return os.path.join(root, "word_problems", digest.hexdigest()[:16])
+
+
+def make_task(*, seed: int = 0, tokenizer_dir=None, num_train: int = 20_000,
               num_validation: int = 500, num_test: int = 1_000,
               train_ops: tuple[int, int] = (2, 4),
               test_ops: tuple[int, int] = (5, 8), distractors: bool = True,
@@ -818,7 +831,8 @@ def make_task(*, seed: int = 0, tokenizer_dir, num_train: int = 20_000,
   Trains the tokenizer on the train split into ``tokenizer_dir`` unless the
   directory already holds a ``tokenizer.json`` (then it is loaded as is:
   delete it to retrain after changing the seed or sizes; byte-level BPE
-  encodes any text either way). Scored by :func:`score`; steps end at
+  encodes any text either way). Without ``tokenizer_dir`` it is
+  :func:`default_tokenizer_dir` of the options that decide the tokenizer. Scored by :func:`score`; steps end at
   ``"\\n"``; the prompt is the question (BOS first).
 
   Raises:
@@ -827,6 +841,12 @@ def make_task(*, seed: int = 0, tokenizer_dir, num_train: int = 20_000,
       longest).
   """
   import models  # pylint: disable=g-import-not-at-top
+  if tokenizer_dir is None:
+    tokenizer_dir = default_tokenizer_dir(
+        seed=seed, num_train=num_train, num_validation=num_validation,
+        num_test=num_test, train_ops=list(train_ops),
+        test_ops=list(test_ops), distractors=distractors,
+        vocab_size=vocab_size)
   problems = splits(seed, num_train=num_train, num_validation=num_validation,
                     num_test=num_test, train_ops=train_ops, test_ops=test_ops,
                     distractors=distractors)
@@ -840,4 +860,5 @@ def make_task(*, seed: int = 0, tokenizer_dir, num_train: int = 20_000,
                       problems=problems, score_fn=score,
                       max_prompt_length=max_prompt_length,
                       max_answer_length=max_answer_length,
+                      vocab_size=max(int(vocab_size), tokenizer.vocab_size),
                       answer_fn=final_answer)

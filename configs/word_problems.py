@@ -1,0 +1,45 @@
+"""word_problems: math word problems in words, learned from scratch on CPU.
+
+Problems (``tsearch.tasks.word_problems``) are short stories with 2-4
+dependent operations (train, validation, test) or 5-8 (validation_ood,
+test_ood), with distractor sentences; solutions are GSM8K-style lines and a
+``#### N`` line. The tokenizer is a byte-level BPE trained on the train split
+(768 tokens, digits one by one); the model is a 4-layer transformer trained
+from scratch: a supervised warm start on the reference solutions, then
+step-level search-and-learn (PUCT over sampled lines; the answer checker
+scores finished answers inside the training search, i.e. it makes the
+targets). Evaluation without the answer key: the family's value-guided
+searches and MCTS with ``--config.search.verifier_in_search=False``.
+
+  python -m train --config configs/word_problems.py --workdir /tmp/wp
+  python -m train.evaluate --config configs/word_problems.py --workdir /tmp/wp \\
+      --config.search.verifier_in_search=False --split test_ood \\
+      --methods greedy:1,best_of_n:16,beam:16,mcts:64
+
+Result: see experiments/word_problems.md and results/word_problems.json.
+"""
+from train.config import default_config
+
+
+def get_config():
+  c = default_config()
+  c.task.name = "word_problems"
+  c.task.options = dict(seed=0, num_train=20_000, num_validation=500,
+                        num_test=500, train_ops=(2, 4), test_ops=(5, 8),
+                        distractors=True, vocab_size=768,
+                        max_prompt_length=224, max_answer_length=224)
+  c.data.source = "generated"
+  c.data.max_len = 224  # train traces (2-4 operations) fit in 216 tokens
+  c.model.update(num_layers=4, d_model=128, num_heads=4, num_kv_heads=2,
+                 head_dim=32, mlp_dim=384, max_seq_len=448)
+  c.optim.update(learning_rate=2e-3, warmup_steps=50, weight_decay=0.01)
+  c.batch_size = 32
+  c.warm_start.update(steps=1000)
+  c.search.update(steps=100, level="step", step_length=32, num_simulations=8,
+                  num_children=4, capacity=48, max_depth=10, sft_weight=1.0,
+                  value_target="mix", policy_on_solved=True)
+  c.checkpoint.update(every_steps=100, keep=20)
+  c.log_every_steps = 25
+  c.eval.update(split="validation", num_examples=200, batch_size=100,
+                best_of_n=(16,), mcts_budgets=(16,), summary=False)
+  return c
