@@ -42,6 +42,12 @@ if (os.environ.get("TSEARCH_TEST_JAX_CACHE", "0") == "1"
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
   atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+# Tokenizers a task trains for itself (word_problems) go to a directory of
+# this run, not the user's ~/.cache/tsearch.
+if "TSEARCH_CACHE" not in os.environ:
+  _tsearch_cache = tempfile.mkdtemp(prefix="tsearch-test-cache-")
+  os.environ["TSEARCH_CACHE"] = _tsearch_cache
+  atexit.register(shutil.rmtree, _tsearch_cache, ignore_errors=True)
 
 import jax  # noqa: E402
 

@@ -50,6 +50,7 @@ import models
 from models import KVContext
 from models import sharding
 from tsearch import kv_arena
+from tsearch.tasks import base as task_base
 from tsearch._src.base import ExpandOutput, RootOutput, step_ended
 from tsearch._src.search import gumbel_search, puct_search
 from tsearch._src import tree as tsearch_tree
@@ -222,10 +223,7 @@ def _check_prompt(model_cfg, prompt_tokens, prompt_lengths):
 # Pieces of an expansion.
 
 
-def select_rows(cond, new, old):
-  def sel(n, o):
-    return jnp.where(cond.reshape(cond.shape + (1,) * (n.ndim - cond.ndim)), n, o)
-  return jax.tree.map(sel, new, old)
+select_rows = task_base.select_rows
 
 
 def _legal(env, state, vocab_size):

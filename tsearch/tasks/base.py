@@ -35,6 +35,16 @@ from tsearch.tasks import vocab as vocab_lib
 Array = chex.Array
 
 
+def select_rows(cond, new, old):
+  """``new`` where ``cond [B]`` (or ``[B, ...]``, broadcast over the rest of
+  each leaf's dims) holds, else ``old``, leaf by leaf of two equal pytrees:
+  how a batched ``step`` leaves finished rows unchanged."""
+  def sel(n, o):
+    return jnp.where(cond.reshape(cond.shape + (1,) * (n.ndim - cond.ndim)),
+                     n, o)
+  return jax.tree.map(sel, new, old)
+
+
 @chex.dataclass(frozen=True)
 class TaskState:
   """The part of every task's state that :class:`Task` itself manages."""
@@ -260,10 +270,7 @@ class Task:
         length=state.length + 1,
         valid=new.valid & legal,
         done=new.done | (token == self.eos_id))
-
-    def select(n, o):
-      return jnp.where(active.reshape(active.shape + (1,) * (n.ndim - 1)), n, o)
-    return jax.tree.map(select, new, state)
+    return select_rows(active, new, state)
 
   def step_ended(self, state, token: Array) -> Array:
     """``[B]`` bool: ``token`` ``[B]``, just stepped into ``state``, ends a

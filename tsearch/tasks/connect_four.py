@@ -114,9 +114,7 @@ class ConnectFour(base.Task):
       legal = is_move & game.legal_action_mask[jnp.arange(b), action] & ~game.terminated
       ok &= legal | (tok == V.PAD)
       stepped = jax.vmap(self.env.step)(game, action)
-      game = jax.tree.map(
-          lambda n, o: jnp.where(legal.reshape((b,) + (1,) * (n.ndim - 1)), n, o),
-          stepped, game)
+      game = base.select_rows(legal, stepped, game)
       return (game, ok), None
     (game, ok), _ = jax.lax.scan(replay, (game, prompt[:, 0] == V.BOS), prompt[:, 1:].T)
     pad_after = jnp.where(jnp.cumsum(prompt[:, 1:] == V.PAD, 1) > 0,

@@ -639,9 +639,7 @@ class StrictCountdown:
       chosen = chosen & ~next_step
     out = StrictState(inner=new, buf=buf, blen=blen, spos=spos, alive=alive,
                       chosen=chosen, nret=nret, colon=colon, barred=barred)
-    return jax.tree.map(
-        lambda n, o: jnp.where(active.reshape(active.shape + (1,) * (
-            n.ndim - 1)), n, o), out, state)
+    return tasks_base.select_rows(active, out, state)
 
   def reward(self, state: StrictState) -> Array:
     return self.base.reward(state.inner)

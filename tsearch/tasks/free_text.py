@@ -322,10 +322,7 @@ class FreeTextTask(base.Task):
         length=state.length + 1,
         done=in_vocab & jnp.asarray(self._eos)[safe],
         matcher=matcher, step_end=ended)
-
-    def select(n, o):
-      return jnp.where(active.reshape(active.shape + (1,) * (n.ndim - 1)), n, o)
-    return jax.tree.map(select, new, state)
+    return base.select_rows(active, new, state)
 
   def step_ended(self, state, token: Array) -> Array:
     del token

@@ -454,10 +454,7 @@ class TextTask(base.Task):
         length=state.length + 1, valid=state.valid & mapped,
         done=jnp.asarray(self.task.is_terminal(inner), bool), inner=inner,
         matcher=matcher, step_end=ended)
-
-    def select(n, o):
-      return jnp.where(active.reshape(active.shape + (1,) * (n.ndim - 1)), n, o)
-    return jax.tree.map(select, new, state)
+    return base.select_rows(active, new, state)
 
   def step_ended(self, state, token: Array) -> Array:
     """``[B]`` bool: the last token completed the step delimiter's text."""
