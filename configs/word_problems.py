@@ -26,15 +26,15 @@ def get_config():
   c.task.name = "word_problems"
   c.task.options = dict(seed=0, num_train=20_000, num_validation=500,
                         num_test=500, train_ops=(2, 4), test_ops=(5, 8),
-                        distractors=True, vocab_size=768,
-                        max_prompt_length=224, max_answer_length=224)
+                        distractors=True, max_value=99, vocab_size=768,
+                        max_prompt_length=192, max_answer_length=176)
   c.data.source = "generated"
-  c.data.max_len = 224  # train traces (2-4 operations) fit in 216 tokens
+  c.data.max_len = 232  # train traces (2-4 operations) fit in 229 tokens
   c.model.update(num_layers=4, d_model=128, num_heads=4, num_kv_heads=2,
-                 head_dim=32, mlp_dim=384, max_seq_len=448)
+                 head_dim=32, mlp_dim=384, max_seq_len=368)
   c.optim.update(learning_rate=2e-3, warmup_steps=50, weight_decay=0.01)
   c.batch_size = 32
-  c.warm_start.update(steps=1000)
+  c.warm_start.update(steps=2000, corrupt_fraction=0.25)
   c.search.update(steps=100, level="step", step_length=32, num_simulations=8,
                   num_children=4, capacity=48, max_depth=10, sft_weight=1.0,
                   value_target="mix", policy_on_solved=True)

@@ -184,3 +184,18 @@ def test_registry_trains_its_tokenizer_once_per_options(tmp_path, monkeypatch):
   assert a.vocab.size == 768
   with pytest.raises(ValueError, match="Bad options.*word_problems"):
     get_task("word_problems", num_trian=3)
+
+
+def test_max_value_bounds_every_quantity():
+  problems = wp.generate(3, 60, min_ops=2, max_ops=6, distractors=True,
+                         max_value=99)
+  for p in problems:
+    results = check_solution(p)  # still exact, dependent arithmetic
+    assert max(results) <= 99 and int(p.answer) <= 99
+    for line in p.solution.split("\n")[:-1]:
+      assert all(int(x) <= 99 for x in LINE.findall(line)[0][::2])
+  # The default range still draws large numbers.
+  big = wp.generate(3, 60, min_ops=2, max_ops=6)
+  assert max(int(p.answer) for p in big) > 99
+  with pytest.raises(ValueError, match="max_value must be in 30..999"):
+    wp.generate(0, 1, max_value=10)

@@ -443,10 +443,14 @@ _CHAIN_WEIGHTS = {"add": 0.28, "sub": 0.26, "mul": 0.18, "div": 0.18,
                   "boxes": 0.10}
 
 
-def _initial_value(rng) -> int:
-  if rng.random() < 0.5:
-    return int(rng.integers(2, 61))
-  return int(rng.integers(2, 10)) * int(rng.integers(2, 13))
+def _initial_value(rng, cap: int) -> int:
+  while True:  # cap >= 108 never draws twice
+    if rng.random() < 0.5:
+      v = int(rng.integers(2, 61))
+    else:
+      v = int(rng.integers(2, 10)) * int(rng.integers(2, 13))
+    if v <= cap:
+      return v
 
 
 def _draw_plan(rng, num_ops: int):
@@ -477,7 +481,8 @@ def _fields(person: _Person, **extra) -> dict:
               **extra)
 
 
-def _draw_problem(rng, num_ops: int, distractors: bool) -> TextProblem:
+def _draw_problem(rng, num_ops: int, distractors: bool,
+                  max_value: int = MAX_VALUE) -> TextProblem:
   """One problem with exactly ``num_ops`` operations (raises _Retry)."""
   sources, final, counts = _draw_plan(rng, num_ops)
   num_people = len(sources)
@@ -496,7 +501,7 @@ def _draw_problem(rng, num_ops: int, distractors: bool) -> TextProblem:
   other_objects = [_plural(o) for o in _OBJECTS if o != obj_one]
   box, boxes = _pick(rng, _CONTAINERS)
   common = dict(obj=obj, obj_one=obj_one, box=box, boxes=boxes)
-  cap = MAX_VALUE // num_people if final == "sum" else MAX_VALUE
+  cap = max_value // num_people if final == "sum" else max_value
   sentences, lines = [], []
 
   def say(templates, fields):
@@ -508,7 +513,7 @@ def _draw_problem(rng, num_ops: int, distractors: bool) -> TextProblem:
   for i, person in enumerate(people):
     x_name = _pick(rng, bystanders)
     if sources[i] is None:
-      person.value = _initial_value(rng)
+      person.value = _initial_value(rng, cap)
       say(_INTRO, _fields(person, v=person.value))
     else:
       source = people[sources[i]]
@@ -569,7 +574,7 @@ def _draw_problem(rng, num_ops: int, distractors: bool) -> TextProblem:
             dict(A=order[0].name, B=p.name, a=total, b=p.value, c=new))
       total = new
     answer = total
-  if not MIN_VALUE <= answer <= MAX_VALUE:
+  if not MIN_VALUE <= answer <= max_value:
     raise _Retry
 
   if distractors:  # after the first sentence, which introduces people[0]
@@ -585,18 +590,22 @@ def _draw_problem(rng, num_ops: int, distractors: bool) -> TextProblem:
                      solution="\n".join(lines + [f"#### {answer}"]))
 
 
-def _check_range(min_ops: int, max_ops: int) -> None:
+def _check_range(min_ops: int, max_ops: int, max_value: int) -> None:
   if not 1 <= min_ops <= max_ops <= MAX_OPS:
     raise ValueError(f"Need 1 <= min_ops <= max_ops <= {MAX_OPS}; got "
                      f"min_ops={min_ops}, max_ops={max_ops}.")
+  if not 30 <= max_value <= MAX_VALUE:
+    raise ValueError(f"max_value must be in 30..{MAX_VALUE}; got "
+                     f"{max_value}.")
 
 
 def _stream(seed: int, stream: int, num: int, min_ops: int, max_ops: int,
-            distractors: bool, exclude: set[str]) -> list[TextProblem]:
+            distractors: bool, exclude: set[str],
+            max_value: int = MAX_VALUE) -> list[TextProblem]:
   """``num`` problems with questions not in ``exclude`` (nor repeated)."""
   if not isinstance(seed, (int, np.integer)) or seed < 0:
     raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
-  _check_range(min_ops, max_ops)
+  _check_range(min_ops, max_ops, max_value)
   out, seen = [], set(exclude)
   index, limit = 0, 50 * num + 1000
   while len(out) < num:
@@ -609,7 +618,7 @@ def _stream(seed: int, stream: int, num: int, min_ops: int, max_ops: int,
     num_ops = int(rng.integers(min_ops, max_ops + 1))
     for _ in range(1000):
       try:
-        problem = _draw_problem(rng, num_ops, distractors)
+        problem = _draw_problem(rng, num_ops, distractors, max_value)
         break
       except _Retry:
         continue
@@ -623,7 +632,8 @@ def _stream(seed: int, stream: int, num: int, min_ops: int, max_ops: int,
 
 
 def generate(seed: int, num: int, *, min_ops: int = 2, max_ops: int = 4,
-             distractors: bool = False) -> list[TextProblem]:
+             distractors: bool = False,
+             max_value: int = MAX_VALUE) -> list[TextProblem]:
   """``num`` distinct word problems, deterministic from ``seed``.
 
   Args:
@@ -632,6 +642,8 @@ def generate(seed: int, num: int, *, min_ops: int = 2, max_ops: int = 4,
     min_ops, max_ops: each problem's number of operations (solution lines
       before ``####``) is drawn uniformly from this range (1..12).
     distractors: add 1-2 sentences whose numbers do not matter.
+    max_value: every quantity, operand and result is at most this
+      (30..999; smaller numbers make the arithmetic easier to learn).
 
   Returns:
     ``TextProblem(question, answer, solution)`` s; ``answer`` is the final
@@ -643,14 +655,15 @@ def generate(seed: int, num: int, *, min_ops: int = 2, max_ops: int = 4,
   (3, True)
   """
   return _stream(seed, _STREAMS["generate"], num, min_ops, max_ops,
-                 distractors, set())
+                 distractors, set(), max_value)
 
 
 def splits(seed: int, *, num_train: int, num_validation: int, num_test: int,
            train_ops: tuple[int, int] = (2, 4),
            test_ops: tuple[int, int] = (5, 8), distractors: bool = True,
            num_validation_ood: int | None = None,
-           num_test_ood: int | None = None) -> dict[str, list[TextProblem]]:
+           num_test_ood: int | None = None,
+           max_value: int = MAX_VALUE) -> dict[str, list[TextProblem]]:
   """Train / evaluation splits that share no question.
 
   Returns ``{"train", "validation", "test"}`` with ``train_ops`` operations
@@ -669,6 +682,7 @@ def splits(seed: int, *, num_train: int, num_validation: int, num_test: int,
     distractors: distractor sentences in every split.
     num_validation_ood, num_test_ood: their sizes (default: as
       ``num_validation`` / ``num_test``).
+    max_value: the largest quantity (:func:`generate`).
   """
   sizes = {"test_ood": num_test if num_test_ood is None else num_test_ood,
            "validation_ood": (num_validation if num_validation_ood is None
@@ -680,7 +694,7 @@ def splits(seed: int, *, num_train: int, num_validation: int, num_test: int,
   for name, num in sizes.items():
     lo, hi = test_ops if name.endswith("_ood") else train_ops
     out[name] = _stream(seed, _STREAMS[name], num, lo, hi, distractors,
-                        claimed)
+                        claimed, max_value)
     claimed.update(p.question for p in out[name])
   return {name: out[name] for name in SPLIT_NAMES}
 
@@ -825,7 +839,8 @@ def make_task(*, seed: int = 0, tokenizer_dir=None, num_train: int = 20_000,
               train_ops: tuple[int, int] = (2, 4),
               test_ops: tuple[int, int] = (5, 8), distractors: bool = True,
               vocab_size: int = 768, max_prompt_length: int = 256,
-              max_answer_length: int = 256) -> FreeTextTask:
+              max_answer_length: int = 256,
+              max_value: int = MAX_VALUE) -> FreeTextTask:
   """The ``word_problems`` :class:`FreeTextTask` of :func:`splits`.
 
   Trains the tokenizer on the train split into ``tokenizer_dir`` unless the
@@ -846,10 +861,11 @@ def make_task(*, seed: int = 0, tokenizer_dir=None, num_train: int = 20_000,
         seed=seed, num_train=num_train, num_validation=num_validation,
         num_test=num_test, train_ops=list(train_ops),
         test_ops=list(test_ops), distractors=distractors,
-        vocab_size=vocab_size)
+        vocab_size=vocab_size,
+        **({} if max_value == MAX_VALUE else dict(max_value=max_value)))
   problems = splits(seed, num_train=num_train, num_validation=num_validation,
                     num_test=num_test, train_ops=train_ops, test_ops=test_ops,
-                    distractors=distractors)
+                    distractors=distractors, max_value=max_value)
   if os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")):
     tokenizer = models.Tokenizer.from_dir(tokenizer_dir)
   else:
