@@ -18,6 +18,7 @@ searches and MCTS with ``--config.search.verifier_in_search=False``.
 
 Result: see experiments/word_problems.md and results/word_problems.json.
 """
+from train import experimental
 from train.config import default_config
 
 
@@ -31,13 +32,22 @@ def get_config():
   c.data.source = "generated"
   c.data.max_len = 232  # train traces (2-4 operations) fit in 229 tokens
   c.model.update(num_layers=4, d_model=128, num_heads=4, num_kv_heads=2,
-                 head_dim=32, mlp_dim=384, max_seq_len=368)
+                 head_dim=32, mlp_dim=384,
+                 # RoPE, so no parameter depends on it: step-level training
+                 # packs a trajectory with its moves' K candidate steps.
+                 max_seq_len=1040)
   c.optim.update(learning_rate=2e-3, warmup_steps=50, weight_decay=0.01)
   c.batch_size = 32
   c.warm_start.update(steps=2000, corrupt_fraction=0.25)
-  c.search.update(steps=100, level="step", step_length=32, num_simulations=8,
-                  num_children=4, capacity=48, max_depth=10, sft_weight=1.0,
-                  value_target="mix", policy_on_solved=True)
+  # Step-level PUCT over sampled lines (K=4 lines of at most 28 tokens per
+  # node, 4 simulations per move, at most 6 moves: the train split's
+  # answers have 3-5 lines). The checker scores finished answers inside
+  # this training search: it makes the targets (visit counts, SFT on
+  # solved answers, outcome/Q values), nothing more.
+  c.search.update(steps=60, level="step", step_length=28, num_simulations=4,
+                  num_children=4, capacity=48, max_depth=4, max_moves=6,
+                  sft_weight=1.0, value_target="mix", policy_on_solved=True)
+  c.experimental = experimental.config(search_learning_rate=5e-4)
   c.checkpoint.update(every_steps=100, keep=20)
   c.log_every_steps = 25
   c.eval.update(split="validation", num_examples=200, batch_size=100,

@@ -121,6 +121,20 @@ def test_merge_rows_replaces_same_key_and_keeps_the_rest(tmp_path):
   more = evaluate.merge_rows(path, [dict(row, split="validation"),
                                     dict(row, seed=1)])
   assert len(more["rows"]) == 4
+  # Other options are another row; a row without options (older files) or
+  # with them as a dict (older family rows) is the same as "" / the string.
+  vote = dict(row, algo="best_of_n", simulations=None, budget=16)
+  more = evaluate.merge_rows(path, [dict(vote, options="aggregate=majority"),
+                                    dict(vote, options={"aggregate": "x"})])
+  assert len(more["rows"]) == 6
+  more = evaluate.merge_rows(path, [dict(vote, options="aggregate=x"),
+                                    dict(row, options="")])
+  assert len(more["rows"]) == 6
+  assert evaluate.format_options({"b": 1, "a": "x"}) == "a=x,b=1"
+  assert "N=16, aggregate=majority" in evaluate.format_rows(
+      [dict(vote, options="aggregate=majority", model_calls=1.0,
+            tokens_forwarded=1.0, verifier_in_search=False,
+            attempts_mean=1.0, seconds=1.0)])
   with open(path) as f:
     assert json.load(f)["command"] == "c"  # the file's other keys stay
   for name, text in (("list.json", "[1, 2]"), ("text.json", "not json")):

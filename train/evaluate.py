@@ -37,7 +37,9 @@ positions computed per problem), ``seconds`` (wall time, compile included),
 ``verifier_in_search`` (the search itself consults the exact verifier:
 terminal rewards inside the tree, lookahead on sampled final steps, acting on
 a verified slot, or a verifier-picked answer; see :func:`verifier_in_search`),
-``attempts_mean`` (1 + the take-backs per answer, ``task.attempts``).
+``attempts_mean`` (1 + the take-backs per answer, ``task.attempts``),
+``options`` (the family method's ``--options``, e.g. ``aggregate=majority``;
+``""`` for its defaults).
 They are merged into ``--out`` (default ``<workdir>/eval.json``), replacing
 rows with the same :data:`ROW_KEY`; the file's other keys are kept.
 
@@ -77,10 +79,10 @@ from train import search_config
 ROW_FIELDS = ("stage", "step", "algo", "simulations", "budget", "solve_rate",
               "model_calls", "tokens_forwarded", "seconds",
               "verifier_in_search", "attempts_mean", "split", "seed",
-              "num_problems")
+              "num_problems", "options")
 # Rows of a results file with the same key are replaced by a new evaluation.
 ROW_KEY = ("stage", "algo", "simulations", "budget", "split", "seed",
-           "family")
+           "family", "options")
 
 # Family algorithms --methods takes (``mcts`` is the trainer's rollout).
 FAMILY_METHODS = ("greedy", "sampling", "best_of_n", "beam", "dvts",
@@ -238,7 +240,8 @@ def evaluate(config, task, fns, params, problems, *, methods, seed: int = 0,
             algo, opts, tree_verifier=bool(
                 config.search.get("verifier_in_search", True))),
         attempts_mean=float(np.mean(attempts)),
-        seed=int(seed), num_problems=len(problems)))
+        seed=int(seed), num_problems=len(problems),
+        options=format_options(opts)))
     if progress:
       print(format_rows(rows[-1:], header=False), flush=True)
   return rows
@@ -400,8 +403,14 @@ def compare(config, workdir: str | None, algos: str, budgets: str, *,
             r["algorithm"], opts.get(r["algorithm"])),
         attempts_mean=attempts, split=split, seed=int(seed),
         num_problems=r["num_problems"], family=True,
-        options=opts.get(r["algorithm"], {})))
+        options=format_options(opts.get(r["algorithm"], {}))))
   return rows
+
+
+def format_options(options: dict) -> str:
+  """A family method's ``--options`` as the rows write them
+  (``"aggregate=majority,temperature=0.7"``; ``""`` for the defaults)."""
+  return ",".join(f"{k}={options[k]}" for k in sorted(options))
 
 
 def read_results(path: str) -> dict:
@@ -426,7 +435,12 @@ def merge_rows(path: str, new: list[dict]) -> dict:
   :data:`ROW_KEY`; the file's other keys (``command``, ``machine``,
   ``diagnostics``) are kept. Raises ValueError for a file that is not a
   results file."""
-  key = lambda r: tuple(r.get(k) for k in ROW_KEY)  # noqa: E731
+  def key(r):
+    # Rows written before the options field have the default options;
+    # older family rows hold them as a dict.
+    opts = r.get("options") or ""
+    opts = format_options(opts) if isinstance(opts, dict) else opts
+    return tuple(opts if k == "options" else r.get(k) for k in ROW_KEY)
   data = read_results(path)
   keys = {key(r) for r in new}
   data["rows"] = [r for r in data.get("rows", []) if key(r) not in keys] + new
@@ -437,11 +451,12 @@ def merge_rows(path: str, new: list[dict]) -> dict:
 
 
 def _method_name(r: dict) -> str:
+  extra = f", {r['options']}" if r.get("options") else ""
   if r.get("simulations") is not None:
-    return f"{r['algo']} ({r['simulations']} sims/move)"
+    return f"{r['algo']} ({r['simulations']} sims/move{extra})"
   if r.get("budget") is not None:
-    return f"{r['algo']} (N={r['budget']})"
-  return r["algo"]
+    return f"{r['algo']} (N={r['budget']}{extra})"
+  return f"{r['algo']} ({extra[2:]})" if extra else r["algo"]
 
 
 def format_rows(rows: Sequence[dict], header: bool = True) -> str:
