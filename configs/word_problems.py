@@ -13,8 +13,8 @@ searches and MCTS with ``--config.search.verifier_in_search=False``.
 
   python -m train --config configs/word_problems.py --workdir /tmp/wp
   python -m train.evaluate --config configs/word_problems.py --workdir /tmp/wp \\
-      --config.search.verifier_in_search=False --split test_ood \\
-      --methods greedy:1,best_of_n:16,beam:16,mcts:64
+      --config.search.verifier_in_search=False --config.search.max_moves=10 \\
+      --split validation_ood --methods greedy:1,best_of_n:16,beam:16,mcts:16
 
 Result (seed 0, validation; in progress, goals not met): warm start greedy
 56% in distribution, 3% out of distribution; experiments/word_problems/README.md.
