@@ -4,15 +4,14 @@ training search's rollouts equals a plain forward of the committed sequences
 
   python experiments/word_problems/packed_check.py
 """
-import jax, jax.numpy as jnp, numpy as np
-from train import config as config_lib, evaluate as ev, search_config, packing
-import tsearch
-c = config_lib.load_config_file("configs/word_problems.py")
-task, fns, [(s, params)] = ev.restore(c, "/tmp/wp1", [2000])
-probs = task.eval_problems(8, split="validation")
-p, l = task.encode_prompts(probs)
-cfg = search_config.lm_search_config(c.search, task)
-r = jax.jit(lambda st, p, l, k: tsearch.rollout(fns.graphdef, st, task, p, l, k, config=cfg, num_moves=6))(fns.state(params), p, l, jax.random.key(0))
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rollouts import training_search
+from train import packing
+
+task, fns, params, _, l, r = training_search(8)
 seq, length = r.seq, r.length
 start = jnp.asarray(l)[:, None] + r.offset
 out, lps, vals = jax.jit(lambda pr: packing.packed_forward(fns.apply, pr, seq, length, start, r.children_actions, pad_id=task.pad_id, max_seq_len=fns.config.max_seq_len))(params)
