@@ -861,8 +861,7 @@ def make_task(*, seed: int = 0, tokenizer_dir=None, num_train: int = 20_000,
         seed=seed, num_train=num_train, num_validation=num_validation,
         num_test=num_test, train_ops=list(train_ops),
         test_ops=list(test_ops), distractors=distractors,
-        vocab_size=vocab_size,
-        **({} if max_value == MAX_VALUE else dict(max_value=max_value)))
+        vocab_size=vocab_size, max_value=max_value)
   problems = splits(seed, num_train=num_train, num_validation=num_validation,
                     num_test=num_test, train_ops=train_ops, test_ops=test_ops,
                     distractors=distractors, max_value=max_value)
