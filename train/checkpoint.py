@@ -6,12 +6,27 @@ state, step, and the replay buffer when there is one; ``StandardSave``) and
 ``meta`` (JSON: data position, model shapes, config). Before restoring, the
 saved parameter shapes are compared with the model's, so a checkpoint of
 another model is a clear error rather than an orbax shape trace.
+
+Faults: after each save, a manifest (``tsearch_manifest.json``: size and
+sha256 of every file of the step) is written next to orbax's files. A file
+truncated, garbled or missing afterwards (a dying host, a full disk) makes
+:meth:`Checkpointer.verify` and :meth:`Checkpointer.restore` raise
+:class:`CorruptCheckpointError` naming the step and the file, and
+:meth:`Checkpointer.restore_latest` falls back to the newest readable step
+(moving the unreadable ones aside to ``<directory>_corrupt/``, never deleting
+them). A checkpoint without a manifest (an older one) is checked by reading
+it: an error while reading is reported the same way.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
+import re
+import shutil
 import signal
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -23,6 +38,36 @@ PyTree = Any
 
 class CheckpointShapeError(ValueError):
   """The checkpoint was written by a model of another shape."""
+
+
+MANIFEST = "tsearch_manifest.json"
+
+
+class CorruptCheckpointError(ValueError):
+  """A checkpoint's files are damaged or missing.
+
+  Attributes:
+    step: the checkpoint's step.
+    path: the damaged file, relative to the step's directory (or the
+      directory itself).
+    reason: what is wrong with it.
+  """
+
+  def __init__(self, step: int, path: str, reason: str, *, hint: str = ""):
+    self.step, self.path, self.reason = step, path, reason
+    super().__init__(f"The checkpoint at step {step} is unreadable: {path}: "
+                     f"{reason}.{(' ' + hint) if hint else ''}")
+
+
+def _sha256(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _files(directory: str) -> list[str]:
+  """Every file under ``directory``, relative to it, sorted."""
+  return sorted(os.path.relpath(os.path.join(root, name), directory)
+                for root, _, names in os.walk(directory) for name in names)
 
 
 class Checkpointer:
@@ -54,6 +99,9 @@ class Checkpointer:
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "meta": ocp.JsonCheckpointHandler()})
 
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
@@ -74,6 +122,95 @@ class Checkpointer:
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
         force=True)
     self._manager.wait_until_finished()
+    if jax.process_index() == 0:
+      self._write_manifest(step)
+
+  def _write_manifest(self, step: int) -> None:
+    directory = self.step_dir(step)
+    if not os.path.isdir(directory):
+      return
+    files = {rel: {"size": os.path.getsize(os.path.join(directory, rel)),
+                   "sha256": _sha256(os.path.join(directory, rel))}
+             for rel in _files(directory) if rel != MANIFEST}
+    tmp = os.path.join(directory, MANIFEST + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump({"format": 1, "files": files}, f, indent=0, sort_keys=True)
+    os.replace(tmp, os.path.join(directory, MANIFEST))
+
+  def _manifest(self, step: int) -> dict | None:
+    """The step's manifest, or None when it has none or it is unreadable
+    (then the checkpoint is checked by reading it)."""
+    path = os.path.join(self.step_dir(step), MANIFEST)
+    try:
+      with open(path, encoding="utf-8") as f:
+        files = json.load(f)["files"]
+      return {rel: (int(rec["size"]), str(rec["sha256"]))
+              for rel, rec in files.items()}
+    except FileNotFoundError:
+      return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+      logging.warning("Checkpoint %d: its manifest %s is unreadable (%s); "
+                      "checking the checkpoint by reading it instead.",
+                      step, MANIFEST, e)
+      return None
+
+  def verify(self, step: int) -> None:
+    """Checks the files of the checkpoint at ``step`` against its manifest
+    (size and sha256 of each), or, without a manifest, that its JSON files
+    parse.
+
+    Raises:
+      CorruptCheckpointError: naming the step and the first damaged file.
+    """
+    directory = self.step_dir(step)
+    if not os.path.isdir(directory):
+      raise CorruptCheckpointError(step, directory, "no such directory")
+    manifest = self._manifest(step)
+    if manifest is None:
+      for rel in _files(directory):
+        if rel == MANIFEST or not _is_json(os.path.join(directory, rel)):
+          continue
+        try:
+          with open(os.path.join(directory, rel), encoding="utf-8") as f:
+            json.load(f)
+        except (UnicodeDecodeError, ValueError) as e:
+          raise CorruptCheckpointError(
+              step, rel, f"not valid JSON ({type(e).__name__}: {e})") from e
+      return
+    for rel, (size, digest) in sorted(manifest.items()):
+      path = os.path.join(directory, rel)
+      if not os.path.isfile(path):
+        raise CorruptCheckpointError(step, rel, "missing")
+      have = os.path.getsize(path)
+      if have != size:
+        raise CorruptCheckpointError(
+            step, rel, f"{have} bytes, {size} were written (truncated or "
+            "overwritten)")
+      if _sha256(path) != digest:
+        raise CorruptCheckpointError(
+            step, rel, "its contents changed after it was written (sha256 "
+            "differs from the manifest)")
+
+  def readable_steps(self) -> tuple[list[int], dict[int, CorruptCheckpointError]]:
+    """``(readable steps, {unreadable step: error})`` by :meth:`verify`."""
+    good, bad = [], {}
+    for step in self.all_steps():
+      try:
+        self.verify(step)
+        good.append(step)
+      except CorruptCheckpointError as e:
+        bad[step] = e
+    return sorted(good), bad
+
+  def _read_error(self, step: int, error: Exception) -> CorruptCheckpointError:
+    """``error`` raised by orbax while reading ``step`` as a
+    :class:`CorruptCheckpointError` that names the file when it can."""
+    text = f"{type(error).__name__}: {error}"
+    found = re.search(re.escape(self.step_dir(step)) + r"/([^\s\"':]+)", text)
+    first = text.splitlines()[0] if text else type(error).__name__
+    return CorruptCheckpointError(
+        step, found.group(1) if found else "(a file of the checkpoint)",
+        f"reading it failed with {first[:300]}")
 
   def restore(self, step: int, target: PyTree) -> tuple[PyTree, dict]:
     """Restores ``(state, meta)`` at ``step`` into the structure of ``target``.
@@ -82,18 +219,88 @@ class Checkpointer:
       CheckpointShapeError: listing every array whose saved shape differs
         from ``target``'s (or that exists on only one side).
     """
+    self.verify(step)
+    return self._restore(step, target)
+
+  def _restore(self, step: int, target: PyTree) -> tuple[PyTree, dict]:
+    """:meth:`restore` after :meth:`verify`."""
     self.check_shapes(step, target)
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                        sharding=getattr(x, "sharding", None)),
         target)
-    out = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    try:
+      out = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract),
+          meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._read_error(step, e) from e
     return out["state"], out["meta"]
+
+  def restore_latest(self, target_for: Callable[[int], PyTree], *,
+                     params_only: bool = False
+                     ) -> tuple[int, PyTree, dict] | None:
+    """Restores the newest readable checkpoint: ``(step, state, meta)``, or
+    None when there is no checkpoint at all.
+
+    Args:
+      target_for: ``step -> target`` (the structure to restore into).
+      params_only: use :meth:`restore_params` (a target without the replay
+        buffer).
+
+    Each unreadable newer step is logged as a warning and, when a readable
+    one is found, moved to ``<directory>_corrupt/`` so that the run can save
+    that step again.
+
+    Raises:
+      CorruptCheckpointError: every checkpoint is unreadable (listing them).
+    """
+    bad = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        read = self.restore_params if params_only else self.restore
+        tree, meta = read(step, target_for(step))
+      except CorruptCheckpointError as e:
+        logging.warning("%s Trying the previous checkpoint.", e)
+        print(f"WARNING: {e} Trying the previous checkpoint.", flush=True)
+        bad.append(e)
+        continue
+      if bad:
+        print(f"WARNING: {'using' if params_only else 'resuming from'} "
+              f"step {step}, the newest readable checkpoint; unreadable: "
+              f"{[e.step for e in bad]}.", flush=True)
+        if not params_only:
+          self.quarantine([e.step for e in bad])
+      return step, tree, meta
+    if bad:
+      listing = "\n".join(f"  {e}" for e in bad)
+      raise CorruptCheckpointError(
+          bad[0].step, bad[0].path, bad[0].reason,
+          hint=f"No checkpoint in {self.directory} is readable:\n{listing}\n"
+          "Move the directory away (or use a fresh --workdir) to start "
+          "over.")
+    return None
+
+  def quarantine(self, steps: list[int]) -> None:
+    """Moves the directories of ``steps`` to ``<directory>_corrupt/``."""
+    if jax.process_index() != 0:
+      return
+    aside = self.directory.rstrip("/") + "_corrupt"
+    os.makedirs(aside, exist_ok=True)
+    for step in steps:
+      dest = os.path.join(aside, str(step))
+      n = 1
+      while os.path.exists(dest):
+        dest = os.path.join(aside, f"{step}.{n}")
+        n += 1
+      shutil.move(self.step_dir(step), dest)
+      print(f"Moved the unreadable checkpoint {step} to {dest}.", flush=True)
+    self._manager.reload()
 
   def restore_params(self, step: int, target: PyTree) -> tuple[PyTree, dict]:
     """Like :meth:`restore`, for a ``target`` that may lack the saved replay
     buffer (e.g. evaluation): the buffer is read as saved and dropped."""
+    self.verify(step)
     tree = self._saved_tree(step)
     if "replay" in tree and "replay" not in target:
       replay = jax.tree.map(
@@ -101,23 +308,28 @@ class Checkpointer:
               tuple(m.shape), m.dtype,
               sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])),
           tree["replay"], is_leaf=lambda m: hasattr(m, "shape"))
-      out, meta = self.restore(step, dict(target, replay=replay))
+      out, meta = self._restore(step, dict(target, replay=replay))
       out = dict(out)
       out.pop("replay")
       return out, meta
-    return self.restore(step, target)
+    return self._restore(step, target)
 
   def has_replay(self, step: int) -> bool:
     """Whether the checkpoint at ``step`` holds a replay buffer."""
     return "replay" in self._saved_tree(step)
 
   def _saved_tree(self, step: int):
-    metadata = self._manager.item_metadata(step)["state"]
+    try:
+      metadata = self._manager.item_metadata(step)["state"]
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._read_error(step, e) from e
+    if metadata is None:
+      raise CorruptCheckpointError(step, "state",
+                                   "orbax finds no readable metadata in it")
     return getattr(metadata, "tree", metadata)
 
   def check_shapes(self, step: int, target: PyTree) -> None:
-    metadata = self._manager.item_metadata(step)["state"]
-    tree = getattr(metadata, "tree", metadata)
+    tree = self._saved_tree(step)
     saved = flat_shapes(jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree,
         is_leaf=lambda m: hasattr(m, "shape")))
@@ -141,6 +353,14 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _is_json(path: str) -> bool:
+  """Whether orbax writes ``path`` as JSON (its metadata files)."""
+  name = os.path.basename(path)
+  return (name in ("_METADATA", "_sharding", "_CHECKPOINT_METADATA",
+                   "metadata")
+          or os.path.basename(os.path.dirname(path)) == "array_metadatas")
 
 
 class StopRequest:

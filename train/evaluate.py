@@ -253,20 +253,10 @@ def restore(config, workdir: str, steps: Sequence[int | None]):
   task, fns, state, _, _, _ = loop.build(config, workdir, restoring=True)
   ckpt = loop.checkpointer(config, workdir)
   try:
-    have = list(ckpt.all_steps())
     out = []
     for step in steps:
-      if step is None:
-        if not have:
-          raise FileNotFoundError(
-              f"No checkpoint in {os.path.join(workdir, 'checkpoints')}; "
-              f"train first with python -m train --config ... --workdir "
-              f"{workdir}.")
-        step = max(have)
-      elif step not in have:
-        raise FileNotFoundError(f"No checkpoint {step} in {workdir}; have "
-                                f"{have}.")
-      tree, _ = ckpt.restore_params(step, loop.state_to_tree(state))
+      step, tree = loop.read_params(ckpt, workdir, step,
+                                    loop.state_to_tree(state))
       out.append((int(step), tree["params"]))
   finally:
     ckpt.close()

@@ -285,17 +285,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                   max_len=max_len, param_specs=specs)
   replay = search_learn.replay if search_learn is not None else None
 
-  start = ckpt.latest_step()
-  if start is not None:
+  def fresh_replay(step):
     # A warm-start checkpoint written without a replay buffer (by a run
     # with search.steps=0) continues into search steps with the empty
     # buffer a longer run would have had there.
-    fresh_replay = (replay is not None and start <= warm
-                    and not ckpt.has_replay(start))
-    tree, meta = ckpt.restore(start, state_to_tree(
-        state, None if fresh_replay else replay))
+    return replay is not None and step <= warm and not ckpt.has_replay(step)
+
+  # The newest readable checkpoint: damaged newer ones are named in a
+  # warning and moved aside.
+  restored = ckpt.restore_latest(lambda step: state_to_tree(
+      state, None if fresh_replay(step) else replay))
+  start = None
+  if restored is not None:
+    start, tree, meta = restored
     state = tree_to_state(tree)
-    if replay is not None and not fresh_replay:
+    if "replay" in tree and replay is not None:
       search_learn.replay = tree["replay"]
     stream.restore(meta["data_position"])
     if int(state.step) != optimizer_steps(config, start):
@@ -412,18 +416,32 @@ def latest_params(config: ml_collections.ConfigDict, workdir: str,
   the latest)."""
   task, fns, state, _, _, _ = build(config, workdir, restoring=True)
   ckpt = checkpointer(config, workdir)
+  try:
+    step, tree = read_params(ckpt, workdir, step, state_to_tree(state))
+  finally:
+    ckpt.close()
+  return task, fns, tree["params"], step
+
+
+def read_params(ckpt: ckpt_lib.Checkpointer, workdir: str, step: int | None,
+                target) -> tuple[int, Any]:
+  """``(step, tree)`` of checkpoint ``step`` restored without its replay
+  buffer. None: the newest readable one (damaged newer ones are named in a
+  warning). A damaged ``step`` is an error that lists the readable steps."""
   if step is None:
-    step = ckpt.latest_step()
-    if step is None:
-      ckpt.close()
+    restored = ckpt.restore_latest(lambda _: target, params_only=True)
+    if restored is None:
       raise FileNotFoundError(
           f"No checkpoint in {os.path.join(workdir, 'checkpoints')}; train "
           f"first with python -m train --config ... --workdir {workdir}.")
-  elif step not in ckpt.all_steps():
-    have = list(ckpt.all_steps())
-    ckpt.close()
+    return restored[0], restored[1]
+  if step not in ckpt.all_steps():
     raise FileNotFoundError(f"No checkpoint {step} in {workdir}; have "
-                            f"{have}.")
-  tree, _ = ckpt.restore_params(step, state_to_tree(state))
-  ckpt.close()
-  return task, fns, tree["params"], step
+                            f"{ckpt.all_steps()}.")
+  try:
+    return step, ckpt.restore_params(step, target)[0]
+  except ckpt_lib.CorruptCheckpointError as e:
+    good, _ = ckpt.readable_steps()
+    raise ckpt_lib.CorruptCheckpointError(
+        e.step, e.path, e.reason,
+        hint=f"Readable checkpoints in {workdir}: {good}.") from e
