@@ -23,6 +23,12 @@ _WORKDIR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer(
     "num_processes", None, "Processes in a multi-host run (calls "
     "jax.distributed.initialize); unset: one, or from the cluster env.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 in a multi-host "
+    "run; unset: from the cluster env.")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index in a multi-host run (0 .. "
+    "num_processes-1); unset: from the cluster env.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -36,7 +42,12 @@ def main(argv):
     print(f"FATAL: {e}", file=sys.stderr)
     sys.exit(2)
   from train import loop, summary  # pylint: disable=import-outside-toplevel
-  loop.maybe_initialize_distributed(_NUM_PROCESSES.value)
+  try:
+    loop.maybe_initialize_distributed(_NUM_PROCESSES.value,
+                                      _COORDINATOR.value, _PROCESS_ID.value)
+  except ValueError as e:
+    print(f"FATAL: {e}", file=sys.stderr)
+    sys.exit(2)
   logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
   try:
     final = loop.train(_CONFIG.value, workdir)

@@ -41,6 +41,11 @@ class CheckpointShapeError(ValueError):
 
 
 MANIFEST = "tsearch_manifest.json"
+# What orbax / TensorStore errors on damaged or missing files say.
+_DAMAGE_MARKS = ("DATA_LOSS", "FAILED_PRECONDITION", "OUT_OF_RANGE",
+                 "NOT_FOUND", "Invalid JSON", "Error reading",
+                 "error while reading array", "Unterminated string",
+                 "Expecting")
 
 
 class CorruptCheckpointError(ValueError):
@@ -202,10 +207,17 @@ class Checkpointer:
         bad[step] = e
     return sorted(good), bad
 
-  def _read_error(self, step: int, error: Exception) -> CorruptCheckpointError:
-    """``error`` raised by orbax while reading ``step`` as a
-    :class:`CorruptCheckpointError` that names the file when it can."""
+  def _read_error(self, step: int, error: Exception) -> Exception:
+    """``error`` raised by orbax while reading ``step``: a
+    :class:`CorruptCheckpointError` naming the file when it can, if it
+    looks like damaged or missing files; else ``error`` itself (a bug or a
+    wrong target is not reported as a damaged checkpoint)."""
     text = f"{type(error).__name__}: {error}"
+    if not (isinstance(error, (OSError, UnicodeDecodeError,
+                               json.JSONDecodeError))
+            or any(mark in text for mark in _DAMAGE_MARKS)
+            or self.step_dir(step) in text):
+      return error
     found = re.search(re.escape(self.step_dir(step)) + r"/([^\s\"':]+)", text)
     first = text.splitlines()[0] if text else type(error).__name__
     return CorruptCheckpointError(
@@ -234,7 +246,10 @@ class Checkpointer:
           state=ocp.args.StandardRestore(abstract),
           meta=ocp.args.JsonRestore()))
     except Exception as e:  # pylint: disable=broad-except
-      raise self._read_error(step, e) from e
+      err = self._read_error(step, e)
+      if err is e:
+        raise
+      raise err from e
     return out["state"], out["meta"]
 
   def restore_latest(self, target_for: Callable[[int], PyTree], *,
@@ -303,10 +318,14 @@ class Checkpointer:
     self.verify(step)
     tree = self._saved_tree(step)
     if "replay" in tree and "replay" not in target:
+      # Read (replicated on every device, so on several processes each can
+      # address it) and dropped.
+      everywhere = jax.sharding.NamedSharding(
+          jax.make_mesh((jax.device_count(),), ("all",)),
+          jax.sharding.PartitionSpec())
       replay = jax.tree.map(
-          lambda m: jax.ShapeDtypeStruct(
-              tuple(m.shape), m.dtype,
-              sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])),
+          lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype,
+                                         sharding=everywhere),
           tree["replay"], is_leaf=lambda m: hasattr(m, "shape"))
       out, meta = self._restore(step, dict(target, replay=replay))
       out = dict(out)
@@ -322,7 +341,10 @@ class Checkpointer:
     try:
       metadata = self._manager.item_metadata(step)["state"]
     except Exception as e:  # pylint: disable=broad-except
-      raise self._read_error(step, e) from e
+      err = self._read_error(step, e)
+      if err is e:
+        raise
+      raise err from e
     if metadata is None:
       raise CorruptCheckpointError(step, "state",
                                    "orbax finds no readable metadata in it")

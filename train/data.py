@@ -45,36 +45,87 @@ def examples_from_problems(task, problems: Sequence[Any]) -> dict:
               answer_length=(answer != task.pad_id).sum(-1).astype(np.int32))
 
 
+def local_blocks(mesh: jax.sharding.Mesh) -> tuple[list[int], int]:
+  """``(blocks, num_blocks)``: the positions on the mesh's ``data`` axis whose
+  devices belong to this process, and the size of that axis.
+
+  The global batch is ``num_blocks`` blocks, block ``i`` drawn from a seed
+  of its own and placed on data position ``i``, so the batch of a step is
+  the same however many processes share the devices.
+  """
+  n = mesh.shape["data"]
+  rows = np.asarray(mesh.devices).reshape(
+      [mesh.shape[a] for a in mesh.axis_names])
+  rows = np.moveaxis(rows, list(mesh.axis_names).index("data"), 0).reshape(n, -1)
+  mine = [i for i in range(n)
+          if any(d.process_index == jax.process_index() for d in rows[i])]
+  if not mine or mine != list(range(mine[0], mine[0] + len(mine))):
+    raise ValueError(f"This process's devices are at data positions {mine} "
+                     "of the mesh; they must be one contiguous run.")
+  return mine, n
+
+
+def by_block(examples: dict, blocks: Sequence[int], fn) -> dict:
+  """``fn(block, rows)`` on each block's rows of ``examples``, concatenated."""
+  k = len(blocks)
+  parts = [fn(b, {name: np.array_split(v, k)[i]
+                  for name, v in examples.items()})
+           for i, b in enumerate(blocks)]
+  return {name: np.concatenate([p[name] for p in parts])
+          for name in parts[0]}
+
+
 class ExampleStream:
   """This process's examples, one batch per step, resumable.
 
   Batches are dicts with ``prompt [b, P]``, ``prompt_length [b]``,
   ``answer [b, A]`` (reference solution + EOS) and ``answer_length [b]``.
 
+  The global batch of ``batch_size`` rows is ``num_blocks`` equal blocks
+  (one per position of the mesh's ``data`` axis, :func:`local_blocks`);
+  this process reads its ``blocks`` only. The batch of a step is therefore
+  the same on one process with 8 devices as on 2 processes with 4 each.
+
   Args:
     task: the task.
-    batch_size: examples per batch on this process.
-    source: ``"generated"`` (the task's seeded sampler: the batch of a step
-      is a function of (seed, step, process)) or ``"tfds"`` (the
-      :class:`tsearch.data.Loader` over the built dataset, sharded over hosts).
+    batch_size: global examples per batch.
+    source: ``"generated"`` (the task's seeded sampler: a block of a step is
+      a function of (seed, step, block)) or ``"tfds"`` (one
+      :class:`tsearch.data.Loader` per block over the built dataset, block
+      ``i`` reading every ``num_blocks``-th record from the ``i``-th).
     seed: run seed.
     split: ``"train"``, ``"validation"`` or ``"test"``.
     data_dir: TFDS data directory.
     auto_build: build the TFDS data into ``data_dir`` when it is missing.
+    blocks: the blocks this process reads (default: all).
+    num_blocks: blocks in the global batch.
   """
 
   def __init__(self, task, batch_size: int, *, source: str, seed: int,
                split: str = "train", data_dir: str = "",
-               auto_build: bool = True):
-    self.task, self.batch_size, self.source = task, batch_size, source
+               auto_build: bool = True, blocks: Sequence[int] | None = None,
+               num_blocks: int = 1):
+    self.task, self.source = task, source
     if split not in _SPLITS:
       raise ValueError(f"Unknown split {split!r}; use one of {_SPLITS}.")
+    if num_blocks < 1 or batch_size % num_blocks:
+      raise ValueError(f"The batch size {batch_size} is not divisible by the "
+                       f"{num_blocks} devices of the 'data' axis; set "
+                       f"--config.batch_size to a multiple of {num_blocks}.")
+    self.blocks = list(range(num_blocks) if blocks is None else blocks)
+    self.num_blocks = num_blocks
+    self.block_size = batch_size // num_blocks
+    self.batch_size = self.block_size * len(self.blocks)
     self.seed, self.split = seed, split
     self._step = 0
-    self._loader = None
+    self._loaders = None
     if source == "tfds":
-      self._loader = _tfds_loader(task, split, data_dir, auto_build,
-                                  batch_size, seed)
+      _ensure_built(task, data_dir, auto_build)
+      from tsearch import data as tdata  # pylint: disable=import-outside-toplevel
+      self._loaders = [
+          tdata.Loader(task.name, data_dir, split, self.block_size,
+                       seed=seed, process_index=b, process_count=num_blocks)
+          for b in self.blocks]
     elif source != "generated":
       raise ValueError(f"Unknown data.source {source!r}; use 'tfds' or "
                        "'generated'.")
@@ -84,28 +135,30 @@ class ExampleStream:
     batch (a fixed-list task's ``"extended"`` puzzles for search steps)."""
     self._step += 1
     split = split or self.split
-    if self._loader is not None:
+    if self._loaders is not None:
       if split != self.split:
         raise ValueError(f"A tfds stream reads split {self.split!r} only; "
                          f"split {split!r} needs data.source='generated'.")
-      return next(self._loader)
+      parts = [next(loader) for loader in self._loaders]
+      return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     # A task's own extra splits (puzzles beyond a fixed list) included.
     splits = self.task.splits
     self.task.check_split(split)
     # Tasks with a fixed list (Game of 24) draw from the split's puzzles;
     # for the others the split is part of the seed.
     kw = dict(split=split) if self.task.fixed_splits else {}
-    problems = self.task.sample_problems(
-        step_seed(self.seed, self._step - 1, jax.process_index(),
-                   splits.index(split)),
-        self.batch_size, **kw)
-    return examples_from_problems(self.task, problems)
+    parts = [examples_from_problems(self.task, self.task.sample_problems(
+        step_seed(self.seed, self._step - 1, b, splits.index(split)),
+        self.block_size, **kw)) for b in self.blocks]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
   def state(self) -> dict:
     """The position to store in a checkpoint."""
     out = {"source": self.source, "split": self.split, "step": self._step}
-    if self._loader is not None:
-      out["loader"] = self._loader.state()
+    if self._loaders is not None:
+      # Every block's loader is at the same position (equal batches per
+      # epoch), on every process: one position restores them all.
+      out["loader"] = self._loaders[0].state()
     return out
 
   def restore(self, state: dict) -> None:
@@ -113,33 +166,43 @@ class ExampleStream:
       raise ValueError(f"The checkpoint's data position is for source "
                        f"{state['source']!r}, this run uses {self.source!r}.")
     self._step = int(state["step"])
-    if self._loader is not None:
-      self._loader.restore(state["loader"])
+    if self._loaders is not None:
+      for loader in self._loaders:
+        loader.restore(state["loader"])
 
 
-def _tfds_loader(task, split, data_dir, auto_build, batch_size, seed):
+def _ensure_built(task, data_dir, auto_build):
+  """Checks (or, ``auto_build``, builds: process 0 only, the others wait)
+  the task's TFDS data in ``data_dir``."""
   from tsearch import data as tdata  # pylint: disable=import-outside-toplevel
   if not data_dir:
     raise ValueError("data.source='tfds' needs a data directory; set "
                      "--config.data.data_dir (the trainer uses <workdir>/data).")
-  try:
-    tdata.load_build_options(task.name, data_dir)
-  except ValueError as e:
+
+  def built() -> bool:
+    try:
+      tdata.load_build_options(task.name, data_dir)
+      return True
+    except ValueError:
+      return False
+
+  if not built():
     if not auto_build:
       raise DataNotBuiltError(
           f"The {task.name!r} data is not built in {data_dir!r}. Build it "
           f"with:\n  python -m tsearch.data build {task.name} --data_dir "
-          f"{data_dir}\nor set --config.data.auto_build=True.") from e
-    tdata.build(task.name, data_dir, task_options=task.options())
-  built = tdata.load_task(task.name, data_dir)
-  if built != task:
+          f"{data_dir}\nor set --config.data.auto_build=True.")
+    if jax.process_index() == 0:
+      tdata.build(task.name, data_dir, task_options=task.options())
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices("tsearch_data_built")
+  loaded = tdata.load_task(task.name, data_dir)
+  if loaded != task:
     raise ValueError(
-        f"The data in {data_dir!r} was built for {built!r}, but the config "
+        f"The data in {data_dir!r} was built for {loaded!r}, but the config "
         f"asks for {task!r}; make --config.task.options match, or use "
         "another data_dir.")
-  return tdata.Loader(task.name, data_dir, split, batch_size, seed=seed,
-                      process_index=jax.process_index(),
-                      process_count=jax.process_count())
 
 
 def max_trace_length(task) -> int:

@@ -69,12 +69,14 @@ from typing import Sequence
 import jax
 import numpy as np
 from absl import app, flags, logging
+from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
 import tsearch
 from train import config as config_lib
 from train import loop
 from train import search_config
+from train import step as step_lib
 
 ROW_FIELDS = ("stage", "step", "algo", "simulations", "budget", "solve_rate",
               "model_calls", "tokens_forwarded", "seconds",
@@ -168,12 +170,17 @@ def stage_of(config, step: int) -> str:
 _JITTED = {}
 
 
-def _method_fn(config, task, fns, algo: str, n: int, options: dict):
+def _method_fn(config, task, fns, algo: str, n: int, options: dict,
+               mesh=None):
   """Jitted ``(model_state, prompts, lengths, key) -> (reward, attempts,
-  calls, tokens)``, built once per method (checkpoints share the compile)."""
+  calls, tokens)``, built once per method (checkpoints share the compile).
+
+  With a ``mesh`` whose ``data`` axis has ``D > 1`` devices, the problems
+  are split over it (``jax.shard_map``; device ``i`` draws from
+  ``fold_in(key, i)``), on one process or several."""
   cache_key = (algo, n, task, fns.graphdef, config.search.to_json_best_effort(),
                search_config.eval_num_children(config),
-               json.dumps(options, sort_keys=True, default=str))
+               json.dumps(options, sort_keys=True, default=str), mesh)
   if cache_key in _JITTED:
     return _JITTED[cache_key]
   if algo in FAMILY_METHODS:
@@ -198,8 +205,40 @@ def _method_fn(config, task, fns, algo: str, n: int, options: dict):
       return r.outcome, r.attempts, r.model_calls, r.tokens_forwarded
   else:
     raise ValueError(f"Unknown method {algo!r}; use {', '.join(METHODS)}.")
-  _JITTED[cache_key] = jax.jit(run)
+  if mesh is None or mesh.shape[_DATA] == 1:
+    _JITTED[cache_key] = jax.jit(run)
+  else:
+    def per_device(s, p, l, k):
+      return run(s, p, l, jax.random.fold_in(k, jax.lax.axis_index(_DATA)))
+    _JITTED[cache_key] = jax.jit(jax.shard_map(
+        per_device, mesh=mesh, in_specs=(P(), P(_DATA), P(_DATA), P()),
+        out_specs=P(_DATA), check_vma=False))
   return _JITTED[cache_key]
+
+
+_DATA = "data"
+
+
+def data_mesh(config):
+  """The mesh evaluation splits problems over: the run's ``('data',)``
+  mesh; None for a run with sharded parameters (``parallel``), whose
+  methods run under the compiler's partitioning instead."""
+  return None if loop.is_sharded_run(config) else loop.parallel_mesh(config)
+
+
+def _on_mesh(x: np.ndarray, mesh) -> jax.Array:
+  """A global array split over the ``data`` axis from the same host array
+  on every process (each places its own devices' rows)."""
+  sharding = NamedSharding(mesh, P(_DATA))
+  return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def _gather(x) -> np.ndarray:
+  """A (possibly multi-process) array as one host array on every process."""
+  if jax.process_count() > 1 and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
 
 
 def evaluate(config, task, fns, params, problems, *, methods, seed: int = 0,
@@ -219,14 +258,23 @@ def evaluate(config, task, fns, params, problems, *, methods, seed: int = 0,
     progress: print a line per method.
   """
   options = options or {}
+  progress = progress and jax.process_index() == 0  # one table per job
   prompts, plen = task.encode_prompts(problems)
   state = fns.state(params)
+  mesh = data_mesh(config)
+  num = len(problems)
+  if mesh is not None and mesh.shape[_DATA] > 1:
+    # Padded with copies of the last problem to a multiple of the devices;
+    # the copies' results are dropped.
+    pad = -num % mesh.shape[_DATA]
+    prompts, plen = (_on_mesh(np.concatenate([x, np.repeat(x[-1:], pad, 0)]),
+                              mesh) for x in (prompts, plen))
   rows = []
   for algo, n in methods:
     opts = dict(options.get(algo, {}))
     t0 = time.time()
-    reward, attempts, calls, tokens = jax.device_get(
-        _method_fn(config, task, fns, algo, n, opts)(
+    reward, attempts, calls, tokens = (_gather(x)[:num] for x in _method_fn(
+        config, task, fns, algo, n, opts, mesh)(
             state, prompts, plen, jax.random.key(seed)))
     rows.append(dict(
         algo=algo, simulations=n if algo == "mcts" else None,
@@ -250,7 +298,12 @@ def evaluate(config, task, fns, params, problems, *, methods, seed: int = 0,
 def restore(config, workdir: str, steps: Sequence[int | None]):
   """``(task, fns, [(step, params)])``: the run's task and model, built once,
   and the parameters of each checkpoint (None: the latest)."""
-  task, fns, state, _, _, _ = loop.build(config, workdir, restoring=True)
+  task, fns, state, _, mesh, _ = loop.build(config, workdir, restoring=True)
+  if not any(isinstance(x, jax.ShapeDtypeStruct)
+             for x in jax.tree.leaves(state)):
+    # Read straight onto every device of the mesh (on several processes,
+    # an array read onto one process's device cannot be moved to another's).
+    state = step_lib.replicate(state, mesh)
   ckpt = loop.checkpointer(config, workdir)
   try:
     out = []
@@ -322,6 +375,7 @@ def evaluate_checkpoints(config, workdir: str, stages, *, methods,
   """
   split = split or config.eval.split
   num = int(num_problems or config.eval.num_examples)
+  progress = progress and jax.process_index() == 0  # one table per job
   if workdir:
     task, fns, checkpoints = restore(config, workdir, [s for _, s in stages])
   else:
@@ -508,6 +562,13 @@ def define_flags() -> dict:
           "the family algorithms, e.g. mcts.num_children=8,"
           "*.terminal_score=verifier ('*': every algorithm that takes the "
           "key)."),
+      num_processes=flags.DEFINE_integer(
+          "num_processes", None, "Processes of a multi-host run (as for "
+          "python -m train); unset: one, or from the cluster env."),
+      coordinator_address=flags.DEFINE_string(
+          "coordinator_address", None, "host:port of process 0."),
+      process_id=flags.DEFINE_integer("process_id", None,
+                                      "This process's index."),
   )
   flags.mark_flags_as_required(["config"])
   return f
@@ -523,6 +584,12 @@ def main(argv, f: dict):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
   v = {k: flag.value for k, flag in f.items()}
+  try:
+    loop.maybe_initialize_distributed(v["num_processes"],
+                                      v["coordinator_address"],
+                                      v["process_id"])
+  except ValueError as err:
+    _fatal(err)
   config, workdir = v["config"], v["workdir"]
   out = v["out"] or (os.path.join(workdir, "eval.json") if workdir else None)
   try:
@@ -531,6 +598,9 @@ def main(argv, f: dict):
     if not workdir:
       check_no_workdir_flags(v)
     if v["algos"]:
+      if jax.process_count() > 1:
+        raise ValueError("--algos runs on one process; launch it without "
+                         "--num_processes (use --methods on several).")
       rows = compare(config, workdir, v["algos"], v["budgets"],
                      seed=v["seed"], step=v["step"], options=v["options"],
                      split=v["split"], num_problems=v["num_problems"],

@@ -30,20 +30,28 @@ from train import step as step_lib
 PyTree = Any
 
 
-def maybe_initialize_distributed(num_processes: int | None = None) -> None:
+def maybe_initialize_distributed(num_processes: int | None = None,
+                                 coordinator_address: str | None = None,
+                                 process_id: int | None = None) -> None:
   """Calls ``jax.distributed.initialize()`` for multi-process launches.
 
   A launch is multi-process when ``num_processes > 1`` or when the usual
   cluster variables say so (``JAX_COORDINATOR_ADDRESS``, SLURM, TPU pods:
-  ``jax.distributed.initialize`` auto-detects those).
+  ``jax.distributed.initialize`` auto-detects those). Values given here
+  (the ``--num_processes``, ``--coordinator_address`` and ``--process_id``
+  flags) override the detected ones. On CPU, processes talk over gloo.
   """
   env_multi = any(v in os.environ for v in (
       "JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "MEGASCALE_COORDINATOR_ADDRESS"))
   if (num_processes or 1) > 1 or env_multi:
-    if num_processes and num_processes > 1:
-      jax.distributed.initialize(num_processes=num_processes)
-    else:
-      jax.distributed.initialize()
+    if process_id is not None and not 0 <= process_id < (num_processes or 1):
+      raise ValueError(f"--process_id={process_id} must be in [0, "
+                       f"{num_processes or 1}).")
+    kwargs = {k: v for k, v in dict(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes if (num_processes or 1) > 1 else None,
+        process_id=process_id).items() if v is not None}
+    jax.distributed.initialize(**kwargs)
     logging.info("Process %d of %d.", jax.process_index(), jax.process_count())
 
 
@@ -271,10 +279,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     print(describe_pretrained(config, fns.config), flush=True)
   specs = parallel_specs(config, mesh, state.params)
   data_dir = config.data.data_dir or os.path.join(workdir, "data")
+  blocks, num_blocks = data_lib.local_blocks(mesh)
   stream = data_lib.ExampleStream(
-      task, config.batch_size // jax.process_count(),
-      source=config.data.source, seed=config.seed, split="train",
-      data_dir=data_dir, auto_build=config.data.auto_build)
+      task, config.batch_size, source=config.data.source, seed=config.seed,
+      split="train", data_dir=data_dir, auto_build=config.data.auto_build,
+      blocks=blocks, num_blocks=num_blocks)
   warm, total = config.warm_start.steps, (config.warm_start.steps
                                           + config.search.steps)
 
@@ -291,6 +300,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # buffer a longer run would have had there.
     return replay is not None and step <= warm and not ckpt.has_replay(step)
 
+  def place(state):
+    """The state on the mesh (replicated, or sharded by ``specs``)."""
+    if specs is None:
+      return step_lib.replicate(state, mesh)
+    return step_lib.shard_state(state, mesh, optimizer, specs)
+
+  if not any(isinstance(x, jax.ShapeDtypeStruct)
+             for x in jax.tree.leaves(state)):
+    # Placed before restoring, so that the checkpoint is read straight into
+    # the run's placement (on several processes, a restored array that sits
+    # on one process's device cannot be moved to the others').
+    state = place(state)
   # The newest readable checkpoint: damaged newer ones are named in a
   # warning and moved aside.
   restored = ckpt.restore_latest(lambda step: state_to_tree(
@@ -313,13 +334,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if primary:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-  if specs is None:
-    state = step_lib.replicate(state, mesh)
-  else:
+  state = place(state)
+  if specs is not None and primary:
     from models import sharding  # pylint: disable=import-outside-toplevel
-    state = step_lib.shard_state(state, mesh, optimizer, specs)
-    if primary:
-      logging.info("Parameter sharding:\n%s", sharding.describe(state.params))
+    logging.info("Parameter sharding:\n%s", sharding.describe(state.params))
 
   def current_tree(state):
     return state_to_tree(
@@ -349,17 +367,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   def warm_batch(step, examples):
     """This process's warm-start batch of ``step`` (also the search steps'
-    anchor, ``experimental.anchor_weight``)."""
-    seed = data_lib.step_seed(config.seed, step, jax.process_index())
-    if config.warm_start.data == "solver":
-      return task.solver_traces(
-          seed, examples["prompt"].shape[0], max_len=max_len,
-          negative_fraction=config.warm_start.negative_fraction,
-          split=switches["warm_start_problem_split"])
-    return data_lib.supervised_batch(
-        task, examples, max_len=max_len,
-        corrupt_fraction=config.warm_start.corrupt_fraction, seed=seed,
-        verify_fn=verify)
+    anchor, ``experimental.anchor_weight``): one block per data position,
+    each from its own seed."""
+    def block(b, rows):
+      seed = data_lib.step_seed(config.seed, step, b)
+      if config.warm_start.data == "solver":
+        return task.solver_traces(
+            seed, rows["prompt"].shape[0], max_len=max_len,
+            negative_fraction=config.warm_start.negative_fraction,
+            split=switches["warm_start_problem_split"])
+      return data_lib.supervised_batch(
+          task, rows, max_len=max_len,
+          corrupt_fraction=config.warm_start.corrupt_fraction, seed=seed,
+          verify_fn=verify)
+    return data_lib.by_block(examples, stream.blocks, block)
 
   last = {}
   t0, steps_timed = time.time(), 0

@@ -69,7 +69,14 @@ from tsearch.tasks import vocab as V
 
 Array = chex.Array
 W = 2 * cd.MAX_NUMBER_DIGITS + 3  # tokens of "(nnnn/dddd)"
-_OPS = jnp.array([V.PLUS, V.MINUS, V.TIMES, V.DIVIDE], jnp.int32)
+_OP_TOKENS = (V.PLUS, V.MINUS, V.TIMES, V.DIVIDE)
+
+
+def _ops() -> jax.Array:
+  """The four operator tokens (an array made when traced, not at import:
+  ``jax.distributed.initialize`` must come before any backend use)."""
+  return jnp.array(_OP_TOKENS, jnp.int32)
+
 _NUM = r"(\d+|\(\d+/\d+\))"
 _STEP_RE = re.compile(_NUM + r"([-+*/])" + _NUM + "=" + _NUM)
 
@@ -380,7 +387,7 @@ class StrictCountdown:
     take = lambda x: jnp.take_along_axis(x, order, 1)  # noqa: E731
     nn, dd, av = take(s.num_n), take(s.num_d), take(s.avail)  # [B, n]
     an, ad, bn, bd = nn[:, ci], dd[:, ci], nn[:, cj], dd[:, cj]  # [B, C]
-    op = _OPS[cop][None]
+    op = _ops()[cop][None]
     rn, rd, ok = _combine(an, ad, op, bn, bd)
     ok = ok & av[:, ci] & av[:, cj] & (ci != cj)[None]
     left_n = jnp.concatenate([nn[:, cother], rn[..., None]], -1)  # [B,C,n-1]
@@ -395,7 +402,7 @@ class StrictCountdown:
     prefix = jnp.concatenate([tok[..., 1:], tok[..., :1] * 0 + V.PAD], -1)
     prefix = jnp.where(jnp.arange(prefix.shape[-1]) == length[..., None] - 1,
                        V.COLON, prefix)
-    return ok, an, ad, jnp.broadcast_to(_OPS[cop], ok.shape), bn, bd, \
+    return ok, an, ad, jnp.broadcast_to(_ops()[cop], ok.shape), bn, bd, \
         prefix, length
 
   def _left_suffix(self, state: StrictState):
@@ -469,14 +476,14 @@ class StrictCountdown:
     an = jnp.where(field == 0, s.num_n, s.a_n[:, None])  # [B, Ma]
     ad = jnp.where(field == 0, s.num_d, s.a_d[:, None])
     res_ok = _combine(an[:, :, None, None], ad[:, :, None, None],
-                      _OPS[None, None, :, None], s.num_n[:, None, None],
+                      _ops()[None, None, :, None], s.num_n[:, None, None],
                       s.num_d[:, None, None])[2]  # [B, Ma, 4, Mb]
     pair = s.avail[:, :, None] & s.avail[:, None, :] & ~jnp.eye(
         m, dtype=bool)[None]  # [B, Ma, Mb]
     if self.retract:  # a barred first step is no result
       res_ok = res_ok & ~self._barred(
           state, an[:, :, None, None], ad[:, :, None, None],
-          _OPS[None, None, :, None], s.num_n[:, None, None],
+          _ops()[None, None, :, None], s.num_n[:, None, None],
           s.num_d[:, None, None])
     op_ok = jnp.any(res_ok & pair[:, :, None, :], -1)  # [B, Ma, 4]
     last = s.steps + 1 == self.base.num_numbers - 1
@@ -489,7 +496,7 @@ class StrictCountdown:
       same = lambda xn, xd, yn, yd: (xn == yn) & (xd == yd)  # noqa: E731
       a_is = same(can[:, :, None], cad[:, :, None], s.num_n[:, None],
                   s.num_d[:, None])  # [B, C, M]: candidate's a is slot k's
-      op_is = cop[..., None] == _OPS  # [B, C, 4]
+      op_is = cop[..., None] == _ops()  # [B, C, 4]
       a_ok = jnp.any(alive[..., None] & a_is, 1)  # [B, M]
       aop_ok = jnp.any((alive[..., None, None] & a_is[..., None]
                         & op_is[:, :, None]), 1)  # [B, M, 4]
@@ -534,7 +541,7 @@ class StrictCountdown:
     # Terminators of a complete number.
     full = cands & prefix & (state.blen[:, None] == cand_len)  # [B, M]
     ops_allowed = jnp.any(full[:, :, None] & op_ok, 1) & (field == 0)  # [B,4]
-    mask = mask.at[:, _OPS].max(ops_allowed)
+    mask = mask.at[:, _ops()].max(ops_allowed)
     b_res_ok = _combine(s.a_n[:, None], s.a_d[:, None], s.op[:, None],
                         s.num_n, s.num_d)[2] & b_free  # [B, M]
     eq = (s.field == 1) & jnp.any(full & b_res_ok, 1)

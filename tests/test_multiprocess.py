@@ -1,0 +1,125 @@
+"""``python -m train`` as 2 processes x 4 CPU devices (JAX's distributed
+runtime on localhost, gloo collectives) equals one process with 8 devices,
+and both processes killed with kill -9 resume from the checkpoint."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from train import evaluate
+from train import loop
+from train import metrics as metrics_lib
+from tests import test_train_resume as resume
+
+REPO = resume.REPO
+WARM, SEARCH, EVERY = 4, 2, 2
+
+
+def _config():
+  c = resume._config()  # pylint: disable=protected-access
+  c.warm_start.steps = WARM
+  c.search.steps = SEARCH
+  c.checkpoint.every_steps = EVERY
+  return c
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _launch(workdir, port, *extra, module="train"):
+  env = dict(os.environ,
+             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  flags = [] if module != "train" else [
+           f"--config.warm_start.steps={WARM}",
+           f"--config.search.steps={SEARCH}",
+           f"--config.checkpoint.every_steps={EVERY}",
+           "--config.log_every_steps=1", "--config.progress_bar=False",
+           "--config.eval.summary=False"]
+  flags += [*resume._small_flags(),  # pylint: disable=protected-access
+            "--num_processes=2", f"--coordinator_address=localhost:{port}"]
+  return [subprocess.Popen(
+      [sys.executable, "-m", module, "--config",
+       os.path.join(REPO, "configs", "tiny.py"), "--workdir", workdir,
+       *flags, f"--process_id={i}", *extra],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+      for i in range(2)]
+
+
+def _steps(workdir):
+  d = os.path.join(workdir, "checkpoints")
+  return sorted(int(s) for s in (os.listdir(d) if os.path.isdir(d) else [])
+                if s.isdigit())
+
+
+def test_two_processes_equal_one_and_resume_after_kill_9(tmp_path):
+  killed = str(tmp_path / "two")
+  procs = _launch(killed, _free_port(), "--config.debug.step_delay_s=0.5")
+  try:
+    deadline = time.time() + 300
+    while time.time() < deadline and not (_steps(killed)
+                                          and _steps(killed)[-1] >= EVERY):
+      for p in procs:
+        assert p.poll() is None, p.stdout.read().decode()[-3000:]
+      time.sleep(0.05)
+    for p in procs:
+      os.kill(p.pid, signal.SIGKILL)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+      p.wait()
+  assert [p.returncode for p in procs] == [-signal.SIGKILL] * 2
+  killed_at = _steps(killed)[-1]
+  assert EVERY <= killed_at < WARM + SEARCH, killed_at
+
+  procs = _launch(killed, _free_port())  # resumes
+  outs = [p.communicate(timeout=600)[0].decode() for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  assert "Resumed from step" in outs[0]
+
+  straight = str(tmp_path / "one")
+  loop.train(_config(), straight)  # this process: 8 devices
+  _, _, one, s1 = loop.latest_params(_config(), straight)
+  _, _, two, s2 = loop.latest_params(_config(), killed)
+  assert s1 == s2 == WARM + SEARCH
+  # Same data, same keys: only the order of the cross-process sums may
+  # differ from one process's.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(
+      np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-5,
+      atol=1e-6), one, two)
+  # Metrics written once, by process 0: one line per step.
+  steps = [m["step"] for m in metrics_lib.read_metrics(killed)]
+  assert steps == list(range(1, WARM + SEARCH + 1))
+  m1 = metrics_lib.read_metrics(straight)[-1]
+  m2 = metrics_lib.read_metrics(killed)[-1]
+  np.testing.assert_allclose(m2["loss"], m1["loss"], rtol=1e-4)
+
+  # python -m train.evaluate on 2 processes splits the problems (12: padded
+  # to 16) over the 8 devices as one process does; process 0 writes. (Its
+  # MCTS runs the same way; greedy keeps the test's compile time down.)
+  out = str(tmp_path / "eval.json")
+  procs = _launch(killed, _free_port(), "--methods=greedy:1",
+                  "--num_problems=12", f"--out={out}", "--split=test",
+                  module="train.evaluate")
+  logs = [p.communicate(timeout=600)[0].decode() for p in procs]
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0, log[-3000:]
+  assert "wrote" in logs[0] and "wrote" not in logs[1]
+  two_rows = evaluate.read_results(out)["rows"]
+  one_rows = evaluate.evaluate_checkpoints(
+      _config(), killed, [(None, None)], methods=[("greedy", 1)],
+      split="test", num_problems=12, progress=False)
+  keys = ("algo", "step", "solve_rate", "model_calls", "tokens_forwarded",
+          "num_problems")
+  assert ([{k: r[k] for k in keys} for r in two_rows]
+          == [{k: r[k] for k in keys} for r in one_rows])
+  assert all(r["num_problems"] == 12 for r in two_rows)
