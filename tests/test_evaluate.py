@@ -61,6 +61,10 @@ def test_rows_match_the_methods_run_directly(tmp_path, monkeypatch):
   monkeypatch.setattr(tsearch, "rollout", recording_rollout)
   # evaluate's functions are built here, with the recording rollout.
   monkeypatch.setattr(evaluate, "_JITTED", {})
+  # All problems on one device (as with one device); the split over the 8
+  # test devices is checked at the end.
+  data_mesh = evaluate.data_mesh
+  monkeypatch.setattr(evaluate, "data_mesh", lambda config: None)
 
   rows = evaluate.evaluate(config, task, fns, params, problems,
                            methods=[("greedy", 1), ("mcts", 3)])
@@ -104,6 +108,17 @@ def test_rows_match_the_methods_run_directly(tmp_path, monkeypatch):
   assert rows[1]["tokens_forwarded"] == pytest.approx(
       np.mean(np.asarray(tokens)))
   assert rows[1]["tokens_forwarded"] > rows[0]["tokens_forwarded"]
+
+  # Split over the 8 devices (6 problems padded to 8, results of the copies
+  # dropped), greedy gives the same row; written rows are kept one by one.
+  monkeypatch.setattr(evaluate, "data_mesh", data_mesh)
+  assert evaluate.data_mesh(config).shape["data"] == 8
+  seen = []
+  split_rows = evaluate.evaluate(config, task, fns, params, problems,
+                                 methods=[("greedy", 1)], on_row=seen.append)
+  same = ("solve_rate", "model_calls", "tokens_forwarded", "num_problems")
+  assert {k: split_rows[0][k] for k in same} == {k: rows[0][k] for k in same}
+  assert seen == split_rows
 
 
 def test_merge_rows_replaces_same_key_and_keeps_the_rest(tmp_path):

@@ -242,8 +242,8 @@ def _gather(x) -> np.ndarray:
 
 
 def evaluate(config, task, fns, params, problems, *, methods, seed: int = 0,
-             options: dict | None = None, progress: bool = True
-             ) -> list[dict]:
+             options: dict | None = None, progress: bool = True,
+             on_row=None) -> list[dict]:
   """One row per method on ``problems`` (one batch): ``algo, simulations,
   budget, solve_rate, model_calls, tokens_forwarded, seconds,
   verifier_in_search, attempts_mean, seed, num_problems``.
@@ -292,6 +292,8 @@ def evaluate(config, task, fns, params, problems, *, methods, seed: int = 0,
         options=format_options(opts)))
     if progress:
       print(format_rows(rows[-1:], header=False), flush=True)
+    if on_row is not None:
+      on_row(rows[-1])
   return rows
 
 
@@ -359,8 +361,8 @@ def parse_stages(stages: Sequence[str], steps: Sequence[str]
 def evaluate_checkpoints(config, workdir: str, stages, *, methods,
                          split: str | None = None,
                          num_problems: int | None = None, seed: int = 0,
-                         options: dict | None = None, progress: bool = True
-                         ) -> list[dict]:
+                         options: dict | None = None, progress: bool = True,
+                         out: str | None = None) -> list[dict]:
   """Rows (:data:`ROW_FIELDS`) of every method at every checkpoint.
 
   Args:
@@ -372,6 +374,9 @@ def evaluate_checkpoints(config, workdir: str, stages, *, methods,
     num_problems: problems (default ``eval.num_examples``; a fixed-list
       task's split may have fewer).
     seed, options, progress: as :func:`evaluate`.
+    out: a results file each row is merged into as soon as its method
+      finishes (process 0), so an interrupted evaluation keeps the rows it
+      made.
   """
   split = split or config.eval.split
   num = int(num_problems or config.eval.num_examples)
@@ -388,10 +393,14 @@ def evaluate_checkpoints(config, workdir: str, stages, *, methods,
     if progress:
       print(f"{stage} (checkpoint {step}), {len(problems)} {split} problems:",
             flush=True)
-    for r in evaluate(config, task, fns, params, problems, methods=methods,
-                      seed=seed, options=options, progress=progress):
-      rows.append(dict(stage=stage, step=step, **r, split=split))
-  return [{k: r.get(k) for k in ROW_FIELDS} for r in rows]
+    def keep(r, stage=stage, step=step):
+      rows.append({k: dict(stage=stage, step=step, **r, split=split).get(k)
+                   for k in ROW_FIELDS})
+      if out and jax.process_index() == 0:
+        merge_rows(out, rows[-1:])
+    evaluate(config, task, fns, params, problems, methods=methods, seed=seed,
+             options=options, progress=progress, on_row=keep)
+  return rows
 
 
 def compare(config, workdir: str | None, algos: str, budgets: str, *,
@@ -489,8 +498,10 @@ def merge_rows(path: str, new: list[dict]) -> dict:
   keys = {key(r) for r in new}
   data["rows"] = [r for r in data.get("rows", []) if key(r) not in keys] + new
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:  # a kill while writing leaves the old file
     json.dump(data, f, indent=1)
+  os.replace(tmp, path)
   return data
 
 
@@ -613,7 +624,8 @@ def main(argv, f: dict):
       rows = evaluate_checkpoints(
           config, workdir, parse_stages(v["stages"], steps),
           methods=methods, split=v["split"], num_problems=v["num_problems"],
-          seed=v["seed"], options=method_options(v["options"], methods))
+          seed=v["seed"], options=method_options(v["options"], methods),
+          out=out)
   except (ValueError, FileNotFoundError) as err:
     _fatal(err)
   if jax.process_index() == 0 and out:
