@@ -75,6 +75,7 @@ from ml_collections import config_flags
 import tsearch
 from train import config as config_lib
 from train import loop
+from train.results import method_name
 from train import search_config
 from train import step as step_lib
 
@@ -505,15 +506,6 @@ def merge_rows(path: str, new: list[dict]) -> dict:
   return data
 
 
-def _method_name(r: dict) -> str:
-  extra = f", {r['options']}" if r.get("options") else ""
-  if r.get("simulations") is not None:
-    return f"{r['algo']} ({r['simulations']} sims/move{extra})"
-  if r.get("budget") is not None:
-    return f"{r['algo']} (N={r['budget']}{extra})"
-  return f"{r['algo']} ({extra[2:]})" if extra else r["algo"]
-
-
 def format_rows(rows: Sequence[dict], header: bool = True) -> str:
   """A fixed-width table of rows (:data:`ROW_FIELDS`)."""
   lines = []
@@ -524,7 +516,7 @@ def format_rows(rows: Sequence[dict], header: bool = True) -> str:
   for r in rows:
     attempts = ("?" if r.get("attempts_mean") is None
                 else f"{r['attempts_mean']:.2f}")
-    lines.append(f"{_method_name(r):<24}{r['solve_rate']:>11.3f}"
+    lines.append(f"{method_name(r):<24}{r['solve_rate']:>11.3f}"
                  f"{r['model_calls']:>13.1f}{r['tokens_forwarded']:>12.1f}"
                  f"{'yes' if r['verifier_in_search'] else 'no':>10}"
                  f"{attempts:>10}{r['seconds']:>9.1f}")

@@ -89,13 +89,15 @@ def check(rows: Sequence[dict]) -> list[str]:
   return problems
 
 
-def _method(g: dict) -> str:
-  extra = f", {g['options']}" if g.get("options") else ""
-  if g.get("simulations") is not None:
-    return f"{g['algo']} ({g['simulations']} sims/move{extra})"
-  if g.get("budget") is not None:
-    return f"{g['algo']} (N={g['budget']}{extra})"
-  return g["algo"] + (f" ({extra[2:]})" if extra else "")
+def method_name(row: dict) -> str:
+  """``greedy``, ``best_of_n (N=16, aggregate=majority)``, ``mcts (64
+  sims/move)``: a row's method as the tables print it."""
+  extra = f", {row['options']}" if row.get("options") else ""
+  if row.get("simulations") is not None:
+    return f"{row['algo']} ({row['simulations']} sims/move{extra})"
+  if row.get("budget") is not None:
+    return f"{row['algo']} (N={row['budget']}{extra})"
+  return f"{row['algo']} ({extra[2:]})" if extra else row["algo"]
 
 
 def format_table(groups: Sequence[dict]) -> str:
@@ -105,7 +107,7 @@ def format_table(groups: Sequence[dict]) -> str:
                                   format(v, spec))
   ws = max([len("stage")] + [len(str(g.get("stage"))) for g in groups])
   wp = max([len("split")] + [len(str(g.get("split"))) for g in groups])
-  wm = max([len("method")] + [len(_method(g)) for g in groups])
+  wm = max([len("method")] + [len(method_name(g)) for g in groups])
   lines = [f"{'stage':<{ws}} {'split':<{wp}} {'method':<{wm}} "
            f"{'solve rate':>22} {'seeds':>9} {'calls':>7} {'verifier':>8} "
            f"{'attempts':>8}"]
@@ -120,7 +122,7 @@ def format_table(groups: Sequence[dict]) -> str:
         "yes" if vis else "no")
     lines.append(
         f"{str(g.get('stage')):<{ws}} {str(g.get('split')):<{wp}} "
-        f"{_method(g):<{wm}} {rate:>22} {seeds:>9} "
+        f"{method_name(g):<{wm}} {rate:>22} {seeds:>9} "
         f"{fmt(g['model_calls'], '.1f'):>7} {vis:>8} "
         f"{fmt(g['attempts_mean'], '.2f'):>8}")
   return "\n".join(lines)
@@ -140,9 +142,12 @@ def _read(path: str) -> list[dict]:
   return data["rows"]
 
 
-_SPLIT = flags.DEFINE_string("split", None, "Only rows of this split.")
-_CHECK = flags.DEFINE_bool("check", False, "List rows that break the "
-                           "protocol; exit 1 if any.")
+def _define_flags():
+  """The CLI's flags (defined only when run as a program: train.evaluate
+  imports this module and has its own --split)."""
+  flags.DEFINE_string("split", None, "Only rows of this split.")
+  flags.DEFINE_bool("check", False, "List rows that break the protocol; "
+                    "exit 1 if any.")
 
 
 def main(argv):
@@ -156,10 +161,10 @@ def main(argv):
     except ValueError as e:
       print(f"FATAL: {e}", file=sys.stderr)
       sys.exit(1)
-    if _SPLIT.value:
-      rows = [r for r in rows if r.get("split") == _SPLIT.value]
+    if flags.FLAGS.split:
+      rows = [r for r in rows if r.get("split") == flags.FLAGS.split]
     print(f"{path}: {len(rows)} rows")
-    if _CHECK.value:
+    if flags.FLAGS.check:
       problems = check(rows)
       bad += len(problems)
       for p in problems:
@@ -171,4 +176,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
