@@ -115,6 +115,12 @@ class LMSearchConfig:
       tree (for tests and inspection; costs ``N * V`` floats per row).
     dirichlet_fraction, dirichlet_alpha, pb_c_init, temperature: PUCT options.
     max_num_considered_actions, gumbel_scale: Gumbel options.
+    leaves_per_step: leaves selected per tree in one search step (virtual
+      loss, see :func:`tsearch.puct_search`) and expanded in one model call
+      of ``B * leaves_per_step`` rows. 1: one leaf per call, mctx's loop.
+      ``model_calls`` still counts one call per expanded leaf; the
+      sequential calls of a search are about ``model_calls /
+      leaves_per_step``.
   """
   mode: str = "token"
   policy: str = "puct"
@@ -137,13 +143,15 @@ class LMSearchConfig:
   temperature: float = 1.0
   max_num_considered_actions: int = 16
   gumbel_scale: float = 1.0
+  leaves_per_step: int = 1
 
   def __post_init__(self):
     if self.mode not in ("token", "step"):
       raise ValueError(f"mode must be 'token' or 'step', got {self.mode!r}.")
     if self.policy not in ("puct", "gumbel"):
       raise ValueError(f"policy must be 'puct' or 'gumbel', got {self.policy!r}.")
-    for name in ("num_simulations", "num_children", "max_depth"):
+    for name in ("num_simulations", "num_children", "max_depth",
+                 "leaves_per_step"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
     if self.step_length < 1:
@@ -593,6 +601,7 @@ def _lm_search_jit(graphdef, state, env, prompt_tokens, prompt_lengths,
   params = (state, prompt_cache)
   common = dict(num_simulations=config.num_simulations,
                 max_depth=config.max_depth, tree=tree,
+                leaves_per_step=config.leaves_per_step,
                 capacity=config.capacity if tree is None else None)
   if config.policy == "puct":
     out = puct_search(params, search_key, root, expand_fn,

@@ -380,6 +380,63 @@ def _backward(tree: Tree, leaf: Array, ok: Array) -> Tree:
                       children_visits=children_visits)
 
 
+def _virtual_visit(tree: Tree, parent: Array, slot: Array, ok: Array
+                   ) -> Tree:
+  """Virtual loss for leaf-parallel search: counts a pending simulation
+  through edge ``(parent, slot)`` as a visit returning the lowest value in
+  the row's tree, on the edge and every ancestor (Chaslot et al. 2008,
+  "Parallel Monte-Carlo Tree Search", with the loss set to the tree's own
+  minimum so that it is scale-free). An edge not yet expanded is also taken
+  out of the selection while its node has another legal slot, so that two
+  leaves of one step do not expand the same edge (a "collision"; it still
+  happens where only that slot is legal, and is then stored once). The tree
+  this returns is only selected on; the real statistics come from the
+  expansions.
+  """
+  b = jnp.arange(tree.batch_size)
+  mask = tree.children_mask[b, parent]  # [B, K]
+  pending = (ok & (tree.children_index[b, parent, slot] == UNVISITED)
+             & (jnp.sum(mask, -1) > 1))
+  tree = tree.replace(children_mask=_masked_set(
+      tree.children_mask, (b, parent, slot), False, pending))
+  n = jnp.arange(tree.capacity)[None, :] < tree.num_nodes[:, None]
+  loss = jnp.min(jnp.where(n, tree.node_values, jnp.inf), axis=-1)
+  loss = jnp.where(jnp.isfinite(loss), loss, 0.).astype(tree.node_values.dtype)
+  count = tree.children_visits[b, parent, slot]
+  children_values = _masked_set(
+      tree.children_values, (b, parent, slot),
+      (tree.children_values[b, parent, slot] * count + loss) / (count + 1.),
+      ok)
+  children_visits = _masked_set(tree.children_visits, (b, parent, slot),
+                                count + 1, ok)
+
+  def body(state):
+    node_values, node_visits, children_values, children_visits, index, act = (
+        state)
+    visits = node_visits[b, index]
+    node_values = _masked_set(
+        node_values, (b, index),
+        (node_values[b, index] * visits + loss) / (visits + 1.), act)
+    node_visits = _masked_set(node_visits, (b, index), visits + 1, act)
+    up = act & (index != ROOT_INDEX)
+    grand = jnp.maximum(tree.parents[b, index], 0)
+    action = jnp.maximum(tree.action_from_parent[b, index], 0)
+    edge = children_visits[b, grand, action]
+    children_values = _masked_set(
+        children_values, (b, grand, action),
+        (children_values[b, grand, action] * edge + loss) / (edge + 1.), up)
+    children_visits = _masked_set(children_visits, (b, grand, action),
+                                  edge + 1, up)
+    return (node_values, node_visits, children_values, children_visits,
+            jnp.where(up, grand, index), up)
+
+  state = (tree.node_values, tree.node_visits, children_values,
+           children_visits, parent, ok)
+  state = jax.lax.while_loop(lambda s: jnp.any(s[5]), body, state)
+  return tree.replace(node_values=state[0], node_visits=state[1],
+                      children_values=state[2], children_visits=state[3])
+
+
 def _root_ok(tree: Tree) -> Array:
   """Rows whose root holds finite statistics."""
   logits = tree.children_prior_logits[:, ROOT_INDEX]
@@ -431,8 +488,23 @@ def _prepare_tree(root: Optional[RootOutput], num_simulations: int,
 def _run(params, rng_key, tree: Tree, expand_fn: ExpandFn, *,
          num_simulations: int, max_depth: Optional[int], root_select,
          interior_select, uses_noise: bool,
-         skip_dead_ends: bool = False) -> Tree:
-  """The simulation loop shared by every policy."""
+         skip_dead_ends: bool = False, leaves_per_step: int = 1) -> Tree:
+  """The simulation loop shared by every policy.
+
+  ``leaves_per_step = L > 1``: each step selects L leaves per tree one after
+  another, each walk seeing the earlier ones as virtual losses
+  (:func:`_virtual_visit`), expands all of them in one ``expand_fn`` call
+  over ``[L, B]`` rows (``jax.vmap``: one model call of ``B * L`` rows),
+  then stores and backs them up in selection order. A leaf selected twice
+  in a step is stored once and backed up twice. L = 1 is the plain loop.
+  """
+  if leaves_per_step > 1:
+    return _run_leaves(params, rng_key, tree, expand_fn,
+                       num_simulations=num_simulations, max_depth=max_depth,
+                       root_select=root_select,
+                       interior_select=interior_select,
+                       uses_noise=uses_noise, skip_dead_ends=skip_dead_ends,
+                       leaves=leaves_per_step)
   batch = tree.batch_size
   root_ok = _root_ok(tree)
   tree = tree.replace(nonfinite=tree.nonfinite | (~root_ok & (
@@ -485,6 +557,83 @@ def _run(params, rng_key, tree: Tree, expand_fn: ExpandFn, *,
   return tree
 
 
+def _run_leaves(params, rng_key, tree: Tree, expand_fn: ExpandFn, *,
+                num_simulations: int, max_depth: Optional[int], root_select,
+                interior_select, uses_noise: bool, skip_dead_ends: bool,
+                leaves: int) -> Tree:
+  """:func:`_run` with ``leaves`` leaves per tree per step."""
+  batch = tree.batch_size
+  root_ok = _root_ok(tree)
+  tree = tree.replace(nonfinite=tree.nonfinite | (~root_ok & (
+      tree.num_nodes > 0)))
+  active = root_ok & (tree.num_nodes > 0) & jnp.any(
+      tree.children_mask[:, ROOT_INDEX], axis=-1) & ~tree.node_terminal[
+          :, ROOT_INDEX]
+  b = jnp.arange(batch)
+  vexpand = jax.vmap(expand_fn, in_axes=(None, 0, None, 0, 0))
+
+  def exhausted_of(tree):
+    return _exhausted(tree, max_depth) if skip_dead_ends else None
+
+  def body(state):
+    sim, rng_key, tree, exhausted = state
+    rng_key, simulate_key, expand_key = jax.random.split(rng_key, 3)
+    walk_keys = jax.random.split(simulate_key, leaves)
+    live = active if exhausted is None else active & ~exhausted[:, ROOT_INDEX]
+    seen, picks = tree, []
+    for l in range(leaves):
+      # The last step may run fewer than L simulations.
+      live_l = live & (sim + l < num_simulations)
+      keys = jax.random.split(walk_keys[l], batch) if uses_noise else None
+      parent, slot, _ = _walk(seen, keys, root_select, interior_select,
+                              max_depth, live_l, exhausted)
+      seen = _virtual_visit(seen, parent, slot, live_l)
+      picks.append((parent, slot, live_l))
+    parents = jnp.stack([p for p, _, _ in picks])
+    slots = jnp.stack([s for _, s, _ in picks])
+    outs = vexpand(params, jax.random.split(expand_key, leaves), tree,
+                   parents, slots)
+    for l, (parent, slot, live_l) in enumerate(picks):
+      out = jax.tree.map(lambda x, l=l: x[l], outs)
+      _check_expand_output(out, tree)
+      # Read after the earlier leaves of this step were stored: a repeated
+      # pick is then a revisit of the node the first one made.
+      child = tree.children_index[b, parent, slot]
+      legal = tree.children_mask[b, parent, slot]
+      is_new = live_l & (child == UNVISITED) & legal
+      revisit = live_l & (child != UNVISITED)
+      full = tree.num_nodes >= tree.capacity
+      finite = _finite_output(out)
+      ok = is_new & ~full & finite
+      tree = tree.replace(overflowed=tree.overflowed | (is_new & full),
+                          nonfinite=tree.nonfinite | (is_new & ~full
+                                                      & ~finite))
+      tree, new = _expand(tree, out, parent, slot, ok)
+      tree = _backward(tree, jnp.where(ok, new, child), ok | revisit)
+    return sim + leaves, rng_key, tree, exhausted_of(tree)
+
+  state = (0, rng_key, tree, exhausted_of(tree))
+  steps = -(-num_simulations // leaves)
+  if not skip_dead_ends:
+    _, _, tree, _ = jax.lax.fori_loop(0, steps, lambda i, s: body(s), state)
+    return tree
+
+  def more(state):
+    sim, _, _, exhausted = state
+    return (sim < num_simulations) & jnp.any(active
+                                             & ~exhausted[:, ROOT_INDEX])
+
+  _, _, tree, _ = jax.lax.while_loop(more, body, state)
+  return tree
+
+
+def _check_leaves(leaves_per_step) -> None:
+  if (not isinstance(leaves_per_step, (int, np.integer))
+      or leaves_per_step < 1):
+    raise ValueError("leaves_per_step must be a positive int; got "
+                     f"{leaves_per_step!r}.")
+
+
 # ----------------------------------------------------------------------------
 # Public policies.
 
@@ -513,6 +662,7 @@ def puct_search(
     qtransform: sel.QTransform = mctx.qtransform_by_parent_and_siblings,
     tree: Optional[Tree] = None,
     skip_dead_ends: bool = False,
+    leaves_per_step: int = 1,
 ) -> PolicyOutput:
   """AlphaZero / MuZero search with the PUCT rule (``mctx.muzero_policy``).
 
@@ -551,12 +701,18 @@ def puct_search(
       single-player puzzles with exact terminal rewards (MCTS-Solver style,
       with :func:`tsearch.solved_root_slot` to act on a found solution);
       off (the default) is mctx's rule.
+    leaves_per_step: leaves selected per tree in one step (virtual loss:
+      each pending leaf counts as a visit worth the tree's lowest value
+      until it is evaluated) and expanded in one ``expand_fn`` call of
+      ``B * leaves_per_step`` rows (``jax.vmap`` over the leaves). 1 (the
+      default) is mctx's one-leaf loop; the total stays ``num_simulations``.
 
   Returns:
     :class:`PolicyOutput` with ``action [B]``, ``action_weights [B, K]`` (the
     root visit distribution; zero on illegal slots) and the tree.
   """
   _check_max_depth(max_depth)
+  _check_leaves(leaves_per_step)
   tree = _prepare_tree(root, num_simulations, capacity, tree)
   rng_key, dirichlet_key, search_key = jax.random.split(rng_key, 3)
 
@@ -583,7 +739,7 @@ def puct_search(
   tree = _run(params, search_key, tree, expand_fn,
               num_simulations=num_simulations, max_depth=max_depth,
               root_select=select, interior_select=select, uses_noise=True,
-              skip_dead_ends=skip_dead_ends)
+              skip_dead_ends=skip_dead_ends, leaves_per_step=leaves_per_step)
 
   # Act proportionally to visit_counts ** (1 / temperature).
   root_mask = tree.children_mask[:, ROOT_INDEX]
@@ -616,6 +772,7 @@ def gumbel_search(
     capacity: Optional[int] = None,
     max_depth: Optional[int] = None,
     tree: Optional[Tree] = None,
+    leaves_per_step: int = 1,
 ) -> PolicyOutput:
   """Gumbel MuZero search (``mctx.gumbel_muzero_policy``).
 
@@ -643,12 +800,18 @@ def gumbel_search(
     tree: continue from this tree; Sequential Halving then schedules only the
       visits this call adds (the root's earlier visits still inform the
       completed Q-values).
+    leaves_per_step: as in :func:`puct_search`. At the root, Sequential
+      Halving's schedule reads the visits counted so far, virtual ones
+      included, so the L leaves of a step take the schedule's next L
+      entries (the same visits as L one-leaf steps, whose Q-values are
+      only known after the step).
 
   Returns:
     :class:`PolicyOutput` with ``action [B]``, ``action_weights [B, K]`` and
     the tree.
   """
   _check_max_depth(max_depth)
+  _check_leaves(leaves_per_step)
   if (not isinstance(max_num_considered_actions, (int, np.integer))
       or max_num_considered_actions < 1):
     raise ValueError(
@@ -678,7 +841,7 @@ def gumbel_search(
   tree = _run(params, rng_key, tree, expand_fn,
               num_simulations=num_simulations, max_depth=max_depth,
               root_select=root_select, interior_select=interior_select,
-              uses_noise=False)
+              uses_noise=False, leaves_per_step=leaves_per_step)
 
   root_rows = sel.gather_rows(tree, jnp.zeros((b,), jnp.int32))
   action, action_weights = sel.gumbel_root_policy(
