@@ -109,6 +109,8 @@ def default_config() -> ConfigDict:
                                 # estimate (LMSearchConfig).
       policy_on_solved=False,  # policy loss on solved trajectories only
                                # (their moves' search weights); value on all.
+      leaves_per_step=1,  # leaves per tree per model call (virtual loss;
+                          # LMSearchConfig.leaves_per_step).
   ))
   # warm_start_every_steps: how often the warm start saves (0: every_steps);
   # its last step is always saved.

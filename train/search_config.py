@@ -81,7 +81,8 @@ def lm_search_config(search: ml_collections.ConfigDict, task, *,
       pb_c_init=float(search.get("pb_c_init", 1.25)),
       temperature=float(search.temperature if acting_temperature is None
                         else acting_temperature),
-      max_num_considered_actions=int(num_children or search.num_children))
+      max_num_considered_actions=int(num_children or search.num_children),
+      leaves_per_step=int(search.get("leaves_per_step", 1)))
 
 
 def check_fits(search: ml_collections.ConfigDict, task,
