@@ -145,3 +145,17 @@ def test_lm_search_with_several_leaves_matches_full_forward(mode, policy, s):
   np.testing.assert_array_equal(tree.children_visits[:, 0].sum(-1), 12)
   np.testing.assert_array_equal(out.model_calls,
                                 np.asarray(tree.num_nodes) * s)
+
+
+def test_config_leaves_per_step_reaches_the_lm_search():
+  from train import config as config_lib  # pylint: disable=import-outside-toplevel
+  from train import search_config  # pylint: disable=import-outside-toplevel
+  from tsearch.tasks import get_task  # pylint: disable=import-outside-toplevel
+  c = config_lib.default_config()
+  task = get_task("arithmetic")
+  assert search_config.lm_search_config(c.search, task).leaves_per_step == 1
+  c.search.leaves_per_step = 4
+  assert search_config.lm_search_config(c.search, task).leaves_per_step == 4
+  c.search.leaves_per_step = 0
+  with pytest.raises(ValueError, match="leaves_per_step must be >= 1"):
+    search_config.lm_search_config(c.search, task)
