@@ -496,16 +496,9 @@ def _run(params, rng_key, tree: Tree, expand_fn: ExpandFn, *,
   (:func:`_virtual_visit`), expands all of them in one ``expand_fn`` call
   over ``[L, B]`` rows (``jax.vmap``: one model call of ``B * L`` rows),
   then stores and backs them up in selection order. A leaf selected twice
-  in a step is stored once and backed up twice. L = 1 is the plain loop.
+  in a step is stored once and backed up twice. L = 1 is mctx's loop.
   """
-  if leaves_per_step > 1:
-    return _run_leaves(params, rng_key, tree, expand_fn,
-                       num_simulations=num_simulations, max_depth=max_depth,
-                       root_select=root_select,
-                       interior_select=interior_select,
-                       uses_noise=uses_noise, skip_dead_ends=skip_dead_ends,
-                       leaves=leaves_per_step)
-  batch = tree.batch_size
+  batch, leaves = tree.batch_size, leaves_per_step
   root_ok = _root_ok(tree)
   tree = tree.replace(nonfinite=tree.nonfinite | (~root_ok & (
       tree.num_nodes > 0)))
@@ -519,82 +512,35 @@ def _run(params, rng_key, tree: Tree, expand_fn: ExpandFn, *,
   def exhausted_of(tree):  # [B, N], or None under mctx's rule
     return _exhausted(tree, max_depth) if skip_dead_ends else None
 
+  def expand_all(expand_key, tree, parents, slots):
+    if leaves == 1:
+      return [expand_fn(params, expand_key, tree, parents[0], slots[0])]
+    outs = jax.vmap(expand_fn, in_axes=(None, 0, None, 0, 0))(
+        params, jax.random.split(expand_key, leaves), tree,
+        jnp.stack(parents), jnp.stack(slots))
+    return [jax.tree.map(lambda x, l=l: x[l], outs) for l in range(leaves)]
+
   def body(state):
     sim, rng_key, tree, exhausted = state
     rng_key, simulate_key, expand_key = jax.random.split(rng_key, 3)
-    keys = jax.random.split(simulate_key, batch) if uses_noise else None
+    walk_keys = ([simulate_key] if leaves == 1
+                 else list(jax.random.split(simulate_key, leaves)))
     # A row whose whole tree is explored stops (skip_dead_ends).
     live = active if exhausted is None else active & ~exhausted[:, ROOT_INDEX]
-    parent, slot, child = _walk(tree, keys, root_select, interior_select,
-                                max_depth, live, exhausted)
-    legal = tree.children_mask[b, parent, slot]
-    is_new = live & (child == UNVISITED) & legal
-    revisit = live & (child != UNVISITED)
-    full = tree.num_nodes >= tree.capacity
-    out = expand_fn(params, expand_key, tree, parent, slot)
-    _check_expand_output(out, tree)
-    finite = _finite_output(out)
-    ok = is_new & ~full & finite
-    tree = tree.replace(overflowed=tree.overflowed | (is_new & full),
-                        nonfinite=tree.nonfinite | (is_new & ~full & ~finite))
-    tree, new = _expand(tree, out, parent, slot, ok)
-    leaf = jnp.where(ok, new, child)
-    tree = _backward(tree, leaf, ok | revisit)
-    return sim + 1, rng_key, tree, exhausted_of(tree)
-
-  state = (0, rng_key, tree, exhausted_of(tree))
-  if not skip_dead_ends:
-    _, _, tree, _ = jax.lax.fori_loop(0, num_simulations,
-                                      lambda i, s: body(s), state)
-    return tree
-
-  def more(state):
-    sim, _, _, exhausted = state
-    return (sim < num_simulations) & jnp.any(active
-                                             & ~exhausted[:, ROOT_INDEX])
-
-  _, _, tree, _ = jax.lax.while_loop(more, body, state)
-  return tree
-
-
-def _run_leaves(params, rng_key, tree: Tree, expand_fn: ExpandFn, *,
-                num_simulations: int, max_depth: Optional[int], root_select,
-                interior_select, uses_noise: bool, skip_dead_ends: bool,
-                leaves: int) -> Tree:
-  """:func:`_run` with ``leaves`` leaves per tree per step."""
-  batch = tree.batch_size
-  root_ok = _root_ok(tree)
-  tree = tree.replace(nonfinite=tree.nonfinite | (~root_ok & (
-      tree.num_nodes > 0)))
-  active = root_ok & (tree.num_nodes > 0) & jnp.any(
-      tree.children_mask[:, ROOT_INDEX], axis=-1) & ~tree.node_terminal[
-          :, ROOT_INDEX]
-  b = jnp.arange(batch)
-  vexpand = jax.vmap(expand_fn, in_axes=(None, 0, None, 0, 0))
-
-  def exhausted_of(tree):
-    return _exhausted(tree, max_depth) if skip_dead_ends else None
-
-  def body(state):
-    sim, rng_key, tree, exhausted = state
-    rng_key, simulate_key, expand_key = jax.random.split(rng_key, 3)
-    walk_keys = jax.random.split(simulate_key, leaves)
-    live = active if exhausted is None else active & ~exhausted[:, ROOT_INDEX]
-    seen, picks = tree, []
+    seen, parents, slots, lives = tree, [], [], []
     for l in range(leaves):
       # The last step may run fewer than L simulations.
-      live_l = live & (sim + l < num_simulations)
+      live_l = live if leaves == 1 else live & (sim + l < num_simulations)
       keys = jax.random.split(walk_keys[l], batch) if uses_noise else None
       parent, slot, _ = _walk(seen, keys, root_select, interior_select,
                               max_depth, live_l, exhausted)
-      seen = _virtual_visit(seen, parent, slot, live_l)
-      picks.append((parent, slot, live_l))
-    parents = jnp.stack([p for p, _, _ in picks])
-    slots = jnp.stack([s for _, s, _ in picks])
-    outs = vexpand(params, jax.random.split(expand_key, leaves), tree,
-                   parents, slots)
-    for l, (parent, slot, live_l) in enumerate(picks):
-      out = jax.tree.map(lambda x, l=l: x[l], outs)
+      if l < leaves - 1:
+        seen = _virtual_visit(seen, parent, slot, live_l)
+      parents.append(parent)
+      slots.append(slot)
+      lives.append(live_l)
+    outs = expand_all(expand_key, tree, parents, slots)
+    for parent, slot, live_l, out in zip(parents, slots, lives, outs):
       _check_expand_output(out, tree)
       # Read after the earlier leaves of this step were stored: a repeated
       # pick is then a revisit of the node the first one made.
@@ -613,9 +559,9 @@ def _run_leaves(params, rng_key, tree: Tree, expand_fn: ExpandFn, *,
     return sim + leaves, rng_key, tree, exhausted_of(tree)
 
   state = (0, rng_key, tree, exhausted_of(tree))
-  steps = -(-num_simulations // leaves)
   if not skip_dead_ends:
-    _, _, tree, _ = jax.lax.fori_loop(0, steps, lambda i, s: body(s), state)
+    _, _, tree, _ = jax.lax.fori_loop(0, -(-num_simulations // leaves),
+                                      lambda i, s: body(s), state)
     return tree
 
   def more(state):
