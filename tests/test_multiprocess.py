@@ -10,6 +10,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from train import evaluate
 from train import loop
@@ -20,12 +21,29 @@ REPO = resume.REPO
 WARM, SEARCH, EVERY = 4, 2, 2
 
 
+# A plainer search than tiny's (no lookahead, no replay): what is tested is
+# the processes, and a smaller search step compiles faster.
+SEARCH_FLAGS = dict(num_simulations=4, capacity=8, terminal_lookahead=False,
+                    act_on_solved=False, policy_on_solved=False, replay_size=0,
+                    updates_per_search=1)
+
+
 def _config():
   c = resume._config()  # pylint: disable=protected-access
   c.warm_start.steps = WARM
   c.search.steps = SEARCH
+  c.search.update(**SEARCH_FLAGS)
   c.checkpoint.every_steps = EVERY
   return c
+
+
+def _xla_flags(devices: int) -> str:
+  """This process's XLA flags (tests/conftest.py's) with ``devices`` CPU
+  devices."""
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if "xla_force_host_platform_device_count" not in f]
+  return " ".join(flags + [
+      f"--xla_force_host_platform_device_count={devices}"])
 
 
 def _free_port() -> int:
@@ -35,14 +53,15 @@ def _free_port() -> int:
 
 
 def _launch(workdir, port, *extra, module="train"):
-  env = dict(os.environ,
-             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  env = dict(os.environ, XLA_FLAGS=_xla_flags(4))
   flags = [] if module != "train" else [
            f"--config.warm_start.steps={WARM}",
            f"--config.search.steps={SEARCH}",
            f"--config.checkpoint.every_steps={EVERY}",
            "--config.log_every_steps=1", "--config.progress_bar=False",
            "--config.eval.summary=False"]
+  # The same search section for evaluation (its config must match).
+  flags += [f"--config.search.{k}={v}" for k, v in SEARCH_FLAGS.items()]
   flags += [*resume._small_flags(),  # pylint: disable=protected-access
             "--num_processes=2", f"--coordinator_address=localhost:{port}"]
   return [subprocess.Popen(
@@ -96,12 +115,25 @@ def test_two_processes_equal_one_and_resume_after_kill_9(tmp_path):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(
       np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-5,
       atol=1e-6), one, two)
-  # Metrics written once, by process 0: one line per step.
-  steps = [m["step"] for m in metrics_lib.read_metrics(killed)]
-  assert steps == list(range(1, WARM + SEARCH + 1))
-  m1 = metrics_lib.read_metrics(straight)[-1]
-  m2 = metrics_lib.read_metrics(killed)[-1]
-  np.testing.assert_allclose(m2["loss"], m1["loss"], rtol=1e-4)
+  # Metrics written once, by process 0: one line per step, the killed run's
+  # lines before the kill kept, and every value as the uninterrupted run's.
+  m1 = metrics_lib.read_metrics(straight)
+  m2 = metrics_lib.read_metrics(killed)
+  assert [m["step"] for m in m2] == list(range(1, WARM + SEARCH + 1))
+  for a, b in zip(m1, m2):
+    assert set(a) == set(b)
+    for k in a:
+      if k != "steps_per_second":
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-6,
+                                   err_msg=f"step {a['step']} {k}")
+  # An earlier checkpoint differs from the last; a missing one says which
+  # steps exist.
+  _, _, early, s0 = loop.latest_params(_config(), killed, EVERY)
+  assert s0 == EVERY
+  assert any(not np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(early), jax.tree.leaves(two)))
+  with pytest.raises(FileNotFoundError, match="No checkpoint 7 in"):
+    loop.latest_params(_config(), killed, 7)
 
   # python -m train.evaluate on 2 processes splits the problems (12: padded
   # to 16) over the 8 devices as one process does; process 0 writes. (Its

@@ -1,13 +1,10 @@
-"""A run killed with kill -9 and resumed equals a run never stopped."""
+"""SIGTERM saves the current step and a resumed run continues; the warm
+start's checkpoint interval. (kill -9: tests/test_multiprocess.py.)"""
 import os
 import signal
 import subprocess
 import sys
 import time
-
-import jax
-import numpy as np
-import pytest
 
 from train import config as config_lib
 from train import loop
@@ -54,66 +51,12 @@ def _comparable(lines):
           for line in lines]
 
 
-def test_kill_9_and_resume_matches_uninterrupted(tmp_path):
-  straight = str(tmp_path / "straight")
-  loop.train(_config(), straight)
-
-  killed = str(tmp_path / "killed")
-  proc = subprocess.Popen(
-      [sys.executable, "-m", "train", "--config",
-       os.path.join(REPO, "configs", "tiny.py"), "--workdir", killed,
-       *_flags(), "--config.debug.step_delay_s=0.3"],
-      cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  ckpt_dir = os.path.join(killed, "checkpoints")
-  deadline = time.time() + 240
-  try:
-    while time.time() < deadline:
-      done = [int(d) for d in (os.listdir(ckpt_dir)
-                               if os.path.isdir(ckpt_dir) else [])
-              if d.isdigit()]
-      if done and max(done) >= 2 * EVERY:
-        break
-      assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-      time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-  assert proc.returncode == -signal.SIGKILL
-  ckpt = loop.checkpointer(_config(), killed)
-  killed_at = ckpt.latest_step()
-  ckpt.close()
-  assert 2 * EVERY <= killed_at < STEPS, killed_at
-  # The killed run logged up to (at least) its checkpoint.
-  assert max(m["step"] for m in metrics_lib.read_metrics(killed)) >= killed_at
-
-  loop.train(_config(), killed)  # resumes
-
-  _, _, p_straight, s1 = loop.latest_params(_config(), straight)
-  _, _, p_resumed, s2 = loop.latest_params(_config(), killed)
-  assert s1 == s2 == STEPS
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), p_straight,
-               p_resumed)
-  # An earlier checkpoint by step differs from the last; a missing one says
-  # which steps exist.
-  _, _, p_early, s0 = loop.latest_params(_config(), straight, 2 * EVERY)
-  assert s0 == 2 * EVERY
-  assert any(not np.array_equal(a, b) for a, b in zip(
-      jax.tree.leaves(p_early), jax.tree.leaves(p_straight)))
-  with pytest.raises(FileNotFoundError, match="No checkpoint 7 in"):
-    loop.latest_params(_config(), straight, 7)
-  m1 = _comparable(metrics_lib.read_metrics(straight))
-  m2 = _comparable(metrics_lib.read_metrics(killed))
-  assert [m["step"] for m in m1] == list(range(1, STEPS + 1))
-  assert m1 == m2
-  # Training did something: the answer-token loss went down.
-  assert m1[-1]["loss/policy"] < m1[0]["loss/policy"] - 0.3
+# kill -9 and resume: tests/test_multiprocess.py (both processes of a
+# 2-process run killed, resumed, equal to an uninterrupted run).
 
 
 def test_sigterm_saves_current_step_and_resume_continues(tmp_path):
-  # STEPS: the same train step as the test above (shared where the test
-  # run's compilation cache is on, tests/conftest.py); 0.5 s a step leaves
+  # 0.5 s a step leaves
   # 13 steps (6.5 s) between the third logged step and the run's end for the
   # signal to land in.
   steps = STEPS
