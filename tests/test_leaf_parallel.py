@@ -15,7 +15,7 @@ import tsearch
 from tsearch._src import toy_mdp as toy
 
 B, K, SIMS, STATES = 4, 3, 12, 40
-SETTINGS = settings(max_examples=10, deadline=None, derandomize=True)
+SETTINGS = settings(max_examples=6, deadline=None, derandomize=True)
 
 
 @functools.partial(jax.jit, static_argnames=("policy", "leaves"))

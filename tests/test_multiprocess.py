@@ -12,7 +12,6 @@ import jax
 import numpy as np
 import pytest
 
-from train import evaluate
 from train import loop
 from train import metrics as metrics_lib
 from tests import test_train_resume as resume
@@ -52,20 +51,18 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(workdir, port, *extra, module="train"):
+def _launch(workdir, port, *extra):
   env = dict(os.environ, XLA_FLAGS=_xla_flags(4))
-  flags = [] if module != "train" else [
-           f"--config.warm_start.steps={WARM}",
+  flags = [f"--config.warm_start.steps={WARM}",
            f"--config.search.steps={SEARCH}",
            f"--config.checkpoint.every_steps={EVERY}",
            "--config.log_every_steps=1", "--config.progress_bar=False",
            "--config.eval.summary=False"]
-  # The same search section for evaluation (its config must match).
   flags += [f"--config.search.{k}={v}" for k, v in SEARCH_FLAGS.items()]
   flags += [*resume._small_flags(),  # pylint: disable=protected-access
             "--num_processes=2", f"--coordinator_address=localhost:{port}"]
   return [subprocess.Popen(
-      [sys.executable, "-m", module, "--config",
+      [sys.executable, "-m", "train", "--config",
        os.path.join(REPO, "configs", "tiny.py"), "--workdir", workdir,
        *flags, f"--process_id={i}", *extra],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -134,24 +131,3 @@ def test_two_processes_equal_one_and_resume_after_kill_9(tmp_path):
       jax.tree.leaves(early), jax.tree.leaves(two)))
   with pytest.raises(FileNotFoundError, match="No checkpoint 7 in"):
     loop.latest_params(_config(), killed, 7)
-
-  # python -m train.evaluate on 2 processes splits the problems (12: padded
-  # to 16) over the 8 devices as one process does; process 0 writes. (Its
-  # MCTS runs the same way; greedy keeps the test's compile time down.)
-  out = str(tmp_path / "eval.json")
-  procs = _launch(killed, _free_port(), "--methods=greedy:1",
-                  "--num_problems=12", f"--out={out}", "--split=test",
-                  module="train.evaluate")
-  logs = [p.communicate(timeout=600)[0].decode() for p in procs]
-  for p, log in zip(procs, logs):
-    assert p.returncode == 0, log[-3000:]
-  assert "wrote" in logs[0] and "wrote" not in logs[1]
-  two_rows = evaluate.read_results(out)["rows"]
-  one_rows = evaluate.evaluate_checkpoints(
-      _config(), killed, [(None, None)], methods=[("greedy", 1)],
-      split="test", num_problems=12, progress=False)
-  keys = ("algo", "step", "solve_rate", "model_calls", "tokens_forwarded",
-          "num_problems")
-  assert ([{k: r[k] for k in keys} for r in two_rows]
-          == [{k: r[k] for k in keys} for r in one_rows])
-  assert all(r["num_problems"] == 12 for r in two_rows)
