@@ -65,14 +65,17 @@ def local_blocks(mesh: jax.sharding.Mesh) -> tuple[list[int], int]:
   return mine, n
 
 
+def _concat(parts: Sequence[dict]) -> dict:
+  """Dicts of arrays with the same keys, concatenated along rows."""
+  return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
 def by_block(examples: dict, blocks: Sequence[int], fn) -> dict:
   """``fn(block, rows)`` on each block's rows of ``examples``, concatenated."""
   k = len(blocks)
-  parts = [fn(b, {name: np.array_split(v, k)[i]
-                  for name, v in examples.items()})
-           for i, b in enumerate(blocks)]
-  return {name: np.concatenate([p[name] for p in parts])
-          for name in parts[0]}
+  return _concat([fn(b, {name: np.array_split(v, k)[i]
+                         for name, v in examples.items()})
+                  for i, b in enumerate(blocks)])
 
 
 class ExampleStream:
@@ -139,18 +142,16 @@ class ExampleStream:
       if split != self.split:
         raise ValueError(f"A tfds stream reads split {self.split!r} only; "
                          f"split {split!r} needs data.source='generated'.")
-      parts = [next(loader) for loader in self._loaders]
-      return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+      return _concat([next(loader) for loader in self._loaders])
     # A task's own extra splits (puzzles beyond a fixed list) included.
     splits = self.task.splits
     self.task.check_split(split)
     # Tasks with a fixed list (Game of 24) draw from the split's puzzles;
     # for the others the split is part of the seed.
     kw = dict(split=split) if self.task.fixed_splits else {}
-    parts = [examples_from_problems(self.task, self.task.sample_problems(
+    return _concat([examples_from_problems(self.task, self.task.sample_problems(
         step_seed(self.seed, self._step - 1, b, splits.index(split)),
-        self.block_size, **kw)) for b in self.blocks]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        self.block_size, **kw)) for b in self.blocks])
 
   def state(self) -> dict:
     """The position to store in a checkpoint."""
