@@ -313,29 +313,40 @@ class Checkpointer:
     self._manager.reload()
 
   def restore_params(self, step: int, target: PyTree) -> tuple[PyTree, dict]:
-    """Like :meth:`restore`, for a ``target`` that may lack the saved replay
-    buffer (e.g. evaluation): the buffer is read as saved and dropped."""
+    """Like :meth:`restore`, for a ``target`` that may lack saved top-level
+    items other than the state (the replay buffer, the step-DPO reference
+    policy; e.g. evaluation): those are read as saved and dropped."""
     self.verify(step)
     tree = self._saved_tree(step)
-    if "replay" in tree and "replay" not in target:
-      # Read (replicated on every device, so on several processes each can
-      # address it) and dropped.
-      everywhere = jax.sharding.NamedSharding(
-          jax.make_mesh((jax.device_count(),), ("all",)),
-          jax.sharding.PartitionSpec())
-      replay = jax.tree.map(
+    extra = [name for name in ("replay", "reference")
+             if name in tree and name not in target]
+    if not extra:
+      return self._restore(step, target)
+    # Read (replicated on every device, so on several processes each can
+    # address them) and dropped.
+    everywhere = jax.sharding.NamedSharding(
+        jax.make_mesh((jax.device_count(),), ("all",)),
+        jax.sharding.PartitionSpec())
+    full = dict(target)
+    for name in extra:
+      full[name] = jax.tree.map(
           lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype,
                                          sharding=everywhere),
-          tree["replay"], is_leaf=lambda m: hasattr(m, "shape"))
-      out, meta = self._restore(step, dict(target, replay=replay))
-      out = dict(out)
-      out.pop("replay")
-      return out, meta
-    return self._restore(step, target)
+          tree[name], is_leaf=lambda m: hasattr(m, "shape"))
+    out, meta = self._restore(step, full)
+    out = dict(out)
+    for name in extra:
+      out.pop(name)
+    return out, meta
 
   def has_replay(self, step: int) -> bool:
     """Whether the checkpoint at ``step`` holds a replay buffer."""
-    return "replay" in self._saved_tree(step)
+    return self.has_item(step, "replay")
+
+  def has_item(self, step: int, name: str) -> bool:
+    """Whether the checkpoint at ``step`` holds the top-level item
+    ``name`` (``replay``, ``reference``)."""
+    return name in self._saved_tree(step)
 
   def _saved_tree(self, step: int):
     try:

@@ -44,6 +44,13 @@ DEFAULTS = dict(
     # Step level, a task with a take-back token: P(take back) after each
     # first-move candidate toward 1 - its Q (train.retract_terms).
     retract_weight=0.0,
+    # Step level: step-DPO on sibling steps ranked by the tree's Q, against
+    # the frozen policy the search steps start from (train.preference_terms):
+    # the term's weight, beta, the Q margin of a pair, "dpo" or "ipo".
+    step_dpo_weight=0.0,
+    step_dpo_beta=0.1,
+    step_dpo_margin=0.1,
+    step_dpo_loss="dpo",
 )
 
 
@@ -90,6 +97,14 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   need(x["retract_weight"] >= 0, "retract_weight", "must be >= 0.")
   need(x["retract_weight"] == 0 or step, "retract_weight",
        "teaches taking back a first step: needs --config.search.level=step.")
+  need(x["step_dpo_weight"] >= 0, "step_dpo_weight", "must be >= 0.")
+  need(x["step_dpo_weight"] == 0 or step, "step_dpo_weight",
+       "pairs sibling steps of the searched tree: needs "
+       "--config.search.level=step.")
+  need(x["step_dpo_beta"] > 0, "step_dpo_beta", "must be > 0.")
+  need(x["step_dpo_margin"] >= 0, "step_dpo_margin", "must be >= 0.")
+  need(x["step_dpo_loss"] in ("dpo", "ipo"), "step_dpo_loss",
+       "use 'dpo' or 'ipo'.")
   need(x["search_learning_rate"] >= 0, "search_learning_rate",
        "must be >= 0 (0: one schedule over all steps).")
   need(x["anchor_weight"] >= 0, "anchor_weight",

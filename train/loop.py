@@ -236,11 +236,16 @@ def optimizer_steps(config: ml_collections.ConfigDict, loop_steps=None
   return warm + (loop_steps - warm) * per
 
 
-def state_to_tree(state: step_lib.TrainState, replay=None) -> dict:
+def state_to_tree(state: step_lib.TrainState, replay=None,
+                  reference=None) -> dict:
+  """A checkpoint's tree: the state, and the search steps' replay buffer and
+  frozen reference policy (``experimental.step_dpo_weight``) if any."""
   tree = dict(step=state.step, params=state.params, opt_state=state.opt_state,
               rng=state.rng)
   if replay is not None:
     tree["replay"] = replay
+  if reference is not None:
+    tree["reference"] = reference
   return tree
 
 
@@ -315,13 +320,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # The newest readable checkpoint: damaged newer ones are named in a
   # warning and moved aside.
   restored = ckpt.restore_latest(lambda step: state_to_tree(
-      state, None if fresh_replay(step) else replay))
+      state, None if fresh_replay(step) else replay,
+      state.params if ckpt.has_item(step, "reference") else None))
   start = None
   if restored is not None:
     start, tree, meta = restored
     state = tree_to_state(tree)
     if "replay" in tree and replay is not None:
       search_learn.replay = tree["replay"]
+    if "reference" in tree and search_learn is not None:
+      search_learn.reference = tree["reference"]
     stream.restore(meta["data_position"])
     if int(state.step) != optimizer_steps(config, start):
       raise ValueError(f"Checkpoint {start} holds optimizer step "
@@ -335,13 +343,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
   state = place(state)
+  if (search_learn is not None and search_learn.needs_reference
+      and search_learn.reference is None and (start or 0) > warm):
+    search_learn.reference = _warm_start_reference(ckpt, workdir, warm, start,
+                                                   state, mesh)
   if specs is not None and primary:
     from models import sharding  # pylint: disable=import-outside-toplevel
     logging.info("Parameter sharding:\n%s", sharding.describe(state.params))
 
   def current_tree(state):
-    return state_to_tree(
-        state, search_learn.replay if search_learn is not None else None)
+    if search_learn is None:
+      return state_to_tree(state)
+    return state_to_tree(state, search_learn.replay, search_learn.reference)
 
   writer = metrics_lib.MetricWriter(workdir, enabled=primary,
                                     resume_step=start)
@@ -396,6 +409,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             state, step_lib.shard_batch(warm_batch(step, examples), mesh),
             key)
       else:
+        if search_learn.needs_reference and search_learn.reference is None:
+          # The frozen reference policy: the parameters the search steps
+          # start from (a copy: the step donates the state's buffers).
+          search_learn.reference = jax.tree.map(jnp.copy, state.params)
         state, metrics = search_learn.step(
             state, examples, key, anchor=warm_batch(step, examples)
             if switches["anchor_weight"] else None)
@@ -429,6 +446,23 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer.close()
   ckpt.close()
   return last
+
+
+def _warm_start_reference(ckpt, workdir, warm, start, state, mesh):
+  """The reference policy of a run resumed after its search steps began
+  from a checkpoint without one (written before step-DPO was turned on):
+  the parameters of the warm start's last checkpoint (step ``warm``)."""
+  if warm not in ckpt.all_steps():
+    raise ValueError(
+        f"experimental.step_dpo_weight > 0 compares the policy with the one "
+        f"the search steps started from, but checkpoint {start} in {workdir} "
+        f"was written without it and the warm start's last checkpoint (step "
+        f"{warm}) is gone. Start the search steps again from a copy of the "
+        f"workdir at step {warm}, or set step_dpo_weight=0.")
+  print(f"Step-DPO reference policy: the parameters of checkpoint {warm} "
+        "(the last warm-start step).", flush=True)
+  _, tree = read_params(ckpt, workdir, warm, state_to_tree(state))
+  return step_lib.replicate(tree["params"], mesh)
 
 
 def latest_params(config: ml_collections.ConfigDict, workdir: str,

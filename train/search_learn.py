@@ -76,6 +76,16 @@ class SearchLearn:
       extensions.append(retract_terms.extension(
           fns.apply, task, weight=float(x["retract_weight"]),
           sft_weight=float(s.sft_weight)))
+    forward = search_losses.make_forward(
+        fns.apply, level=s.level, pad_id=task.pad_id,
+        max_seq_len=fns.config.max_seq_len,
+        end_token=None)
+    if x["step_dpo_weight"] > 0:  # config.validate checks the level
+      from train import preference_terms  # pylint: disable=import-outside-toplevel
+      extensions.append(preference_terms.extension(
+          forward, weight=float(x["step_dpo_weight"]),
+          beta=float(x["step_dpo_beta"]),
+          margin=float(x["step_dpo_margin"]), loss=x["step_dpo_loss"]))
     end_tokens = {e.end_token for e in extensions} - {None}
     if len(end_tokens) > 1:
       raise ValueError(f"Loss extensions ask for different end tokens "
@@ -85,7 +95,11 @@ class SearchLearn:
     for e in extensions:
       keep += tuple(k for k in e.keep if k not in keep)
 
-    def prepare(params, batch, key):
+    #: Whether the step takes a frozen reference policy (:meth:`step`).
+    self.needs_reference = any(e.prepare is not None for e in extensions)
+    self.reference = None
+
+    def prepare(params, batch, key, reference=None):
       r = tsearch.rollout(
           fns.graphdef, fns.state(params), task, batch["prompt"],
           batch["prompt_length"], key, config=cfg, num_moves=moves,
@@ -101,12 +115,18 @@ class SearchLearn:
                "search/model_calls": jnp.mean(r.model_calls)}
       rows = {k: (batch["prompt_length"] if k == "prompt_length" else r[k])
               for k in keep}
+      for e in extensions:
+        if e.prepare is not None:
+          rows = e.prepare(reference, rows)
+        if e.stats is not None:
+          stats.update(e.stats(rows))
       return rows, stats
 
-    forward = search_losses.make_forward(
-        fns.apply, level=s.level, pad_id=task.pad_id,
-        max_seq_len=fns.config.max_seq_len,
-        end_token=next(iter(end_tokens), None))
+    if end_tokens:
+      forward = search_losses.make_forward(
+          fns.apply, level=s.level, pad_id=task.pad_id,
+          max_seq_len=fns.config.max_seq_len,
+          end_token=next(iter(end_tokens)))
     loss_fn = search_losses.make_loss_fn(
         forward, search_losses.terms(s, x, two_player=two_player),
         tuple(extensions))
@@ -125,21 +145,27 @@ class SearchLearn:
     if s.replay_size and param_specs is not None:
       raise ValueError("search.replay_size > 0 is not supported with sharded "
                        "parameters yet; set --config.search.replay_size=0.")
+    if self.needs_reference and param_specs is not None:
+      raise ValueError("experimental.step_dpo_weight > 0 is not supported "
+                       "with sharded parameters yet; set it to 0.")
     if s.replay_size:
       self._step = step_lib.make_replay_train_step(
           loss_fn, optimizer, mesh, prepare_fn=prepare, loss_weights=weights,
-          updates=s.updates_per_search, side_loss_fn=side_loss_fn)
+          updates=s.updates_per_search, side_loss_fn=side_loss_fn,
+          reference=self.needs_reference)
       local = config.batch_size // jax.process_count()
       example = {"prompt": np.zeros((local, task.max_prompt_length),
                                     np.int32),
                  "prompt_length": np.ones((local,), np.int32)}
       self.replay = step_lib.init_replay(
-          prepare, fns_params_example(fns), example, mesh,
+          lambda p, b, k: prepare(p, b, k, p), fns_params_example(fns),
+          example, mesh,
           size=s.replay_size)
     else:
       self._step = step_lib.make_train_step(
           loss_fn, optimizer, mesh, prepare_fn=prepare, loss_weights=weights,
-          side_loss_fn=side_loss_fn, param_specs=param_specs)
+          side_loss_fn=side_loss_fn, param_specs=param_specs,
+          reference=self.needs_reference)
 
   def step(self, state, examples, key, anchor=None):
     """One search-and-learn step on ``examples`` (this process's prompts);
@@ -156,6 +182,13 @@ class SearchLearn:
     args = (step_lib.shard_batch(batch, self.mesh), key)
     if anchor is not None:
       args += (step_lib.shard_batch(anchor, self.mesh),)
+    if self.needs_reference:
+      if self.reference is None:
+        raise ValueError(
+            "This run's loss (experimental.step_dpo_weight > 0) compares the "
+            "policy with a frozen reference; set SearchLearn.reference (the "
+            "parameters the search steps start from) before the first step.")
+      args += (self.reference,)
     if self.replay is None:
       return self._step(state, *args)
     state, self.replay, metrics = self._step(state, self.replay, *args)

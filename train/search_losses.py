@@ -60,6 +60,12 @@ class Extension:
       log-probability of this token after each candidate step.
     forward: ``(params, outputs, batch) -> outputs``, run after the main
       forward (e.g. one more model pass over other sequences), or None.
+    prepare: ``(reference, rows) -> rows``, run once per search on the
+      rollout's rows (outside the gradient; a replay buffer stores what it
+      adds), with ``reference`` a frozen copy of the parameters the search
+      steps started from (:mod:`train.preference_terms`); or None.
+    stats: ``rows -> {name: scalar}`` logged with the search's statistics,
+      or None.
   """
   terms: Mapping[str, TermFn]
   weights: Mapping[str, float]
@@ -67,6 +73,8 @@ class Extension:
   record_q: bool = False
   end_token: int | None = None
   forward: Callable | None = None
+  prepare: Callable | None = None
+  stats: Callable | None = None
 
 
 # ------------------------------------------------------------------ forward

@@ -166,7 +166,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
                     loss_weights: Mapping[str, float],
                     prepare_fn: Callable | None = None,
                     side_loss_fn: LossFn | None = None,
-                    param_specs: PyTree | None = None):
+                    param_specs: PyTree | None = None,
+                    reference: bool = False):
   """Builds ``train_step(state, batch, key) -> (state, metrics)``, jitted.
 
   Args:
@@ -190,32 +191,58 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
       (:func:`models.sharding.param_specs`) for parameters sharded over the
       mesh (FSDP over ``data``, tensor parallelism over ``model``; see
       :func:`make_sharded_train_step`); None: replicated parameters.
+    reference: the step takes a last argument, a frozen parameter tree
+      (replicated; e.g. the reference policy of a preference loss) that
+      ``prepare_fn`` gets as ``prepare_fn(params, batch, key, reference)``.
 
   Returns:
     The jitted step. ``metrics`` holds ``loss``, each term's global mean
     (``loss/<name>``), ``grad_norm`` and ``param_norm``, replicated scalars.
   """
   if param_specs is not None:
+    if reference:
+      raise ValueError("A frozen reference policy is not supported with "
+                       "sharded parameters yet.")
     return make_sharded_train_step(
         loss_fn, optimizer, mesh, loss_weights=loss_weights,
         prepare_fn=prepare_fn, side_loss_fn=side_loss_fn,
         param_specs=param_specs)
+  _check_reference(reference, prepare_fn)
   update = _update_fn(loss_fn, optimizer, loss_weights, mesh.shape[DATA],
                       side_loss_fn)
 
-  def per_device(state: TrainState, batch, key, side=None):
+  def per_device(state: TrainState, batch, key, *extra):
+    side, frozen = _extra_args(extra, side_loss_fn, reference)
     key = jax.random.fold_in(key, lax.axis_index(DATA))
     stats = {}
     if prepare_fn is not None:
       prepare_key, key = jax.random.split(key)
-      batch, stats = prepare_fn(state.params, batch, prepare_key)
+      batch, stats = prepare_fn(state.params, batch, prepare_key, *frozen)
       batch = lax.stop_gradient(batch)
     new_state, metrics = update(state, batch, key, side)
     metrics.update(lax.pmean(stats, DATA))
     return new_state, metrics
 
-  specs = (P(), P(DATA), P()) + ((P(DATA),) if side_loss_fn else ())
+  specs = (P(), P(DATA), P()) + _extra_specs(side_loss_fn, reference)
   return _shard_and_jit(per_device, mesh, specs, (P(), P()), (0,))
+
+
+def _check_reference(reference: bool, prepare_fn) -> None:
+  if reference and prepare_fn is None:
+    raise ValueError("A reference parameter tree is read by prepare_fn; "
+                     "pass one.")
+
+
+def _extra_args(extra, side_loss_fn, reference):
+  """``(side, (reference,) or ())`` from a step's trailing arguments."""
+  extra = list(extra)
+  side = extra.pop(0) if side_loss_fn is not None else None
+  return side, tuple(extra[:1]) if reference else ()
+
+
+def _extra_specs(side_loss_fn, reference):
+  return (((P(DATA),) if side_loss_fn else ())
+          + ((P(),) if reference else ()))
 
 
 # ---------------------------------------------------------------------------
@@ -380,7 +407,8 @@ def make_replay_train_step(loss_fn: LossFn,
                            mesh: jax.sharding.Mesh, *,
                            loss_weights: Mapping[str, float],
                            prepare_fn: Callable, updates: int,
-                           side_loss_fn: LossFn | None = None):
+                           side_loss_fn: LossFn | None = None,
+                           reference: bool = False):
   """``step(state, replay, batch, key) -> (state, replay, metrics)``, jitted.
 
   ``prepare_fn`` (the search) turns each device's share of ``batch`` into
@@ -391,17 +419,22 @@ def make_replay_train_step(loss_fn: LossFn,
   (as in :func:`make_train_step`) the step is ``step(state, replay, batch,
   key, side)``: ``side`` is not stored, every update's loss gets it as it
   is. Metrics are the mean over the updates (plus ``prepare_fn``'s stats
-  and ``replay/size``).
+  and ``replay/size``). ``reference``: as in :func:`make_train_step` (the
+  last argument; what ``prepare_fn`` makes from it is stored with the
+  rows).
   """
   if updates < 1:
     raise ValueError(f"search.updates_per_search={updates} must be >= 1.")
   update = _update_fn(loss_fn, optimizer, loss_weights, mesh.shape[DATA],
                       side_loss_fn)
 
-  def per_device(state: TrainState, replay, batch, key, side=None):
+  _check_reference(reference, prepare_fn)
+
+  def per_device(state: TrainState, replay, batch, key, *extra):
+    side, frozen = _extra_args(extra, side_loss_fn, reference)
     key = jax.random.fold_in(key, lax.axis_index(DATA))
     prepare_key, key = jax.random.split(key)
-    rows, stats = prepare_fn(state.params, batch, prepare_key)
+    rows, stats = prepare_fn(state.params, batch, prepare_key, *frozen)
     rows = lax.stop_gradient(rows)
     n_new = next(iter(jax.tree.leaves(rows))).shape[0]
     cap = next(iter(jax.tree.leaves(replay["data"]))).shape[0]
@@ -424,8 +457,8 @@ def make_replay_train_step(loss_fn: LossFn,
     metrics["replay/size"] = lax.psum(filled, DATA).astype(jnp.float32)
     return state, replay, metrics
 
-  specs = (P(), _replay_specs(), P(DATA), P()) + (
-      (P(DATA),) if side_loss_fn else ())
+  specs = (P(), _replay_specs(), P(DATA), P()) + _extra_specs(side_loss_fn,
+                                                              reference)
   return _shard_and_jit(per_device, mesh, specs,
                         (P(), _replay_specs(), P()), (0, 1))
 
