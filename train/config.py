@@ -9,6 +9,7 @@ Switches that one experiment needed are the opt-in ``experimental`` group
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -102,6 +103,8 @@ def default_config() -> ConfigDict:
       max_depth=0,  # tree depth bound; 0: see search_config.lm_search_config.
       dirichlet_fraction=0.25,  # PUCT root noise while training.
       pb_c_init=1.25,  # PUCT exploration constant (training and evaluation).
+      curiosity_weight=0.0,  # PUCT surprisal bonus w*min(-log P, 10)/(1+n)
+                             # (COS(M+O)S-style; LMSearchConfig); 0: off.
       act_on_solved=False,  # puzzles: follow a verified terminal found in
                             # the tree (tsearch.solved_root_slot).
       verifier_in_search=True,  # False: no answer key inside the search;
@@ -172,6 +175,13 @@ def validate_config(config: ConfigDict) -> None:
        f"must be 0 (off) or >= batch_size={config.batch_size}.")
   need(config.search.step_length >= 1, "search.step_length", "must be >= 1.")
   need(config.search.pb_c_init > 0, "search.pb_c_init", "must be positive.")
+  need(math.isfinite(config.search.get("curiosity_weight", 0.0))
+       and config.search.get("curiosity_weight", 0.0) >= 0,
+       "search.curiosity_weight", "must be a finite number >= 0 (0: off).")
+  need(config.search.get("curiosity_weight", 0.0) == 0
+       or config.search.algorithm == "puct", "search.curiosity_weight",
+       "applies to PUCT only; set it to 0.0 or "
+       "--config.search.algorithm=puct.")
   need(0.0 <= config.warm_start.corrupt_fraction < 1.0,
        "warm_start.corrupt_fraction", "must be in [0, 1).")
   need(config.data.max_len <= config.model.max_seq_len, "data.max_len",

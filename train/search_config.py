@@ -79,6 +79,7 @@ def lm_search_config(search: ml_collections.ConfigDict, task, *,
       dirichlet_fraction=(float(search.get("dirichlet_fraction", 0.25))
                           if noise else 0.0),
       pb_c_init=float(search.get("pb_c_init", 1.25)),
+      curiosity_weight=float(search.get("curiosity_weight", 0.0)),
       temperature=float(search.temperature if acting_temperature is None
                         else acting_temperature),
       max_num_considered_actions=int(num_children or search.num_children),

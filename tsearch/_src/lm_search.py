@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import chex
@@ -114,6 +115,11 @@ class LMSearchConfig:
     keep_logits: store each node's next-token logits ``[B, N, V]`` in the
       tree (for tests and inspection; costs ``N * V`` floats per row).
     dirichlet_fraction, dirichlet_alpha, pb_c_init, temperature: PUCT options.
+    curiosity_weight: PUCT only: weight ``w >= 0`` of a surprisal bonus
+      ``w * min(-log P(a), 10) / (1 + n(a))`` added to each child's PUCT
+      score (``puct_search(curiosity_weight=...)``, COS(M+O)S-style
+      curiosity); 0 (the default) is plain PUCT. ``policy='gumbel'`` has no
+      such term and raises if it is > 0.
     max_num_considered_actions, gumbel_scale: Gumbel options.
     leaves_per_step: leaves selected per tree in one search step (virtual
       loss, see :func:`tsearch.puct_search`) and expanded in one model call
@@ -140,6 +146,7 @@ class LMSearchConfig:
   dirichlet_fraction: float = 0.25
   dirichlet_alpha: float = 0.3
   pb_c_init: float = 1.25
+  curiosity_weight: float = 0.0
   temperature: float = 1.0
   max_num_considered_actions: int = 16
   gumbel_scale: float = 1.0
@@ -171,6 +178,17 @@ class LMSearchConfig:
           "verifier_in_search=False cannot score slots ahead: turn "
           "terminal_lookahead and prune_terminal_slots off (they read the "
           "environment's reward).")
+    w = self.curiosity_weight
+    if (not isinstance(w, (int, float, np.integer, np.floating))
+        or isinstance(w, bool) or not math.isfinite(w) or w < 0):
+      raise ValueError(
+          "curiosity_weight must be a finite number >= 0 (the weight of the "
+          f"surprisal bonus in PUCT; 0 turns it off), got {w!r}.")
+    if self.policy == "gumbel" and w > 0:
+      raise ValueError(
+          f"curiosity_weight={w} applies to policy='puct' only (Gumbel MuZero "
+          "has no PUCT score to add it to); set curiosity_weight=0.0 or "
+          "policy='puct'.")
     if self.capacity is not None and self.capacity < self.num_simulations + 1:
       raise ValueError(f"capacity {self.capacity} < num_simulations + 1 = "
                        f"{self.num_simulations + 1}.")
@@ -608,6 +626,7 @@ def _lm_search_jit(graphdef, state, env, prompt_tokens, prompt_lengths,
                       dirichlet_fraction=config.dirichlet_fraction,
                       dirichlet_alpha=config.dirichlet_alpha,
                       pb_c_init=config.pb_c_init,
+                      curiosity_weight=config.curiosity_weight,
                       temperature=config.temperature,
                       skip_dead_ends=config.prune_terminal_slots, **common)
   else:

@@ -125,6 +125,7 @@ def rollout(graphdef, state, task, prompt_tokens: Array,
           (state, cache), key, root, expand_fn,
           dirichlet_fraction=config.dirichlet_fraction,
           dirichlet_alpha=config.dirichlet_alpha, pb_c_init=config.pb_c_init,
+          curiosity_weight=config.curiosity_weight,
           temperature=config.temperature,
           skip_dead_ends=config.prune_terminal_slots, **kw)
     return (out.action.astype(jnp.int32),

@@ -32,6 +32,7 @@ Deliberate differences from mctx, which matter only off mctx's own problems:
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Optional
 
 import chex
@@ -584,6 +585,17 @@ def _check_leaves(leaves_per_step) -> None:
 # Public policies.
 
 
+def _check_curiosity(curiosity_weight) -> None:
+  ok = (isinstance(curiosity_weight, (int, float, np.integer, np.floating))
+        and not isinstance(curiosity_weight, bool)
+        and math.isfinite(curiosity_weight) and curiosity_weight >= 0)
+  if not ok:
+    raise ValueError(
+        "curiosity_weight must be a finite Python number >= 0 (the weight of "
+        "the surprisal bonus in PUCT; 0 turns it off); got "
+        f"{curiosity_weight!r}.")
+
+
 def _check_max_depth(max_depth):
   if max_depth is not None and (not isinstance(max_depth, (int, np.integer))
                                 or max_depth < 1):
@@ -609,6 +621,7 @@ def puct_search(
     tree: Optional[Tree] = None,
     skip_dead_ends: bool = False,
     leaves_per_step: int = 1,
+    curiosity_weight: float = 0.0,
 ) -> PolicyOutput:
   """AlphaZero / MuZero search with the PUCT rule (``mctx.muzero_policy``).
 
@@ -652,6 +665,14 @@ def puct_search(
       until it is evaluated) and expanded in one ``expand_fn`` call of
       ``B * leaves_per_step`` rows (``jax.vmap`` over the leaves). 1 (the
       default) is mctx's one-leaf loop; the total stays ``num_simulations``.
+    curiosity_weight: ``w >= 0``, a curiosity (surprisal) exploration bonus
+      in the style of COS(M+O)S: every node's PUCT score of slot ``a`` gains
+      ``w * min(-log P(a), 10) / (1 + n(a))``, with ``P`` the prior the PUCT
+      term uses (Dirichlet noise included at the root), ``n(a)`` the
+      child's visits and the surprisal capped at 10 nats
+      (``selection.MAX_SURPRISAL``) so zero-prior slots stay finite. It
+      spreads visits towards children the prior finds unlikely. 0 (the
+      default) leaves the term out: mctx's rule, bit for bit.
 
   Returns:
     :class:`PolicyOutput` with ``action [B]``, ``action_weights [B, K]`` (the
@@ -659,6 +680,7 @@ def puct_search(
   """
   _check_max_depth(max_depth)
   _check_leaves(leaves_per_step)
+  _check_curiosity(curiosity_weight)
   tree = _prepare_tree(root, num_simulations, capacity, tree)
   rng_key, dirichlet_key, search_key = jax.random.split(rng_key, 3)
 
@@ -680,7 +702,8 @@ def puct_search(
   def select(rows, keys):  # The same rule at the root and below it.
     return sel.puct_select(rows, sel.tie_break_noise(keys, k),
                            pb_c_init=pb_c_init, pb_c_base=pb_c_base,
-                           qtransform=qtransform)
+                           qtransform=qtransform,
+                           curiosity_weight=curiosity_weight)
 
   tree = _run(params, search_key, tree, expand_fn,
               num_simulations=num_simulations, max_depth=max_depth,

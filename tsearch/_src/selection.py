@@ -21,6 +21,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import mctx
+import numpy as np
 # Sequential halving is not re-exported by mctx's package __init__.
 from mctx._src import seq_halving
 
@@ -110,9 +111,45 @@ def tie_break_noise(keys: Array, num_children: int) -> Array:
       lambda key: jax.random.uniform(key, (num_children,)))(keys)
 
 
+# Cap of the curiosity bonus's surprisal, in nats: every slot with prior
+# P < exp(-10) ~ 4.5e-5 (zero-prior and illegal slots included) counts as
+# equally surprising, so the bonus stays finite and a near-impossible slot
+# cannot outbid the rest without bound.
+MAX_SURPRISAL = 10.0
+
+
+def surprisal(prior_logits: Array) -> Array:
+  """``min(-log softmax(prior_logits), MAX_SURPRISAL)``, finite everywhere.
+
+  ``-inf`` logits (zero prior) are first raised to the dtype's finite
+  minimum, as the tree stores them, so no slot gives ``inf`` or NaN.
+  """
+  logits = jnp.maximum(prior_logits, jnp.finfo(prior_logits.dtype).min)
+  return jnp.minimum(-jax.nn.log_softmax(logits), MAX_SURPRISAL)
+
+
+def _is_zero(x) -> bool:
+  """True for a concrete Python / NumPy zero (the bonus is left out)."""
+  return isinstance(x, (int, float, np.integer, np.floating)) and x == 0
+
+
 def puct_select(rows: NodeRows, noise: Array, *, pb_c_init, pb_c_base,
-                qtransform: QTransform) -> Array:
+                qtransform: QTransform, curiosity_weight=0.0) -> Array:
   """The MuZero PUCT rule (mctx ``muzero_action_selection``), batched.
+
+  With node visits ``N``, child visits ``n(a)`` and prior
+  ``P = softmax(prior_logits)``, the selected legal slot maximises::
+
+    Q(a) + c(N) * P(a) * sqrt(N) / (1 + n(a))
+         + curiosity_weight * min(-log P(a), MAX_SURPRISAL) / (1 + n(a))
+
+  with ``c(N) = pb_c_init + log((N + pb_c_base + 1) / pb_c_base)`` and ``Q``
+  the Q transform's values. The last term is a curiosity (surprisal) bonus
+  in the style of COS(M+O)S: it favours children the prior finds unlikely
+  and decays with their visits like the prior term. Surprisal is in nats and
+  not normalised (a uniform prior over K slots gives ``log K``).
+  ``curiosity_weight = 0`` (a Python number) leaves the term out: mctx's
+  rule, bit for bit.
 
   Args:
     rows: the node of each row.
@@ -120,6 +157,7 @@ def puct_select(rows: NodeRows, noise: Array, *, pb_c_init, pb_c_base,
     pb_c_init: c_1 of the PUCT formula.
     pb_c_base: c_2 of the PUCT formula.
     qtransform: an mctx Q transform.
+    curiosity_weight: weight of the surprisal bonus (>= 0; 0: off).
 
   Returns:
     ``[B]`` int32 selected legal slots.
@@ -130,7 +168,11 @@ def puct_select(rows: NodeRows, noise: Array, *, pb_c_init, pb_c_base,
   policy_score = (jnp.sqrt(node_visit) * pb_c * prior_probs
                   / (rows.visits + 1))
   value_score = apply_qtransform(qtransform, rows)
-  return masked_argmax(value_score + policy_score + noise, rows.mask)
+  score = value_score + policy_score
+  if not _is_zero(curiosity_weight):
+    score = score + (curiosity_weight * surprisal(rows.prior_logits)
+                     / (rows.visits + 1))
+  return masked_argmax(score + noise, rows.mask)
 
 
 def gumbel_interior_select(rows: NodeRows, *,
