@@ -24,9 +24,15 @@ def _row(seed, rate, **kw):
 def test_aggregate_means_seeds_and_keeps_configurations_apart():
   rows = [_row(0, 0.50), _row(1, 0.60), _row(2, 0.70),
           _row(2, 0.90),  # seed 2 evaluated again: the last row counts
-          _row(0, 0.20, algo="mcts", simulations=16, verifier_in_search=True),
-          _row(1, 0.30, algo="mcts", simulations=16, verifier_in_search=False)]
-  groups = {g["algo"]: g for g in results.aggregate(rows)}
+          _row(0, 0.20, algo="mcts", simulations=16, attempts_mean=1.0),
+          _row(1, 0.30, algo="mcts", simulations=16, attempts_mean=1.5),
+          # With the verifier inside, another configuration.
+          _row(0, 0.80, algo="mcts", simulations=16, verifier_in_search=True)]
+  groups = {(g["algo"], g["verifier_in_search"]): g
+            for g in results.aggregate(rows)}
+  assert len(groups) == 3
+  assert groups[("mcts", True)]["n"] == 1
+  groups = {k[0]: g for k, g in groups.items() if k[1] is False}
   g = groups["greedy"]
   assert (g["n"], g["seeds"], g["headline"]) == (3, [0, 1, 2], True)
   assert g["mean"] == pytest.approx(2.0 / 3)
@@ -34,8 +40,8 @@ def test_aggregate_means_seeds_and_keeps_configurations_apart():
   assert (g["min"], g["max"]) == (0.5, 0.9)
   assert g["model_calls"] == pytest.approx(11.0)
   m = groups["mcts"]
-  assert (m["n"], m["headline"], m["verifier_in_search"]) == (2, False,
-                                                              "mixed")
+  assert (m["n"], m["headline"], m["attempts_mean"]) == (2, False, "mixed")
+  assert m["mean"] == pytest.approx(0.25)
   table = results.format_table(results.aggregate(rows))
   assert "66.7% ± 20.8 [50-90]" in table and "3 seeds" in table
   assert "2 seeds" in table and "mixed" in table

@@ -21,7 +21,7 @@ Methods (``--methods algo:N``, default greedy, best-of-N for each N in
 under the task's legal mask:
 
 * ``greedy``, ``sampling`` (at ``eval.temperature``), ``best_of_n``,
-  ``beam``, ``dvts``, ``particle_filter``: the search family
+  ``beam``, ``dvts``, ``particle_filter``, ``best_first``: the search family
   (``tsearch.get_algorithm``) with budget N; ``--options`` sets their
   hyperparameters (``best_of_n.terminal_score=verifier`` picks the answer
   with the verifier, i.e. pass@N);
@@ -85,11 +85,11 @@ ROW_FIELDS = ("stage", "step", "algo", "simulations", "budget", "solve_rate",
               "num_problems", "options")
 # Rows of a results file with the same key are replaced by a new evaluation.
 ROW_KEY = ("stage", "algo", "simulations", "budget", "split", "seed",
-           "family", "options")
+           "family", "options", "verifier_in_search")
 
 # Family algorithms --methods takes (``mcts`` is the trainer's rollout).
 FAMILY_METHODS = ("greedy", "sampling", "best_of_n", "beam", "dvts",
-                  "particle_filter")
+                  "particle_filter", "best_first")
 METHODS = FAMILY_METHODS + ("mcts",)
 # Algorithms whose answer search always consults the verifier: every
 # lm_search tree gives its terminal nodes the task's reward.
@@ -279,8 +279,7 @@ def evaluate(config, task, fns, params, problems, *, methods, seed: int = 0,
             state, prompts, plen, jax.random.key(seed)))
     rows.append(dict(
         algo=algo, simulations=n if algo == "mcts" else None,
-        budget=n if algo in ("best_of_n", "beam", "dvts", "particle_filter")
-        else None,
+        budget=None if algo in ("greedy", "sampling", "mcts") else n,
         solve_rate=float(np.mean(np.asarray(reward) > 0.5)),
         model_calls=float(np.mean(calls)),
         tokens_forwarded=float(np.mean(tokens)),

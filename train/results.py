@@ -23,8 +23,8 @@ from absl import app, flags
 # A headline is the mean of at least this many seeds.
 HEADLINE_SEEDS = 3
 # Rows with the same values here are seeds of one configuration.
-GROUP = ("stage", "algo", "simulations", "budget", "options", "split",
-         "num_problems")
+GROUP = ("stage", "algo", "simulations", "budget", "options",
+         "verifier_in_search", "split", "num_problems")
 # What every row must say (None is not an answer).
 REQUIRED = ("verifier_in_search", "attempts_mean", "split", "seed")
 
