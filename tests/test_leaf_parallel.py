@@ -149,3 +149,31 @@ def test_config_leaves_per_step_reaches_the_lm_search():
   c.search.leaves_per_step = 0
   with pytest.raises(ValueError, match="leaves_per_step must be >= 1"):
     search_config.lm_search_config(c.search, task)
+
+
+def test_rollout_searches_with_the_configs_leaves_per_step():
+  """tsearch.rollout (training targets, evaluation's MCTS) passes
+  ``leaves_per_step`` on: with 4 leaves per step the root's visit weights
+  differ from one leaf per step (virtual loss spreads the first picks)."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  import models  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from tsearch.tasks import get_task  # pylint: disable=import-outside-toplevel
+  task = get_task("arithmetic", max_digits=1)
+  model = models.Transformer(models.ModelConfig(
+      vocab_size=task.vocab.size, num_layers=1, d_model=16, num_heads=2,
+      num_kv_heads=1, head_dim=8, mlp_dim=32, max_seq_len=48),
+      rngs=nnx.Rngs(0))
+  g, state = nnx.split(model)
+  prompt, plen = task.encode_prompts(task.sample_problems(0, 2))
+  base = tsearch.LMSearchConfig(num_simulations=8, num_children=3,
+                                capacity=16,
+                                reserve_tokens=task.max_answer_length)
+  out = {}
+  for leaves in (1, 4):
+    cfg = dataclasses.replace(base, leaves_per_step=leaves)
+    out[leaves] = tsearch.rollout(g, state, task, prompt, plen,
+                                  jax.random.key(0), config=cfg, num_moves=1)
+  w1, w4 = (np.asarray(out[n].weights[:, 0]) for n in (1, 4))
+  np.testing.assert_allclose(w1.sum(-1), 1.0, rtol=1e-5)
+  assert not np.array_equal(w1, w4)

@@ -114,7 +114,8 @@ def rollout(graphdef, state, task, prompt_tokens: Array,
 
   def search(key, tree, cache):
     kw = dict(num_simulations=config.num_simulations,
-              max_depth=config.max_depth, tree=tree)
+              max_depth=config.max_depth, tree=tree,
+              leaves_per_step=config.leaves_per_step)
     if config.policy == "gumbel":
       out = gumbel_search(
           (state, cache), key, root, expand_fn,
