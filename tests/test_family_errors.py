@@ -16,10 +16,11 @@ KEY = jax.random.key(0)
 
 def test_registry_names_and_unknown_name():
   assert list(A.ALGORITHMS) == ["greedy", "sampling", "best_of_n", "beam",
-                                "dvts", "particle_filter", "mcts", "gumbel"]
+                                "dvts", "particle_filter", "best_first",
+                                "mcts", "gumbel"]
   assert tsearch.get_algorithm("beam") is A.beam
   with pytest.raises(ValueError, match="Unknown algorithm 'bfs'.*greedy, "
-                     "sampling, best_of_n, beam, dvts, particle_filter, mcts, "
+                     "sampling, best_of_n, beam, dvts, particle_filter, best_first, mcts, "
                      "gumbel"):
     tsearch.get_algorithm("bfs")
 

@@ -4,6 +4,8 @@ from tsearch._src.algorithms.family import (AGGREGATES, SearchOutput, beam,
                                        greedy, particle_filter, sampling,
                                        systematic_resample)
 from tsearch._src.algorithms import mcts as mcts_lib
+from tsearch._src.algorithms import best_first as best_first_lib
+from tsearch._src.algorithms.best_first import best_first
 from tsearch._src.algorithms.mcts import gumbel, mcts
 
 ALGORITHMS = {
@@ -13,6 +15,7 @@ ALGORITHMS = {
     "beam": beam,
     "dvts": dvts,
     "particle_filter": particle_filter,
+    "best_first": best_first,
     "mcts": mcts,
     "gumbel": gumbel,
 }

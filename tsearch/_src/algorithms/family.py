@@ -24,6 +24,11 @@ dvts             diverse verifier tree search: ``budget // K`` independent
 particle_filter  ``N = budget`` particles, one step each per round, weighted
                  by ``exp(value / temperature)`` and resampled (systematic,
                  explicit key) every round
+best_first       best-first (A*-style) search over steps
+                 (:mod:`tsearch._src.algorithms.best_first`): ``budget``
+                 expansions, each popping the frontier entry of highest
+                 ``value + cost_weight * logprob`` and sampling ``K`` steps
+                 from it; the first finished answer popped is the answer
 ===============  ============================================================
 
 By default the value head alone guides the search and chooses answers
@@ -56,8 +61,8 @@ class SearchOutput:
   """The answers a search chose, its candidates and the compute it spent.
 
   ``M`` is the number of finished candidates the algorithm ends with (1 for
-  greedy/sampling/MCTS, ``N`` for best-of-N and particle filtering, the beams
-  for beam search and DVTS).
+  greedy/sampling/MCTS/best-first, ``N`` for best-of-N and particle
+  filtering, the beams for beam search and DVTS).
   """
   answers: Array  # [B, T] int32 chosen answer, PAD after its end
   answer_lengths: Array  # [B] int32
