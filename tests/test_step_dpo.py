@@ -85,7 +85,7 @@ def test_bad_step_dpo_switches_are_clear_errors():
 
 def _config():
   """configs/countdown.py, shrunk: 2 warm-start steps, then 2 search steps
-  trained on step-DPO alone."""
+  trained on step-DPO and the process-advantage terms."""
   c = config_lib.load_config_file(os.path.join(REPO, "configs",
                                                "countdown.py"))
   c.task.options = dict(num_numbers=3, max_target=30, strict=True)
@@ -98,7 +98,7 @@ def _config():
                   value_weight=0.0)
   c.experimental = experimental.config(
       search_learning_rate=1e-2, step_dpo_weight=1.0, step_dpo_margin=0.0,
-      step_dpo_beta=0.5)
+      step_dpo_beta=0.5, pav_value_weight=0.5, pav_policy_weight=0.25)
   c.log_every_steps = 1
   c.checkpoint.update(every_steps=1, warm_start_every_steps=1, keep=10)
   c.progress_bar = False
@@ -119,8 +119,11 @@ def test_step_dpo_run_keeps_the_warm_start_as_reference(tmp_path):
   # log-ratio difference is 0 and the DPO loss is log 2.
   np.testing.assert_allclose(first["loss/step_dpo"], np.log(2.0), atol=1e-5)
   assert abs(second["loss/step_dpo"] - np.log(2.0)) > 1e-4
-  np.testing.assert_allclose(first["loss"], first["loss/step_dpo"],
-                             rtol=1e-6)
+  # The process-advantage terms (train.advantage_terms) ride along.
+  assert first["search/mean_abs_advantage"] > 0
+  np.testing.assert_allclose(
+      first["loss"], first["loss/step_dpo"] + 0.5 * first["loss/pav_value"]
+      + 0.25 * first["loss/pav_policy"], rtol=1e-5)
   # The reference saved at steps 3 and 4 (the second after the resume) is
   # the warm start's last parameters, not the policy's.
   ckpt = loop.checkpointer(c, workdir)

@@ -51,6 +51,12 @@ DEFAULTS = dict(
     step_dpo_beta=0.1,
     step_dpo_margin=0.1,
     step_dpo_loss="dpo",
+    # Step level: process advantages A = Q(s, a) - V(s) from the tree
+    # (train.advantage_terms): the value head after every visited candidate
+    # toward its Q, and a policy gradient with A (clipped to +-pav_clip).
+    pav_value_weight=0.0,
+    pav_policy_weight=0.0,
+    pav_clip=1.0,
 )
 
 
@@ -105,6 +111,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   need(x["step_dpo_margin"] >= 0, "step_dpo_margin", "must be >= 0.")
   need(x["step_dpo_loss"] in ("dpo", "ipo"), "step_dpo_loss",
        "use 'dpo' or 'ipo'.")
+  for key in ("pav_value_weight", "pav_policy_weight"):
+    need(x[key] >= 0, key, "must be >= 0.")
+    need(x[key] == 0 or step, key, "reads the searched tree's candidate "
+         "steps: needs --config.search.level=step.")
+  need(x["pav_clip"] > 0, "pav_clip", "must be > 0.")
   need(x["search_learning_rate"] >= 0, "search_learning_rate",
        "must be >= 0 (0: one schedule over all steps).")
   need(x["anchor_weight"] >= 0, "anchor_weight",

@@ -86,6 +86,12 @@ class SearchLearn:
           forward, weight=float(x["step_dpo_weight"]),
           beta=float(x["step_dpo_beta"]),
           margin=float(x["step_dpo_margin"]), loss=x["step_dpo_loss"]))
+    if x["pav_value_weight"] > 0 or x["pav_policy_weight"] > 0:
+      from train import advantage_terms  # pylint: disable=import-outside-toplevel
+      extensions.append(advantage_terms.extension(
+          value_weight=float(x["pav_value_weight"]),
+          policy_weight=float(x["pav_policy_weight"]),
+          clip=float(x["pav_clip"]), two_player=two_player))
     end_tokens = {e.end_token for e in extensions} - {None}
     if len(end_tokens) > 1:
       raise ValueError(f"Loss extensions ask for different end tokens "
