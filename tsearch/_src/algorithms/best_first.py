@@ -67,7 +67,6 @@ import numpy as np
 from models import sharding
 from tsearch._src.algorithms import family
 from tsearch._src.algorithms import rows as rows_lib
-from tsearch._src.base import step_ended
 
 Array = chex.Array
 
@@ -105,48 +104,6 @@ def _put_rows(rows: rows_lib.Rows, new: rows_lib.Rows,
       f.name: jax.tree.map(put(f.name in ("keys", "values")),
                            getattr(rows, f.name), getattr(new, f.name))
       for f in dataclasses.fields(rows)})
-
-
-def _sample_step(graphdef, state, task, rows, counters, row_keys, *,
-                 max_tokens, greedy, temperature):
-  """``rows_lib.sample(..., stop_at_step=True)`` that also sums, per row, the
-  log-probability (legal mask, temperature 1) of the tokens it draws.
-
-  Returns:
-    ``(rows, counters, logprob [R])``.
-  """
-  b = counters.model_calls.shape[0]
-  active = ~rows_lib.is_done(task, rows)
-
-  def cond(carry):
-    i, _, active, _, _ = carry
-    return (i < max_tokens) & jnp.any(active)
-
-  def body(carry):
-    i, rows, active, cnt, logprob = carry
-    per_problem = active.reshape(b, -1)
-    cnt = rows_lib.Counters(
-        model_calls=cnt.model_calls + jnp.any(per_problem, -1).astype(
-            jnp.int32),
-        tokens_forwarded=cnt.tokens_forwarded + per_problem.sum(-1).astype(
-            jnp.int32))
-    legal = task.legal_mask(rows.task_state)
-    log_p = jax.nn.log_softmax(
-        jnp.where(legal, rows.logits[:, :legal.shape[-1]], -jnp.inf), -1)
-    rows, tok = rows_lib.token_step(graphdef, state, task, rows, active,
-                                    row_keys, greedy=greedy,
-                                    temperature=temperature)
-    drawn = jnp.take_along_axis(log_p, tok[:, None], -1)[:, 0]
-    logprob = logprob + jnp.where(active, drawn, 0.0)
-    ended = rows_lib.is_done(task, rows) | step_ended(task, rows.task_state,
-                                                      tok)
-    return i + 1, rows, active & ~ended, cnt, logprob
-
-  r = rows.length.shape[0]
-  _, rows, _, counters, logprob = jax.lax.while_loop(
-      cond, body, (jnp.int32(0), rows, active, counters,
-                   jnp.zeros((r,), jnp.float32)))
-  return rows, counters, logprob
 
 
 def _merge(priority: Array, child_priority: Array) -> tuple[Array, Array]:
@@ -215,9 +172,10 @@ def _best_first(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key,
     children = rows_lib.take_rows(fr.rows, jnp.repeat(rb * c + pop, k))
     row_keys = jax.random.split(jax.random.fold_in(sample_key, n), b * k)
     # Children of a finished pop are finished copies: no compute, no push.
-    children, counters, step_logprob = _sample_step(
+    children, counters, step_logprob = rows_lib.sample(
         graphdef, state, task, children, counters, row_keys,
-        max_tokens=max_step_tokens, greedy=greedy, temperature=temperature)
+        max_tokens=max_step_tokens, stop_at_step=True, greedy=greedy,
+        temperature=temperature, with_logprob=True)
     verifier, value = (family.score_rows(task, children, terminal_score=t,
                                          value_range=value_range)
                        for t in ("verifier", "value"))

@@ -213,8 +213,8 @@ def _slot_positions(rows: Rows, p: int) -> Array:
 
 def sample(graphdef, state, task, rows: Rows, counters: Counters,
            row_keys: Array, *, max_tokens: int, stop_at_step: bool,
-           greedy: bool = False, temperature: float = 1.0
-           ) -> tuple[Rows, Counters]:
+           greedy: bool = False, temperature: float = 1.0,
+           with_logprob: bool = False):
   """Extends every unfinished row by up to ``max_tokens`` tokens.
 
   A row stops at the end of its answer and, with ``stop_at_step``, where
@@ -225,32 +225,45 @@ def sample(graphdef, state, task, rows: Rows, counters: Counters,
     rows: ``R = B * M`` rows, problem-major (row ``i`` is problem ``i // M``).
     counters: per-problem counters ``[B]``; updated.
     row_keys: ``[R]`` keys (see the module docstring).
+    with_logprob: also return, per row, the summed log-probability of the
+      tokens drawn (under the legal mask, temperature 1).
 
   Returns:
-    ``(rows, counters)``.
+    ``(rows, counters)``, and ``logprob [R]`` with ``with_logprob``.
   """
   b = counters.model_calls.shape[0]
   active = ~is_done(task, rows)
 
   def cond(carry):
-    i, _, active, _ = carry
+    i, _, active, _, _ = carry
     return (i < max_tokens) & jnp.any(active)
 
   def body(carry):
-    i, rows, active, cnt = carry
+    i, rows, active, cnt, logprob = carry
     per_problem = active.reshape(b, -1)
     cnt = Counters(
         model_calls=cnt.model_calls + jnp.any(per_problem, -1).astype(
             jnp.int32),
         tokens_forwarded=cnt.tokens_forwarded + per_problem.sum(-1).astype(
             jnp.int32))
+    if with_logprob:
+      legal = task.legal_mask(rows.task_state)
+      log_p = jax.nn.log_softmax(
+          jnp.where(legal, rows.logits[:, :legal.shape[-1]], -jnp.inf), -1)
     rows, tok = token_step(graphdef, state, task, rows, active, row_keys,
                            greedy=greedy, temperature=temperature)
+    if with_logprob:
+      drawn = jnp.take_along_axis(log_p, tok[:, None], -1)[:, 0]
+      logprob = logprob + jnp.where(active, drawn, 0.0)
     ended = is_done(task, rows)
     if stop_at_step:
       ended = ended | step_ended(task, rows.task_state, tok)
-    return i + 1, rows, active & ~ended, cnt
+    return i + 1, rows, active & ~ended, cnt, logprob
 
-  _, rows, _, counters = jax.lax.while_loop(
-      cond, body, (jnp.int32(0), rows, active, counters))
+  r = rows.length.shape[0]
+  _, rows, _, counters, logprob = jax.lax.while_loop(
+      cond, body, (jnp.int32(0), rows, active, counters,
+                   jnp.zeros((r,), jnp.float32)))
+  if with_logprob:
+    return rows, counters, logprob
   return rows, counters
