@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Training targets from the searched tree, compared at equal compute on
 # Countdown (issue 32): one warm start (configs/countdown.py, 300 steps),
-# then 45 search-and-learn steps per variant, each training the policy on
+# then STEPS search-and-learn steps per variant (default 30), each training
+# the policy on
 # one target (the value term as in the config in all of them):
 #   visits    the search's visit weights (policy_weight=1)
 #   sft       SFT on solved answers, the best path (sft_weight=1)
@@ -9,12 +10,13 @@
 # and the validation rows of each (greedy; MCTS 16 simulations with the
 # config's verifier lookahead, and value-only).
 #
-#   bash experiments/countdown/tree_targets.sh SEED ROOT OUT [SPLIT]
+#   bash experiments/countdown/tree_targets.sh SEED ROOT OUT [SPLIT [STEPS]]
 set -euo pipefail
 seed=${1:-0}; root=${2:-/tmp/cd_targets}; out=${3:-results/countdown.json}
-split=${4:-validation}
+split=${4:-validation}; steps=${5:-30}; last=$((300 + steps))
 cfg=configs/countdown.py
-common=(--config.seed="$seed" --config.progress_bar=False)
+common=(--config.seed="$seed" --config.progress_bar=False
+        --config.search.steps="$steps")
 mkdir -p "$root"
 if [ ! -d "$root/warm" ]; then
   python -m train --config $cfg --workdir "$root/warm" "${common[@]}" \
@@ -34,8 +36,6 @@ for name in visits sft step_dpo; do
   python -m train --config $cfg --workdir "$dir" "${common[@]}" "${off[@]}" \
       ${variant[$name]}
 done
-stages=()
-for name in visits sft step_dpo; do stages+=("$name:345"); done
 python -m train.evaluate --config $cfg --workdir "$root/warm" \
     --stages warm_start:300 --split "$split" --num_problems 100 \
     --methods greedy:1,mcts:16 --out "$out"
@@ -44,9 +44,9 @@ python -m train.evaluate --config $cfg --workdir "$root/warm" \
     --methods mcts:16 --config.search.verifier_in_search=False --out "$out"
 for name in visits sft step_dpo; do
   python -m train.evaluate --config $cfg --workdir "$root/$name" \
-      --stages "$name:345" --split "$split" --num_problems 100 \
+      --stages "$name:$last" --split "$split" --num_problems 100 \
       --methods greedy:1,mcts:16 --out "$out"
   python -m train.evaluate --config $cfg --workdir "$root/$name" \
-      --stages "$name:345" --split "$split" --num_problems 100 \
+      --stages "$name:$last" --split "$split" --num_problems 100 \
       --methods mcts:16 --config.search.verifier_in_search=False --out "$out"
 done
