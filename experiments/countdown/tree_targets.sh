@@ -22,6 +22,11 @@ if [ ! -d "$root/warm" ]; then
   python -m train --config $cfg --workdir "$root/warm" "${common[@]}" \
       --config.search.steps=0
 fi
+# Value-only MCTS: the verifier is used for nothing inside the search.
+value_only=(--config.search.verifier_in_search=False
+            --config.search.act_on_solved=False
+            --config.search.terminal_lookahead=False
+            --config.search.prune_terminal_slots=False)
 off=(--config.search.policy_weight=0 --config.search.sft_weight=0
      --config.experimental.value_policy_weight=0)
 declare -A variant=(
@@ -41,12 +46,12 @@ python -m train.evaluate --config $cfg --workdir "$root/warm" \
     --methods greedy:1,mcts:16 --out "$out"
 python -m train.evaluate --config $cfg --workdir "$root/warm" \
     --stages warm_start:300 --split "$split" --num_problems 100 \
-    --methods mcts:16 --config.search.verifier_in_search=False --out "$out"
+    --methods mcts:16 "${value_only[@]}" --out "$out"
 for name in visits sft step_dpo; do
   python -m train.evaluate --config $cfg --workdir "$root/$name" \
       --stages "$name:$last" --split "$split" --num_problems 100 \
       --methods greedy:1,mcts:16 --out "$out"
   python -m train.evaluate --config $cfg --workdir "$root/$name" \
       --stages "$name:$last" --split "$split" --num_problems 100 \
-      --methods mcts:16 --config.search.verifier_in_search=False --out "$out"
+      --methods mcts:16 "${value_only[@]}" --out "$out"
 done
