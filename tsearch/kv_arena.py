@@ -24,6 +24,28 @@ pointers with :func:`tsearch._src.tree.path_to_root`, at most ``max_depth`` of t
 its own tokens (causal). Memory is therefore ``B * N * S`` token slots plus
 ``B * P`` prompt slots: it grows with the tokens in the tree, not with
 nodes x context length.
+
+Paged layout (opt-in, ``LMSearchConfig.page_size > 0``). Steps are often
+much shorter than ``S``, so most of a slab's ``N x S`` slots stay empty.
+With pages, keys/values live in a per-tree pool of fixed-size pages
+(``Tree.arena``) and each node holds a page table instead::
+
+  Tree.arena:  keys, values: [B, P, L, page_size, Hkv, Dh]
+               num_used:     [B] int32  pages handed out (a bump pointer)
+  per node:    pages:  [B, N, S // page_size] int32  pool page, -1 = none
+               start, length: as above
+
+A new node of ``len`` tokens takes ``ceil(len / page_size)`` pages, handed
+out in expansion order (:func:`store_node_pages`, the search's
+``store_fn``). A path is gathered through the page tables in the slab's
+order (node, then token), with the slab's masks and positions, so the model
+sees the same context and gives the same logits/values. :func:`compact_pages`
+(called by :func:`tsearch.lm_reroot`) frees the pages of discarded subtrees:
+the kept nodes' pages move to the front of the pool in node order, and the
+bump pointer becomes the kept page count. Running out: a node whose pages do
+not fit is not stored; its row is marked ``Tree.overflowed`` (as a full
+tree is) and stores no further node until a reroot; nothing written is ever
+overwritten.
 """
 from __future__ import annotations
 
@@ -92,6 +114,156 @@ def node_kv_example(config: ModelConfig, batch_size: int,
               length=jnp.zeros((batch_size,), jnp.int32))
 
 
+def is_paged(tree: Tree) -> bool:
+  """Whether ``tree`` keeps its keys/values in a page pool."""
+  return tree.arena is not None and "pages" in tree.embeddings["kv"]
+
+
+def paged_node_kv_example(batch_size: int, step_length: int,
+                          page_size: int) -> dict:
+  """One node's paged arena entry ``{'pages': [B, S // page_size] (-1),
+  'start', 'length': [B]}``; the tree stores it as ``[B, N, ...]``."""
+  return dict(pages=jnp.full((batch_size, step_length // page_size), -1,
+                             jnp.int32),
+              start=jnp.zeros((batch_size,), jnp.int32),
+              length=jnp.zeros((batch_size,), jnp.int32))
+
+
+def page_pool(config: ModelConfig, batch_size: int, num_pages: int,
+              page_size: int) -> dict:
+  """An empty page pool ``{'keys','values': [B, P, L, page_size, Hkv, Dh],
+  'num_used': [B]}`` (``Tree.arena`` of a paged tree), zeros."""
+  shape = (batch_size, num_pages, config.num_layers, page_size,
+           config.num_kv_heads, config.head_dim)
+  z = jnp.zeros(shape, config.compute_dtype)
+  return dict(keys=z, values=z, num_used=jnp.zeros((batch_size,), jnp.int32))
+
+
+def constrain_pool(pool: dict) -> dict:
+  """A page pool sharded as :func:`constrain_cache` says (batch, KV heads)."""
+  out = dict(pool)
+  for name in ("keys", "values"):
+    out[name] = sharding.constrain_kv(pool[name], batch_dim=0, heads_dim=4)
+  return out
+
+
+def _pages_held(pages: Array, length: Array, page_size: int) -> Array:
+  """``pages [..., W]`` entries that hold tokens of a node of ``length``."""
+  need = -(-length // page_size)
+  w = jnp.arange(pages.shape[-1])
+  return (pages >= 0) & (w < need[..., None])
+
+
+def _pages_to_tokens(x: Array) -> Array:
+  """``[B, M, W, L, ps, H, Dh]`` pages -> ``[B, M, L, W * ps, H, Dh]``."""
+  x = jnp.moveaxis(x, 3, 2)  # [B, M, L, W, ps, H, Dh]
+  return x.reshape(x.shape[:3] + (-1,) + x.shape[5:])
+
+
+def store_node_pages(tree: Tree, embedding: Any, node_index: Array,
+                     ok: Array) -> tuple[Tree, Any, Array]:
+  """The ``store_fn`` of a paged search: a new node's own keys/values
+  (``embedding['kv']['new_keys'|'new_values']``, ``[B, L, S, Hkv, Dh]``)
+  go into ``ceil(length / page_size)`` fresh pages of its row's pool.
+
+  A row whose pool cannot hold them (or that overflowed before) stores
+  nothing and is marked ``overflowed``. Returns ``(tree, the per-node
+  embedding with its page table, rows stored)``.
+  """
+  del node_index  # the pages are the next free ones, whatever the node
+  pool = tree.arena
+  kv = dict(embedding["kv"])
+  new_k, new_v = kv.pop("new_keys"), kv.pop("new_values")
+  nb, nl, s = new_k.shape[:3]
+  np_, ps = pool["keys"].shape[1], pool["keys"].shape[3]
+  w = s // ps
+  b = jnp.arange(nb)[:, None]
+  need = -(-kv["length"] // ps)  # [B]
+  used = pool["num_used"]
+  fits = used + need <= np_
+  stored = ok & fits & ~tree.overflowed
+  j = jnp.arange(w)[None]
+  take = stored[:, None] & (j < need[:, None])  # [B, W]
+  # W distinct in-bound pages per row (w <= P), the first ``need`` of them
+  # the fresh ones: an in-place, in-bounds scatter.
+  idx = (used[:, None] + j) % np_
+
+  def put(store, new):  # store [B, P, L, ps, H, Dh], new [B, L, S, H, Dh]
+    new = jnp.moveaxis(new.reshape((nb, nl, w, ps) + new.shape[3:]), 2, 1)
+    old = store[b, idx]
+    val = jnp.where(take[..., None, None, None, None], new.astype(store.dtype),
+                    old)
+    return store.at[b, idx].set(val, mode="promise_in_bounds",
+                                unique_indices=True)
+
+  pool = constrain_pool(dict(
+      keys=put(pool["keys"], new_k), values=put(pool["values"], new_v),
+      num_used=jnp.where(stored, used + need, used).astype(jnp.int32)))
+  kv["pages"] = jnp.where(take, used[:, None] + j, -1).astype(jnp.int32)
+  emb = dict(embedding)
+  emb["kv"] = kv
+  tree = tree.replace(arena=pool,
+                      overflowed=tree.overflowed | (ok & ~stored))
+  return tree, emb, stored
+
+
+def compact_pages(tree: Tree) -> Tree:
+  """Frees the pages no node in use holds (after :func:`tsearch.reroot`).
+
+  The held pages move to the front of the pool in node order (a node's
+  pages stay in order), page tables are renumbered, free pages are zeroed
+  and ``num_used`` becomes the held page count. A tree without pages is
+  returned as it is. Jittable.
+  """
+  if not is_paged(tree):
+    return tree
+  kv, pool = tree.embeddings["kv"], tree.arena
+  nb, n, w = kv["pages"].shape
+  np_, ps = pool["keys"].shape[1], pool["keys"].shape[3]
+  b = jnp.arange(nb)[:, None]
+  in_use = jnp.arange(n)[None] < tree.num_nodes[:, None]  # [B, N]
+  held = _pages_held(kv["pages"], kv["length"], ps) & in_use[..., None]
+  flat = held.reshape(nb, n * w)
+  new_id = jnp.cumsum(flat, axis=1) - 1  # [B, N * W]
+  count = flat.sum(1).astype(jnp.int32)
+  dest = jnp.where(flat, new_id, np_)
+  src = jnp.zeros((nb, np_), jnp.int32).at[b, dest].set(
+      kv["pages"].reshape(nb, n * w), mode="drop")  # [B, P] old page
+  live = jnp.arange(np_)[None] < count[:, None]
+
+  def move(x):
+    moved = x[b, src]
+    return jnp.where(live[..., None, None, None, None], moved,
+                     jnp.zeros((), x.dtype))
+
+  pool = constrain_pool(dict(keys=move(pool["keys"]),
+                             values=move(pool["values"]), num_used=count))
+  new_kv = dict(kv)
+  new_kv["pages"] = jnp.where(flat, new_id, -1).reshape(nb, n, w).astype(
+      jnp.int32)
+  emb = dict(tree.embeddings)
+  emb["kv"] = new_kv
+  return tree.replace(embeddings=emb, arena=pool)
+
+
+def pages_in_use(tree: Tree) -> Array:
+  """``[B]`` int32: pages of the pool handed out (``num_used``)."""
+  return tree.arena["num_used"]
+
+
+def node_keys_values(tree: Tree, node_index: Array) -> tuple[Array, Array]:
+  """Own keys/values ``[B, L, S, Hkv, Dh]`` of ``node_index [B]`` (slab
+  or paged; slots beyond the node's ``length`` hold no token)."""
+  kv = tree.embeddings["kv"]
+  b = jnp.arange(tree.batch_size)
+  if not is_paged(tree):
+    return kv["keys"][b, node_index], kv["values"][b, node_index]
+  pages = jnp.maximum(kv["pages"][b, node_index], 0)  # [B, W]
+  bb = b[:, None]
+  get = lambda x: _pages_to_tokens(x[bb, pages][:, None])[:, 0]  # noqa: E731
+  return get(tree.arena["keys"]), get(tree.arena["values"])
+
+
 def path_contexts(tree: Tree, node_index: Array, max_depth: int,
                   prompt: PromptCache) -> tuple[KVContext, KVContext]:
   """What a successor of ``node_index``'s tokens attends to.
@@ -115,17 +287,34 @@ def path_contexts(tree: Tree, node_index: Array, max_depth: int,
   b = jnp.arange(tree.batch_size)[:, None]
   path = path_to_root(tree, node_index, max_depth)  # [B, D+1]
   safe = jnp.maximum(path, 0)
-  s = kv["keys"].shape[3]
   length = jnp.where(path != NO_PARENT, kv["length"][b, safe], 0)  # [B, D+1]
-  mask = jnp.arange(s)[None, None, :] < length[:, :, None]  # [B, D+1, S]
+  if is_paged(tree):
+    pages = kv["pages"][b, safe]  # [B, D+1, W]
+    ps = tree.arena["keys"].shape[3]
+    s = pages.shape[2] * ps
+    held = jnp.repeat(_pages_held(pages, length, ps), ps, axis=2)
+    safe_pages = jnp.maximum(pages, 0)
 
-  def to_ctx(x):  # [B, D+1, L, S, H, Dh] -> [L, B, (D+1)*S, H, Dh]
-    x = jnp.moveaxis(x[b, safe], 2, 0)
-    return x.reshape(x.shape[:2] + (-1,) + x.shape[4:])
+    def to_ctx(x):  # pool [B, P, L, ps, H, Dh] -> [L, B, (D+1)*S, H, Dh]
+      x = jnp.moveaxis(_pages_to_tokens(x[b[:, :, None], safe_pages]), 2, 0)
+      return x.reshape(x.shape[:2] + (-1,) + x.shape[4:])
+
+    store = tree.arena
+  else:
+    s = kv["keys"].shape[3]
+    held = True
+
+    def to_ctx(x):  # [B, N, L, S, H, Dh] -> [L, B, (D+1)*S, H, Dh]
+      x = jnp.moveaxis(x[b, safe], 2, 0)
+      return x.reshape(x.shape[:2] + (-1,) + x.shape[4:])
+
+    store = kv
+  # [B, D+1, S]
+  mask = (jnp.arange(s)[None, None, :] < length[:, :, None]) & held
 
   pos = kv["start"][b, safe][:, :, None] + jnp.arange(s)[None, None, :]
   return prompt.context(), KVContext(
-      keys=to_ctx(kv["keys"]), values=to_ctx(kv["values"]),
+      keys=to_ctx(store["keys"]), values=to_ctx(store["values"]),
       mask=mask.reshape(mask.shape[0], -1),
       positions=pos.reshape(pos.shape[0], -1).astype(jnp.int32))
 
@@ -162,7 +351,9 @@ def commit_root_tokens(prompt: PromptCache, tree: Tree) -> tuple[PromptCache,
   kv = tree.embeddings["kv"]
   nb = tree.batch_size
   b = jnp.arange(nb)
-  s = kv["keys"].shape[3]
+  root_keys, root_values = node_keys_values(
+      tree, jnp.full((nb,), ROOT_INDEX, jnp.int32))
+  s = root_keys.shape[2]
   cap = prompt.mask.shape[1]
   length = kv["length"][:, ROOT_INDEX]  # [B]
   j = jnp.arange(s)
@@ -180,8 +371,8 @@ def commit_root_tokens(prompt: PromptCache, tree: Tree) -> tuple[PromptCache,
     return cache.at[:, b[:, None], slot].set(new, mode="drop")
 
   prompt = prompt.replace(
-      keys=put(prompt.keys, kv["keys"][:, ROOT_INDEX]),
-      values=put(prompt.values, kv["values"][:, ROOT_INDEX]),
+      keys=put(prompt.keys, root_keys),
+      values=put(prompt.values, root_values),
       mask=prompt.mask.at[b[:, None], slot].set(True, mode="drop"),
       positions=positions.at[b[:, None], slot].set(root_pos, mode="drop"),
       num_used=jnp.where(fits, prompt.num_used + length, prompt.num_used),
@@ -189,8 +380,11 @@ def commit_root_tokens(prompt: PromptCache, tree: Tree) -> tuple[PromptCache,
   new_kv = dict(kv)
   new_kv["start"] = kv["start"].at[:, ROOT_INDEX].add(length)
   new_kv["length"] = kv["length"].at[:, ROOT_INDEX].set(0)
-  new_kv["keys"] = kv["keys"].at[:, ROOT_INDEX].set(0)
-  new_kv["values"] = kv["values"].at[:, ROOT_INDEX].set(0)
+  if is_paged(tree):  # the pages are free from now (compact_pages)
+    new_kv["pages"] = kv["pages"].at[:, ROOT_INDEX].set(-1)
+  else:
+    new_kv["keys"] = kv["keys"].at[:, ROOT_INDEX].set(0)
+    new_kv["values"] = kv["values"].at[:, ROOT_INDEX].set(0)
   emb = dict(tree.embeddings)
   emb["kv"] = new_kv
   return prompt, tree.replace(embeddings=emb)
@@ -201,8 +395,9 @@ def _nbytes(x) -> int:  # arrays and jax.ShapeDtypeStruct alike
 
 
 def arena_bytes(tree: Tree) -> int:
-  """Bytes of keys/values the tree's arena holds (from array shapes)."""
-  kv = tree.embeddings["kv"]
+  """Bytes of keys/values the tree's arena holds (from array shapes): the
+  slab, or the page pool of a paged tree."""
+  kv = tree.arena if is_paged(tree) else tree.embeddings["kv"]
   return _nbytes(kv["keys"]) + _nbytes(kv["values"])
 
 
@@ -212,6 +407,9 @@ def prompt_cache_bytes(prompt: PromptCache) -> int:
 
 
 def tree_num_token_slots(tree: Tree) -> int:
-  """``B * N * S``: token slots of the arena."""
+  """``B * N * S``: token slots of the arena (paged: ``B * P * page_size``)."""
+  if is_paged(tree):
+    shape = tree.arena["keys"].shape
+    return shape[0] * shape[1] * shape[3]
   return tree.batch_size * tree.capacity * tree.embeddings["kv"]["keys"].shape[3]
 

@@ -127,6 +127,21 @@ class LMSearchConfig:
       ``model_calls`` still counts one call per expanded leaf; the
       sequential calls of a search are about ``model_calls /
       leaves_per_step``.
+    page_size: 0 (the default): each node reserves ``S`` key/value slots
+      in the tree (the slab layout of :mod:`tsearch.kv_arena`). ``> 0``:
+      the paged layout: keys/values live in a per-tree pool of pages of
+      ``page_size`` tokens and a node of ``len`` tokens takes
+      ``ceil(len / page_size)`` of them, so memory in use follows the
+      tokens held when steps are shorter than ``S``. Must divide
+      ``step_length`` (token mode: 1). Searches give the same trees,
+      logits and values as the slab layout.
+    num_pages: paged layout: pages in each tree's pool. 0 (the default):
+      ``capacity * step_length / page_size``, enough for every node to
+      hold a full step, so the pool never runs out. Smaller saves memory;
+      at least ``step_length / page_size`` (one full step). A node whose
+      pages do not fit is not stored: its row is marked
+      ``Tree.overflowed`` (as a tree out of nodes is; the rollout reports
+      it) and grows no further until :func:`lm_reroot` frees pages.
   """
   mode: str = "token"
   policy: str = "puct"
@@ -151,6 +166,18 @@ class LMSearchConfig:
   max_num_considered_actions: int = 16
   gumbel_scale: float = 1.0
   leaves_per_step: int = 1
+  page_size: int = 0
+  num_pages: int = 0
+
+  @property
+  def pages_per_tree(self) -> int:
+    """Pages in each tree's pool (0 in the slab layout)."""
+    if self.page_size == 0:
+      return 0
+    if self.num_pages:
+      return self.num_pages
+    capacity = self.capacity or self.num_simulations + 1
+    return capacity * (self.step_length // self.page_size)
 
   def __post_init__(self):
     if self.mode not in ("token", "step"):
@@ -192,6 +219,27 @@ class LMSearchConfig:
     if self.capacity is not None and self.capacity < self.num_simulations + 1:
       raise ValueError(f"capacity {self.capacity} < num_simulations + 1 = "
                        f"{self.num_simulations + 1}.")
+    for name in ("page_size", "num_pages"):
+      v = getattr(self, name)
+      if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {v!r}.")
+    if self.page_size and self.step_length % self.page_size:
+      raise ValueError(
+          f"page_size={self.page_size} must divide step_length="
+          f"{self.step_length} (a node's S slots are whole pages); use a "
+          "divisor of step_length, or page_size=0 for the slab layout.")
+    if self.num_pages and not self.page_size:
+      raise ValueError(
+          f"num_pages={self.num_pages} sizes the page pool of the paged "
+          "layout: set page_size > 0 too, or leave num_pages=0.")
+    if self.page_size and self.num_pages:
+      per_step = self.step_length // self.page_size
+      if self.num_pages < per_step:
+        raise ValueError(
+            f"num_pages={self.num_pages} cannot hold one full step of "
+            f"step_length={self.step_length} tokens in pages of "
+            f"{self.page_size} ({per_step} pages); raise num_pages to >= "
+            f"{per_step}, or 0 for a pool that never runs out.")
 
 
 @chex.dataclass(frozen=True)
@@ -519,8 +567,12 @@ def make_lm_root(graphdef: nnx.GraphDef, state: nnx.State, env: Any,
       graphdef, state, env, config, (prompt.context(),), logits, env_state,
       terminal, prompt_lengths, rng_key)
   value = _lookahead(config, value, scores, mask)
-  kv = kv_arena.constrain_arena(
-      kv_arena.node_kv_example(mcfg, b, config.step_length), per_node=False)
+  if config.page_size:
+    kv = kv_arena.paged_node_kv_example(b, config.step_length,
+                                        config.page_size)
+  else:
+    kv = kv_arena.constrain_arena(
+        kv_arena.node_kv_example(mcfg, b, config.step_length), per_node=False)
   kv["start"] = prompt_lengths
   emb = _embedding(config, kv, env_state, calls + 1, toks + p, logits, scores,
                    prior)
@@ -548,9 +600,14 @@ def make_lm_expand_fn(graphdef: nnx.GraphDef, env: Any, *,
     b = jnp.arange(tree.batch_size)
     # Under a mesh the arena is batch x KV-head sharded (models.sharding).
     emb = dict(tree.embeddings)
-    emb["kv"] = kv = kv_arena.constrain_arena(emb["kv"])
-    tree = tree.replace(embeddings=emb)
+    if config.page_size:
+      kv = emb["kv"]
+      tree = tree.replace(arena=kv_arena.constrain_pool(tree.arena))
+    else:
+      emb["kv"] = kv = kv_arena.constrain_arena(emb["kv"])
+      tree = tree.replace(embeddings=emb)
     tokens = tree.children_actions[b, parent_index, action_slot]  # [B, S]
+    s = tokens.shape[1]
     valid = tokens >= 0
     n_tok = valid.sum(-1)
     start = kv["start"][b, parent_index] + kv["length"][b, parent_index]
@@ -582,7 +639,11 @@ def make_lm_expand_fn(graphdef: nnx.GraphDef, env: Any, *,
         keys=jnp.moveaxis(out.keys, 0, 1), values=jnp.moveaxis(out.values, 0, 1),
         start=start.astype(jnp.int32), length=n_tok.astype(jnp.int32)),
                                        per_node=False)
-    s = tokens.shape[1]
+    if config.page_size:  # kv_arena.store_node_pages puts them in pages
+      node_kv = dict(new_keys=node_kv["keys"], new_values=node_kv["values"],
+                     start=node_kv["start"], length=node_kv["length"],
+                     pages=jnp.full((tree.batch_size, s // config.page_size),
+                                    -1, jnp.int32))
     return ExpandOutput(
         reward=reward.astype(jnp.float32), discount=discount,
         prior_logits=prior, value=value, terminal=terminal,
@@ -597,6 +658,32 @@ def make_lm_expand_fn(graphdef: nnx.GraphDef, env: Any, *,
 # Entry points.
 
 
+def new_lm_tree(root: RootOutput, config: LMSearchConfig,
+                model_cfg: models.ModelConfig) -> Tree:
+  """An empty tree for :func:`lm_search`'s ``root`` (not yet written):
+  ``capacity`` nodes, and with ``page_size > 0`` its page pool
+  (``Tree.arena``) and page tables of -1. Pass it as ``tree=`` with the
+  root to :func:`tsearch.puct_search` / :func:`tsearch.gumbel_search`,
+  with :func:`search_store_fn`."""
+  b = root.value.shape[0]
+  tree = tsearch_tree.empty_tree(
+      batch_size=b, capacity=config.capacity or config.num_simulations + 1,
+      num_children=config.num_children, action_length=config.step_length,
+      embedding_example=root.embedding)
+  if not config.page_size:
+    return tree
+  emb = dict(tree.embeddings)
+  emb["kv"] = dict(emb["kv"], pages=jnp.full_like(emb["kv"]["pages"], -1))
+  pool = kv_arena.constrain_pool(kv_arena.page_pool(
+      model_cfg, b, config.pages_per_tree, config.page_size))
+  return tree.replace(embeddings=emb, arena=pool)
+
+
+def search_store_fn(config: LMSearchConfig):
+  """The ``store_fn`` the searches take for ``config``'s arena layout."""
+  return kv_arena.store_node_pages if config.page_size else None
+
+
 def used_sum(tree: Tree, x: Array) -> Array:
   used = jnp.arange(tree.capacity)[None] < tree.num_nodes[:, None]
   return jnp.sum(jnp.where(used, x, 0), axis=1).astype(jnp.int32)
@@ -607,10 +694,15 @@ def used_sum(tree: Tree, x: Array) -> Array:
 def _lm_search_jit(graphdef, state, env, prompt_tokens, prompt_lengths,
                    rng_key, tree, prompt_cache, *, config):
   root_key, search_key = jax.random.split(rng_key)
+  capacity = config.capacity
   if tree is None:
     root, prompt_cache = make_lm_root(graphdef, state, env, prompt_tokens,
                                       prompt_lengths, root_key, config=config)
     before_calls = before_tokens = 0
+    if config.page_size:  # the search fills the tree made here, pool and all
+      tree = new_lm_tree(root, config, models.model_config_of(graphdef,
+                                                              state))
+      capacity = None
   else:
     root = None
     before_calls = used_sum(tree, tree.embeddings["model_calls"])
@@ -620,7 +712,8 @@ def _lm_search_jit(graphdef, state, env, prompt_tokens, prompt_lengths,
   common = dict(num_simulations=config.num_simulations,
                 max_depth=config.max_depth, tree=tree,
                 leaves_per_step=config.leaves_per_step,
-                capacity=config.capacity if tree is None else None)
+                capacity=capacity if tree is None else None,
+                store_fn=search_store_fn(config))
   if config.policy == "puct":
     out = puct_search(params, search_key, root, expand_fn,
                       dirichlet_fraction=config.dirichlet_fraction,
@@ -674,10 +767,7 @@ def lm_search(graphdef: nnx.GraphDef, state: nnx.State, env: Any,
                      "or neither.")
   if tree is not None:
     p = prompt_cache.mask.shape[1] - config.reserve_tokens
-    if tree.embeddings["kv"]["keys"].shape[3] != config.step_length:
-      raise ValueError("The tree's arena holds steps of "
-                       f"{tree.embeddings['kv']['keys'].shape[3]} tokens but "
-                       f"config.step_length={config.step_length}.")
+    _check_tree_layout(tree, config)
     if not isinstance(tree.node_depth, jax.core.Tracer):
       depth = int(np.max(np.asarray(tree.node_depth)))
       if depth > config.max_depth:
@@ -696,11 +786,38 @@ def lm_search(graphdef: nnx.GraphDef, state: nnx.State, env: Any,
                         rng_key, tree, prompt_cache, config=config)
 
 
+def _check_tree_layout(tree: Tree, config: LMSearchConfig) -> None:
+  """A continued tree's arena must have the layout ``config`` asks for."""
+  paged = kv_arena.is_paged(tree)
+  if paged != bool(config.page_size):
+    have = "paged" if paged else "slab"
+    raise ValueError(
+        f"The tree's KV arena has the {have} layout but config.page_size="
+        f"{config.page_size}; continue a tree with the config that made it.")
+  if not paged:
+    if tree.embeddings["kv"]["keys"].shape[3] != config.step_length:
+      raise ValueError("The tree's arena holds steps of "
+                       f"{tree.embeddings['kv']['keys'].shape[3]} tokens but "
+                       f"config.step_length={config.step_length}.")
+    return
+  pool = tree.arena["keys"].shape
+  want = (config.pages_per_tree, config.page_size,
+          config.step_length // config.page_size)
+  have = (pool[1], pool[3], tree.embeddings["kv"]["pages"].shape[2])
+  if have != want:
+    raise ValueError(
+        f"The tree's page pool has (num_pages, page_size, pages per node) = "
+        f"{have} but the config asks for {want}; continue a tree with the "
+        "config that made it.")
+
+
 def lm_reroot(tree: Tree, prompt_cache: kv_arena.PromptCache,
               action_slot: Array) -> tuple[Tree, kv_arena.PromptCache]:
   """Commits root slot ``action_slot [B]``: keeps its subtree
   (:func:`tsearch.reroot`) and moves the new root's tokens into the prompt
-  cache (needs ``reserve_tokens`` >= the committed tokens). Jittable."""
+  cache (needs ``reserve_tokens`` >= the committed tokens). A paged tree's
+  pool then keeps only the kept nodes' pages (:func:`tsearch.kv_arena.
+  compact_pages`). Jittable."""
   tree = reroot(tree, action_slot)
   prompt_cache, tree = kv_arena.commit_root_tokens(prompt_cache, tree)
-  return tree, prompt_cache
+  return kv_arena.compact_pages(tree), prompt_cache

@@ -46,6 +46,9 @@ from tsearch._src.base import ExpandFn, ExpandOutput, PolicyOutput, RootOutput
 from tsearch._src.tree import NO_PARENT, ROOT_INDEX, UNVISITED, Tree, empty_tree
 
 Array = chex.Array
+# (tree, expand_fn's embedding [B, ...], new node index [B], rows to store
+# [B] bool) -> (tree, the embedding to store per node, rows stored [B]).
+StoreFn = Any
 
 
 # ----------------------------------------------------------------------------
@@ -489,7 +492,8 @@ def _prepare_tree(root: Optional[RootOutput], num_simulations: int,
 def _run(params, rng_key, tree: Tree, expand_fn: ExpandFn, *,
          num_simulations: int, max_depth: Optional[int], root_select,
          interior_select, uses_noise: bool,
-         skip_dead_ends: bool = False, leaves_per_step: int = 1) -> Tree:
+         skip_dead_ends: bool = False, leaves_per_step: int = 1,
+         store_fn: Optional[StoreFn] = None) -> Tree:
   """The simulation loop shared by every policy.
 
   ``leaves_per_step = L > 1``: each step selects L leaves per tree one after
@@ -542,7 +546,6 @@ def _run(params, rng_key, tree: Tree, expand_fn: ExpandFn, *,
       lives.append(live_l)
     outs = expand_all(expand_key, tree, parents, slots)
     for parent, slot, live_l, out in zip(parents, slots, lives, outs):
-      _check_expand_output(out, tree)
       # Read after the earlier leaves of this step were stored: a repeated
       # pick is then a revisit of the node the first one made.
       child = tree.children_index[b, parent, slot]
@@ -555,6 +558,12 @@ def _run(params, rng_key, tree: Tree, expand_fn: ExpandFn, *,
       tree = tree.replace(overflowed=tree.overflowed | (is_new & full),
                           nonfinite=tree.nonfinite | (is_new & ~full
                                                       & ~finite))
+      if store_fn is not None:  # it may refuse rows (and mark them)
+        tree, embedding, ok = store_fn(
+            tree, out.embedding, jnp.minimum(tree.num_nodes,
+                                             tree.capacity - 1), ok)
+        out = out.replace(embedding=embedding)
+      _check_expand_output(out, tree)
       tree, new = _expand(tree, out, parent, slot, ok)
       tree = _backward(tree, jnp.where(ok, new, child), ok | revisit)
     return sim + leaves, rng_key, tree, exhausted_of(tree)
@@ -622,6 +631,7 @@ def puct_search(
     skip_dead_ends: bool = False,
     leaves_per_step: int = 1,
     curiosity_weight: float = 0.0,
+    store_fn: Optional[StoreFn] = None,
 ) -> PolicyOutput:
   """AlphaZero / MuZero search with the PUCT rule (``mctx.muzero_policy``).
 
@@ -673,6 +683,14 @@ def puct_search(
       (``selection.MAX_SURPRISAL``) so zero-prior slots stay finite. It
       spreads visits towards children the prior finds unlikely. 0 (the
       default) leaves the term out: mctx's rule, bit for bit.
+    store_fn: optional ``(tree, embedding, node_index [B], ok [B]) ->
+      (tree, node_embedding, stored [B])``, called before each new node is
+      stored: it may write part of ``expand_fn``'s embedding into the
+      per-tree ``Tree.arena`` (e.g. a paged KV pool) and returns what is
+      stored per node (matching ``tree.embeddings``) and the rows actually
+      stored (``<= ok``; it marks refused rows ``overflowed`` itself; their
+      simulation is dropped as for a full tree). None: the embedding is
+      stored per node as it is.
 
   Returns:
     :class:`PolicyOutput` with ``action [B]``, ``action_weights [B, K]`` (the
@@ -708,7 +726,8 @@ def puct_search(
   tree = _run(params, search_key, tree, expand_fn,
               num_simulations=num_simulations, max_depth=max_depth,
               root_select=select, interior_select=select, uses_noise=True,
-              skip_dead_ends=skip_dead_ends, leaves_per_step=leaves_per_step)
+              skip_dead_ends=skip_dead_ends, leaves_per_step=leaves_per_step,
+              store_fn=store_fn)
 
   # Act proportionally to visit_counts ** (1 / temperature).
   root_mask = tree.children_mask[:, ROOT_INDEX]
@@ -742,6 +761,7 @@ def gumbel_search(
     max_depth: Optional[int] = None,
     tree: Optional[Tree] = None,
     leaves_per_step: int = 1,
+    store_fn: Optional[StoreFn] = None,
 ) -> PolicyOutput:
   """Gumbel MuZero search (``mctx.gumbel_muzero_policy``).
 
@@ -774,6 +794,7 @@ def gumbel_search(
       included, so the L leaves of a step take the schedule's next L
       entries (the same visits as L one-leaf steps, whose Q-values are
       only known after the step).
+    store_fn: as in :func:`puct_search`.
 
   Returns:
     :class:`PolicyOutput` with ``action [B]``, ``action_weights [B, K]`` and
@@ -810,7 +831,8 @@ def gumbel_search(
   tree = _run(params, rng_key, tree, expand_fn,
               num_simulations=num_simulations, max_depth=max_depth,
               root_select=root_select, interior_select=interior_select,
-              uses_noise=False, leaves_per_step=leaves_per_step)
+              uses_noise=False, leaves_per_step=leaves_per_step,
+              store_fn=store_fn)
 
   root_rows = sel.gather_rows(tree, jnp.zeros((b,), jnp.int32))
   action, action_weights = sel.gumbel_root_policy(

@@ -81,6 +81,12 @@ class Tree:
   # first contracts, hence the default: ``None`` on trees built by hand, always
   # an array on trees made by :func:`empty_tree` or returned by a search.
   nonfinite: Any = None
+  # Per-tree payload (leaves ``[B, ...]``), e.g. the page pool of a paged KV
+  # arena (:mod:`tsearch.kv_arena`). The search hands it to ``expand_fn``
+  # with the tree and changes it only through a ``store_fn`` (see
+  # :func:`tsearch.puct_search`); :func:`tsearch.reroot` leaves it as it is.
+  # None for every tree that has none.
+  arena: Any = None
 
   @property
   def batch_size(self) -> int:
