@@ -8,12 +8,16 @@ Model and environment as bench/lm_search.py (every token but 0 legal,
 nothing ends; a step ends at token 1 or after S tokens). For each configuration: simulations per second, model
 FLOP/s as a percentage of a jitted float32 matmul measured in the same run
 (MFU), and the tree KV arena's use: key/value slots holding a token against
-slots reserved (capacity x step length per tree). The last line is
+slots reserved (capacity x step length per tree). The step-level search at
+B=4 and the largest L also runs with the paged arena (``LMSearchConfig.
+page_size`` = S / 4, the default pool of capacity x S / page_size pages,
+the slab's slots); its arena use is the pages in use over the pages of the
+pool (token slots of the pages handed out over the pool's). The last line is
 
   lm_scale speedup_vs_one_leaf=<x> mfu_pct=<m> arena_used_over_reserved=<u>
 
 x: step-level sims/s at B=4, L=8 over B=4, L=1; m: the best MFU; u: the
-step-level search's arena use at B=4, L=8.
+paged step-level search's arena use at B=4, L=8.
 """
 from __future__ import annotations
 
@@ -32,10 +36,11 @@ from bench.lm_search import OpenEnv, matmul_flops_per_s, timed  # noqa: E402
 
 
 def run(g, s, env, cfg, *, mode, b, leaves, sims, k, step_length, prompt_len,
-        max_depth):
+        max_depth, page_size=0):
   config = tsearch.LMSearchConfig(
       mode=mode, policy="puct", num_simulations=sims, num_children=k,
-      step_length=step_length, max_depth=max_depth, leaves_per_step=leaves)
+      step_length=step_length, max_depth=max_depth, leaves_per_step=leaves,
+      page_size=page_size)
   prompt = jax.random.randint(jax.random.key(prompt_len), (b, prompt_len), 1,
                               cfg.vocab_size)
   lengths = jnp.full((b,), prompt_len, jnp.int32)
@@ -50,11 +55,16 @@ def run(g, s, env, cfg, *, mode, b, leaves, sims, k, step_length, prompt_len,
   kids = np.asarray(tree.children_index)
   held = sum(int((acts[r][kids[r] > 0] >= 0).sum()) for r in range(b))
   reserved = b * tree.capacity * step_length
+  used = held / reserved
+  if page_size:  # pages handed out over the pool's pages
+    assert not np.asarray(tree.overflowed).any()
+    used = (float(np.sum(tsearch.kv_arena.pages_in_use(tree)))
+            / (b * config.pages_per_tree))
   tokens = float(np.sum(out.tokens_forwarded))
   depth = int(np.asarray(tree.node_depth).max())
   flops = tokens * cfg.flops_per_token(prompt_len + depth * step_length // 2)
   return dict(dt=dt, sims_per_s=b * sims / dt, flops=flops,
-              used=held / reserved, nodes=float(nodes.mean()))
+              used=used, held=held / reserved, nodes=float(nodes.mean()))
 
 
 def main(argv=None):
@@ -96,6 +106,19 @@ def main(argv=None):
         print(f"{mode:<6} {b:>3} {l:>3} {r['sims_per_s']:>9.1f} "
               f"{r['sims_per_s'] / base:>7.2f} {r['mfu']:>7.2f} "
               f"{r['used']:>11.2f}", flush=True)
+  # The paged arena, step level at B=4 and the largest L.
+  b0, lmax = batches[0], leaves[-1]
+  kw = modes["step"]
+  r = run(g, s, env, cfg, mode="step", b=b0, leaves=lmax, sims=sims, k=k,
+          prompt_len=prompt_len, page_size=kw["step_length"] // 4, **kw)
+  r["mfu"] = 100 * r["flops"] / r["dt"] / peak
+  results["paged", b0, lmax] = r
+  base = results["step", b0, lmax]["sims_per_s"]
+  print(f"{'paged':<6} {b0:>3} {lmax:>3} {r['sims_per_s']:>9.1f} "
+        f"{r['sims_per_s'] / base:>7.2f} {r['mfu']:>7.2f} "
+        f"{r['used']:>11.2f}   (vs L={lmax} slab; pages: "
+        f"{kw['step_length'] // 4} tokens; tokens held / pool slots "
+        f"{r['held']:.2f})", flush=True)
   # A shared machine: the best matmul rate seen keeps MFU from being
   # inflated by one slow reference measurement.
   end = matmul_flops_per_s()
@@ -104,11 +127,10 @@ def main(argv=None):
       r["mfu"] *= peak / end
     print(f"float32 matmul at the end: {end / 1e9:.1f} GFLOP/s; MFU "
           "rescaled to it")
-  b0, lmax = batches[0], leaves[-1]
   x = (results["step", b0, lmax]["sims_per_s"]
        / results["step", b0, leaves[0]]["sims_per_s"])
   m = max(r["mfu"] for r in results.values())
-  u = results["step", b0, lmax]["used"]
+  u = results["paged", b0, lmax]["used"]
   print(f"lm_scale speedup_vs_one_leaf={x:.2f} mfu_pct={m:.2f} "
         f"arena_used_over_reserved={u:.2f}")
 

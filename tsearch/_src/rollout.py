@@ -17,9 +17,10 @@ import chex
 import jax
 import jax.numpy as jnp
 
+import models
 from tsearch._src import lm_search as lm
 from tsearch._src.search import gumbel_search, puct_search
-from tsearch._src.tree import ROOT_INDEX, empty_tree
+from tsearch._src.tree import ROOT_INDEX
 
 Array = chex.Array
 
@@ -103,11 +104,8 @@ def rollout(graphdef, state, task, prompt_tokens: Array,
   root, cache = lm.make_lm_root(graphdef, state, task, prompt, prompt_length,
                                 root_key, config=config)
   expand_fn = lm.make_lm_expand_fn(graphdef, task, config=config)
-  capacity = config.capacity or config.num_simulations + 1
-  tree = empty_tree(batch_size=b, capacity=capacity,
-                    num_children=config.num_children,
-                    action_length=config.step_length,
-                    embedding_example=root.embedding)
+  # With config.page_size > 0 the tree carries its page pool.
+  tree = lm.new_lm_tree(root, config, models.model_config_of(graphdef, state))
   tree = tree.replace(nonfinite=jnp.zeros((b,), bool))
   env_state = task.init_state(prompt)
   k = config.num_children
@@ -115,7 +113,8 @@ def rollout(graphdef, state, task, prompt_tokens: Array,
   def search(key, tree, cache):
     kw = dict(num_simulations=config.num_simulations,
               max_depth=config.max_depth, tree=tree,
-              leaves_per_step=config.leaves_per_step)
+              leaves_per_step=config.leaves_per_step,
+              store_fn=lm.search_store_fn(config))
     if config.policy == "gumbel":
       out = gumbel_search(
           (state, cache), key, root, expand_fn,
