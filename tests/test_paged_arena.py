@@ -1,5 +1,8 @@
 """Paged KV arena (LMSearchConfig.page_size > 0): the same trees as the slab
-layout, pages that follow the tokens held, reroot frees pages, overflow."""
+layout, pages that follow the tokens held, reroot frees pages, overflow.
+
+Three search programs are compiled (paged, slab, and the paged search
+continued after a reroot, PUCT), which is most of this file's time."""
 import dataclasses
 import functools
 
@@ -13,20 +16,32 @@ from tsearch import kv_arena
 from tests.lm_toy_env import ToyEnv
 from tests.test_lm_search import _fwd, make_model, node_sequences, prompts
 
-ENV = ToyEnv(vocab_size=16, max_len=20)
-# Step level, Gumbel: S = 6 tokens in pages of 2; steps end at the
-# delimiter, EOS or after S tokens, so most are shorter than S.
+
+
+@dataclasses.dataclass(frozen=True)
+class ShortSteps(ToyEnv):
+  """ToyEnv whose steps end at tokens 2-4 (short steps, as in text) and
+  whose answers end only at ``max_len`` (no EOS for the search to settle
+  on early)."""
+  eos_id: int = 99
+
+  def step_ended(self, state, token):
+    del state
+    return (token >= 2) & (token <= 4)
+
+
+ENV = ShortSteps(vocab_size=16, max_len=20)
+# Step level: S = 6 tokens in pages of 2; most steps are shorter than S.
+# Room for 32 nodes but a pool of 24 pages (a quarter of the slab's 32 x 6
+# slots): a fresh search of 8 simulations (<= 3 pages per node) never runs
+# out; the deeper PUCT search of 30 simulations that continues it after a
+# reroot does.
 STEP = tsearch.LMSearchConfig(
     mode="step", policy="gumbel", num_simulations=8, num_children=3,
     step_length=6, max_depth=3, keep_logits=True, reserve_tokens=6,
-    page_size=2)
-# Token level, PUCT: one token per node in pages of 1. A fresh search adds
-# at most 10 nodes, so its 10 pages never run out; a search continued after
-# a reroot (room for 21 nodes) does.
-TOKEN = tsearch.LMSearchConfig(
-    mode="token", policy="puct", num_simulations=10, num_children=3,
-    max_depth=4, keep_logits=True, capacity=21, reserve_tokens=4,
-    page_size=1, num_pages=10)
+    capacity=32, page_size=2, num_pages=24)
+MORE = dataclasses.replace(STEP, policy="puct", num_simulations=30,
+                           max_depth=5, pb_c_init=4.0)
 
 
 @functools.cache
@@ -106,12 +121,10 @@ def assert_pages_consistent(tree, page_size):
     assert held == list(range(used_pages[b])), (b, held)
 
 
-@pytest.mark.parametrize("config", [STEP, TOKEN], ids=["step_gumbel",
-                                                       "token_puct"])
-def test_same_tree_as_slab_and_exact(config):
+def test_same_tree_as_slab_and_exact():
   g, st = model()
   prompt, lengths = prompts()
-  paged, ref = search(config), search(slab(config))
+  paged, ref = search(STEP), search(slab(STEP))
   tree = paged.search_tree
   assert int(tree.node_depth.max()) >= 2  # paths through several ancestors
   assert_same_tree(tree, ref.search_tree)
@@ -121,8 +134,8 @@ def test_same_tree_as_slab_and_exact(config):
   assert_tree_exact(g, st, tree, prompt, lengths)
   assert "keys" not in tree.embeddings["kv"]  # no per-node slab
   np.testing.assert_array_equal(tree.arena["num_used"],
-                                page_count(tree, config.page_size))
-  assert_pages_consistent(tree, config.page_size)
+                                page_count(tree, STEP.page_size))
+  assert_pages_consistent(tree, STEP.page_size)
   assert not tree.overflowed.any()
 
 
@@ -130,22 +143,23 @@ def test_pages_follow_the_tokens_held():
   tree = search(STEP).search_tree
   ps, s = STEP.page_size, STEP.step_length
   length = np.asarray(tree.embeddings["kv"]["length"])
-  used = np.arange(tree.capacity)[None] < np.asarray(tree.num_nodes)[:, None]
-  tokens = length[used & (np.arange(tree.capacity)[None] > 0)]
+  nodes = np.arange(tree.capacity)[None]
+  below = (nodes < np.asarray(tree.num_nodes)[:, None]) & (nodes > 0)
+  tokens = length[below]
   assert (tokens < s).mean() >= 0.5, tokens  # mostly short steps
-  # The default pool (num_pages=0) reserves a full slab's slots ...
-  assert kv_arena.tree_num_token_slots(tree) == (
-      tree.batch_size * tree.capacity * s)
+  # The pool: 24 pages of 2 tokens per tree, a quarter of the slab's slots.
+  slots = kv_arena.tree_num_token_slots(tree)
+  assert slots == tree.batch_size * STEP.num_pages * ps
   slab_tree = search(slab(STEP)).search_tree
-  assert kv_arena.arena_bytes(tree) == kv_arena.arena_bytes(slab_tree)
-  # ... of which the pages in use are what the step lengths imply.
+  assert 4 * kv_arena.arena_bytes(tree) == kv_arena.arena_bytes(slab_tree)
+  assert 4 * slots == kv_arena.tree_num_token_slots(slab_tree)
+  # The pages in use are what the step lengths imply: ceil(len / 2) each.
   in_use = int(np.asarray(kv_arena.pages_in_use(tree)).sum()) * ps
-  ratio = in_use / kv_arena.tree_num_token_slots(tree)
-  want = (-(-tokens // ps) * ps).sum() / (tree.batch_size * tree.capacity * s)
-  assert ratio == pytest.approx(want)
-  # The slab gives the same nodes S slots each; pages hold far fewer.
-  node_slots = int((used & (np.arange(tree.capacity)[None] > 0)).sum()) * s
-  assert in_use / node_slots <= 0.75, in_use / node_slots
+  assert in_use == (-(-tokens // ps) * ps).sum()
+  # The slab gives the same nodes S slots each; their pages hold far fewer.
+  ratio = in_use / (below.sum() * s)
+  assert ratio == pytest.approx((-(-tokens // ps) * ps).mean() / s)
+  assert ratio <= 0.75, ratio
 
 
 def kept_root_slot(t):
@@ -162,20 +176,28 @@ def kept_root_slot(t):
   return jnp.asarray(slot, jnp.int32), committed
 
 
+reroot = jax.jit(tsearch.lm_reroot)
+
+
+def kept_nodes(parents, child):
+  """Old indices of the nodes under ``child`` (itself first), in order:
+  the new node ``j`` of :func:`tsearch.reroot` is the ``j``-th of them."""
+  keep = [child]
+  for m in range(child + 1, len(parents)):
+    if parents[m] in keep:
+      keep.append(m)
+  return keep
+
+
 def test_step_reroot_moves_the_kept_pages():
   g, st = model()
   prompt, lengths = prompts()
-  out, ref = search(STEP), search(slab(STEP))
-  slot, committed = kept_root_slot(out.search_tree)
-  reroot = jax.jit(tsearch.lm_reroot)
-  tree, cache = reroot(out.search_tree, out.prompt_cache, slot)
-  ref_tree, ref_cache = reroot(ref.search_tree, ref.prompt_cache, slot)
-  # The new root's tokens reach the prompt cache as from the slab.
-  for name in ("keys", "values", "mask", "positions", "num_used"):
-    np.testing.assert_array_equal(getattr(cache, name),
-                                  getattr(ref_cache, name), err_msg=name)
+  out = search(STEP)
+  old = out.search_tree
+  slot, committed = kept_root_slot(old)
+  tree, cache = reroot(old, out.prompt_cache, slot)
   # Pages free: the pool holds the kept nodes' pages only, compacted.
-  before = np.asarray(out.search_tree.arena["num_used"])
+  before = np.asarray(old.arena["num_used"])
   after = np.asarray(tree.arena["num_used"])
   np.testing.assert_array_equal(after, page_count(tree, STEP.page_size))
   assert (after < before).all()
@@ -183,59 +205,72 @@ def test_step_reroot_moves_the_kept_pages():
   pool = np.asarray(tree.arena["keys"])
   for b in range(2):
     assert not pool[b, after[b]:].any()  # free pages are zeroed
-  # Every kept node reads its own keys/values through the new pages.
+  # The new root's tokens (read through its old pages) went to the prompt
+  # cache; every other kept node reads its own keys/values through its new
+  # pages.
+  p = prompt.shape[1]
   length = np.asarray(tree.embeddings["kv"]["length"])
-  for n in range(tree.capacity):
-    node = jnp.full((2,), n, jnp.int32)
-    got = kv_arena.node_keys_values(tree, node)
-    want = kv_arena.node_keys_values(ref_tree, node)
+  parents = jax.device_get(old.parents)
+  keep = [kept_nodes(parents[b], int(old.children_index[b, 0, slot[b]]))
+          for b in range(2)]
+  np.testing.assert_array_equal([len(k) for k in keep], tree.num_nodes)
+  own = jax.jit(kv_arena.node_keys_values)
+  k0, v0 = own(old, jnp.array([k[0] for k in keep]))
+  for b in range(2):
+    n0 = len(committed[b])
+    np.testing.assert_array_equal(cache.keys[:, b, p:p + n0], k0[b, :, :n0])
+    np.testing.assert_array_equal(cache.values[:, b, p:p + n0],
+                                  v0[b, :, :n0])
+  for j in range(1, max(len(k) for k in keep)):
+    got = own(tree, jnp.full((2,), j))
+    want = own(old, jnp.array([k[min(j, len(k) - 1)] for k in keep]))
     for b in range(2):
-      if n < int(tree.num_nodes[b]):
+      if j < len(keep[b]):
         for x, y in zip(got, want):
-          np.testing.assert_array_equal(x[b, :, :length[b, n]],
-                                        y[b, :, :length[b, n]])
-  assert_same_tree(tree, ref_tree)
+          np.testing.assert_array_equal(x[b, :, :length[b, j]],
+                                        y[b, :, :length[b, j]])
   assert_tree_exact(g, st, tree, prompt, lengths, committed)
 
 
-def test_token_reroot_then_out_of_pages():
+def test_search_after_reroot_is_exact_until_out_of_pages():
   g, st = model()
   prompt, lengths = prompts()
-  out = search(TOKEN)
+  out = search(STEP)
   slot, committed = kept_root_slot(out.search_tree)
-  tree, cache = jax.jit(tsearch.lm_reroot)(out.search_tree, out.prompt_cache,
-                                           slot)
-  kept = np.asarray(tree.num_nodes)
-  # One page per kept node but the root (its token is in the prompt cache).
-  np.testing.assert_array_equal(tree.arena["num_used"], kept - 1)
-  assert (kept - 1 < np.asarray(out.search_tree.arena["num_used"])).all()
+  tree, cache = reroot(out.search_tree, out.prompt_cache, slot)
+  kept, free = np.asarray(tree.num_nodes), STEP.num_pages - np.asarray(
+      tree.arena["num_used"])
   more = tsearch.lm_search(g, st, ENV, prompt, lengths, jax.random.key(6),
-                           config=TOKEN, tree=tree, prompt_cache=cache)
+                           config=MORE, tree=tree, prompt_cache=cache)
   grown = more.search_tree
-  # The pool (10 pages) fills before the tree (21 nodes): the node that
-  # does not fit is not stored, the row is marked overflowed (as a full
-  # tree is) and grows no further.
-  np.testing.assert_array_equal(grown.arena["num_used"], [10, 10])
-  np.testing.assert_array_equal(grown.num_nodes, [11, 11])
+  used = np.asarray(grown.arena["num_used"])
+  # The pool (24 pages) fills before the tree (32 nodes): the node that does
+  # not fit is not stored, the row is marked overflowed (as a full tree is)
+  # and grows no further.
   assert grown.overflowed.all()
-  assert_pages_consistent(grown, 1)
-  # Nothing stored was overwritten: every node is still exact, the new ones
-  # read the moved pages, and the visit counts stay consistent.
+  assert (np.asarray(grown.num_nodes) < grown.capacity).all()
+  assert (used <= STEP.num_pages).all()
+  assert (used > STEP.num_pages - STEP.step_length // STEP.page_size).all()
+  assert (used - (STEP.num_pages - free) >= 3).all()  # new pages were used
+  assert (np.asarray(grown.num_nodes) > kept).all()
+  np.testing.assert_array_equal(used, page_count(grown, STEP.page_size))
+  assert_pages_consistent(grown, STEP.page_size)
+  # Nothing stored was overwritten: every node is exact (the new ones read
+  # the moved pages), and the visit counts stay consistent.
   assert_tree_exact(g, st, grown, prompt, lengths, committed)
-  # Visits: every node's first visit plus its children's; kept nodes once at
-  # max_depth (they count every visit) keep their excess.
-  def excess(t):
+
+  def excess(t):  # visits beyond the first and the children's
     t = jax.device_get(t)
     return t.node_visits - 1 - t.children_visits.sum(-1)
 
   was, now = excess(tree), excess(grown)
-  new_nodes = np.arange(grown.capacity)[None] >= kept[:, None]
-  inner = (new_nodes & (np.arange(grown.capacity)[None]
-                        < np.asarray(grown.num_nodes)[:, None])
-           & ~np.asarray(grown.node_terminal)
-           & (np.asarray(grown.node_depth) < TOKEN.max_depth))
-  assert (now[inner] == 0).all()
-  for b in range(2):
+  nodes = np.arange(grown.capacity)[None]
+  new = ((nodes >= kept[:, None])
+         & (nodes < np.asarray(grown.num_nodes)[:, None])
+         & ~np.asarray(grown.node_terminal)
+         & (np.asarray(grown.node_depth) < MORE.max_depth))
+  assert (now[new] == 0).all()
+  for b in range(2):  # kept nodes once at max_depth keep their excess
     np.testing.assert_array_equal(now[b, :kept[b]], was[b, :kept[b]])
 
 
@@ -249,8 +284,10 @@ def test_bad_page_settings():
   with pytest.raises(ValueError, match="cannot hold one full step"):
     tsearch.LMSearchConfig(mode="step", step_length=6, page_size=2,
                            num_pages=2)
-  assert STEP.pages_per_tree == 9 * 3  # capacity * S / page_size
-  assert TOKEN.pages_per_tree == 10
+  assert dataclasses.replace(STEP, num_pages=0).pages_per_tree == 32 * 3
+  assert dataclasses.replace(  # capacity * S / page_size
+      STEP, num_pages=0, capacity=None).pages_per_tree == 9 * 3
+  assert STEP.pages_per_tree == 24
   assert slab(STEP).pages_per_tree == 0
   # A tree continues only with the layout that made it.
   g, st = model()
@@ -263,6 +300,6 @@ def test_bad_page_settings():
   paged = search(STEP)
   with pytest.raises(ValueError, match="page pool has"):
     tsearch.lm_search(g, st, ENV, prompt, lengths, jax.random.key(0),
-                      config=dataclasses.replace(STEP, num_pages=4),
+                      config=dataclasses.replace(STEP, num_pages=30),
                       tree=paged.search_tree,
                       prompt_cache=paged.prompt_cache)
