@@ -104,7 +104,8 @@ def _check_root(root: RootOutput) -> tuple[int, int, int]:
   return b, k, actions_shape[2]
 
 
-def _check_expand_output(out: Any, tree: Tree) -> None:
+def _check_expand_output(out: Any, tree: Tree, embedding: bool = True
+                         ) -> None:
   if not isinstance(out, ExpandOutput):
     raise ValueError(
         f"expand_fn must return a tsearch.ExpandOutput; got {type(out)}.")
@@ -118,6 +119,8 @@ def _check_expand_output(out: Any, tree: Tree) -> None:
       raise ValueError(
           f"expand_fn returned {name} of shape {got}; the tree needs {shape} "
           f"(B={b}, K={k} child slots, S={s} tokens per action).")
+  if not embedding:
+    return
   want = jax.tree.structure(tree.embeddings)
   if jax.tree.structure(out.embedding) != want:
     raise ValueError(
@@ -546,6 +549,8 @@ def _run(params, rng_key, tree: Tree, expand_fn: ExpandFn, *,
       lives.append(live_l)
     outs = expand_all(expand_key, tree, parents, slots)
     for parent, slot, live_l, out in zip(parents, slots, lives, outs):
+      # With a store_fn, the embedding it returns is checked.
+      _check_expand_output(out, tree, embedding=store_fn is None)
       # Read after the earlier leaves of this step were stored: a repeated
       # pick is then a revisit of the node the first one made.
       child = tree.children_index[b, parent, slot]
@@ -563,7 +568,7 @@ def _run(params, rng_key, tree: Tree, expand_fn: ExpandFn, *,
             tree, out.embedding, jnp.minimum(tree.num_nodes,
                                              tree.capacity - 1), ok)
         out = out.replace(embedding=embedding)
-      _check_expand_output(out, tree)
+        _check_expand_output(out, tree)
       tree, new = _expand(tree, out, parent, slot, ok)
       tree = _backward(tree, jnp.where(ok, new, child), ok | revisit)
     return sim + leaves, rng_key, tree, exhausted_of(tree)
