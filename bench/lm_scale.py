@@ -2,6 +2,8 @@
 at B in {4, 16} trees and L in {1, 4, 8} leaves per step, side by side.
 
 Run:  .venv/bin/python bench/lm_scale.py            (4-layer d_model=256)
+      .venv/bin/python bench/lm_scale.py --reduced  (step level, B=4, L=1 and
+                                                     8, and the paged row)
       .venv/bin/python bench/lm_scale.py --quick    (smoke test)
 
 Model and environment as bench/lm_search.py (every token but 0 legal,
@@ -70,6 +72,9 @@ def run(g, s, env, cfg, *, mode, b, leaves, sims, k, step_length, prompt_len,
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--quick", action="store_true", help="tiny smoke run")
+  ap.add_argument("--reduced", action="store_true",
+                  help="only the rows the last line reads: step level, "
+                       "B=4, the smallest and largest L, and the paged row")
   args = ap.parse_args(argv)
   if args.quick:
     sims, k, prompt_len, batches, leaves = 8, 4, 16, (4,), (1, 4)
@@ -94,6 +99,9 @@ def main(argv=None):
         f"{'mfu %':>7} {'arena used':>11}")
   modes = {"token": dict(step_length=1, max_depth=16),
            "step": dict(step_length=4 if args.quick else 8, max_depth=8)}
+  if args.reduced:
+    del modes["token"]
+    batches, leaves = batches[:1], (leaves[0], leaves[-1])
   results = {}
   for mode, kw in modes.items():
     for b in batches:

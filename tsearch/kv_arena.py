@@ -30,10 +30,13 @@ much shorter than ``S``, so most of a slab's ``N x S`` slots stay empty.
 With pages, keys/values live in a per-tree pool of fixed-size pages
 (``Tree.arena``) and each node holds a page table instead::
 
-  Tree.arena:  keys, values: [B, P, L, page_size, Hkv, Dh]
+  Tree.arena:  keys, values: [B, num_pages, L, page_size, Hkv, Dh]
                num_used:     [B] int32  pages handed out (a bump pointer)
   per node:    pages:  [B, N, S // page_size] int32  pool page, -1 = none
                start, length: as above
+
+Memory is ``B * num_pages * page_size`` token slots (``num_pages`` is
+``LMSearchConfig.num_pages``; its default gives the slab's ``B * N * S``).
 
 A new node of ``len`` tokens takes ``ceil(len / page_size)`` pages, handed
 out in expansion order (:func:`store_node_pages`, the search's
@@ -131,8 +134,8 @@ def paged_node_kv_example(batch_size: int, step_length: int,
 
 def page_pool(config: ModelConfig, batch_size: int, num_pages: int,
               page_size: int) -> dict:
-  """An empty page pool ``{'keys','values': [B, P, L, page_size, Hkv, Dh],
-  'num_used': [B]}`` (``Tree.arena`` of a paged tree), zeros."""
+  """An empty page pool ``{'keys','values': [B, num_pages, L, page_size,
+  Hkv, Dh], 'num_used': [B]}`` (``Tree.arena`` of a paged tree), zeros."""
   shape = (batch_size, num_pages, config.num_layers, page_size,
            config.num_kv_heads, config.head_dim)
   z = jnp.zeros(shape, config.compute_dtype)

@@ -816,8 +816,8 @@ def lm_reroot(tree: Tree, prompt_cache: kv_arena.PromptCache,
   """Commits root slot ``action_slot [B]``: keeps its subtree
   (:func:`tsearch.reroot`) and moves the new root's tokens into the prompt
   cache (needs ``reserve_tokens`` >= the committed tokens). A paged tree's
-  pool then keeps only the kept nodes' pages (:func:`tsearch.kv_arena.
-  compact_pages`). Jittable."""
+  pool then keeps only the kept nodes' pages
+  (:func:`tsearch.kv_arena.compact_pages`). Jittable."""
   tree = reroot(tree, action_slot)
   prompt_cache, tree = kv_arena.commit_root_tokens(prompt_cache, tree)
   return kv_arena.compact_pages(tree), prompt_cache
