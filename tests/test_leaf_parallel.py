@@ -149,6 +149,10 @@ def test_config_leaves_per_step_reaches_the_lm_search():
   c.search.leaves_per_step = 0
   with pytest.raises(ValueError, match="leaves_per_step must be >= 1"):
     search_config.lm_search_config(c.search, task)
+  # The paged arena's keys reach it too (token level: pages of 1 token).
+  c.search.update(leaves_per_step=1, page_size=1, num_pages=40)
+  cfg = search_config.lm_search_config(c.search, task)
+  assert (cfg.page_size, cfg.num_pages) == (1, 40)
 
 
 def test_rollout_searches_with_the_configs_leaves_per_step():

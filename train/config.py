@@ -114,6 +114,9 @@ def default_config() -> ConfigDict:
                                # (their moves' search weights); value on all.
       leaves_per_step=1,  # leaves per tree per model call (virtual loss;
                           # LMSearchConfig.leaves_per_step).
+      page_size=0,  # > 0: the tree's KV arena in pages of this many tokens
+                    # (LMSearchConfig.page_size; 0: one slab per node).
+      num_pages=0,  # pages per tree (0: enough for every node's step).
   ))
   # warm_start_every_steps: how often the warm start saves (0: every_steps);
   # its last step is always saved.

@@ -83,7 +83,9 @@ def lm_search_config(search: ml_collections.ConfigDict, task, *,
       temperature=float(search.temperature if acting_temperature is None
                         else acting_temperature),
       max_num_considered_actions=int(num_children or search.num_children),
-      leaves_per_step=int(search.get("leaves_per_step", 1)))
+      leaves_per_step=int(search.get("leaves_per_step", 1)),
+      page_size=int(search.get("page_size", 0)),
+      num_pages=int(search.get("num_pages", 0)))
 
 
 def check_fits(search: ml_collections.ConfigDict, task,
