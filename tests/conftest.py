@@ -52,3 +52,33 @@ if "TSEARCH_CACHE" not in os.environ:
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", False)
+
+import gc  # noqa: E402
+
+import pytest  # noqa: E402
+
+# Every executable XLA's CPU backend compiles maps its code into the process
+# (several memory mappings each), and they stay mapped while jax's caches
+# hold them. An xdist worker that runs half the suite reaches tens of
+# thousands of mappings; at the kernel's vm.max_map_count (65530 by
+# default) the next compile's mmap fails and the worker dies inside
+# backend_compile_and_load (SIGSEGV or abort: the crashes seen in full
+# runs). Dropping jax's caches after a module once the count is high
+# releases them; programs are rarely shared between modules.
+_MAX_MAPS = 20_000
+
+
+def _num_maps() -> int:
+  try:
+    with open("/proc/self/maps", "rb") as f:
+      return sum(1 for _ in f)
+  except OSError:  # not Linux: no such limit to stay under
+    return 0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  yield
+  if _num_maps() > _MAX_MAPS:
+    jax.clear_caches()
+    gc.collect()

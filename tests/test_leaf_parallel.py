@@ -155,13 +155,14 @@ def test_config_leaves_per_step_reaches_the_lm_search():
   assert (cfg.page_size, cfg.num_pages) == (1, 40)
 
 
-def test_rollout_searches_with_the_configs_leaves_per_step():
+def test_rollout_searches_with_the_configs_leaves_per_step(monkeypatch):
   """tsearch.rollout (training targets, evaluation's MCTS) passes
-  ``leaves_per_step`` on: with 4 leaves per step the root's visit weights
-  differ from one leaf per step (virtual loss spreads the first picks)."""
+  ``leaves_per_step`` on to the search (traced only: the search records
+  its arguments and stops the trace)."""
   import dataclasses  # pylint: disable=import-outside-toplevel
   import models  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
+  from tsearch._src import rollout as rollout_lib  # pylint: disable=import-outside-toplevel
   from tsearch.tasks import get_task  # pylint: disable=import-outside-toplevel
   task = get_task("arithmetic", max_digits=1)
   model = models.Transformer(models.ModelConfig(
@@ -173,11 +174,22 @@ def test_rollout_searches_with_the_configs_leaves_per_step():
   base = tsearch.LMSearchConfig(num_simulations=8, num_children=3,
                                 capacity=16,
                                 reserve_tokens=task.max_answer_length)
-  out = {}
-  for leaves in (1, 4):
-    cfg = dataclasses.replace(base, leaves_per_step=leaves)
-    out[leaves] = tsearch.rollout(g, state, task, prompt, plen,
-                                  jax.random.key(0), config=cfg, num_moves=1)
-  w1, w4 = (np.asarray(out[n].weights[:, 0]) for n in (1, 4))
-  np.testing.assert_allclose(w1.sum(-1), 1.0, rtol=1e-5)
-  assert not np.array_equal(w1, w4)
+  seen = []
+
+  class Traced(Exception):
+    pass
+
+  def record(*args, **kwargs):
+    del args
+    seen.append(kwargs["leaves_per_step"])
+    raise Traced
+
+  for name in ("puct_search", "gumbel_search"):
+    monkeypatch.setattr(rollout_lib, name, record)
+  for policy, leaves in (("puct", 4), ("gumbel", 2)):
+    cfg = dataclasses.replace(base, policy=policy, leaves_per_step=leaves)
+    with pytest.raises(Traced):
+      jax.eval_shape(lambda s, p, n, k, cfg=cfg: tsearch.rollout(
+          g, s, task, p, n, k, config=cfg, num_moves=1),
+          state, prompt, plen, jax.random.key(0))
+  assert seen == [4, 2]

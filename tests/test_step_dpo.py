@@ -108,9 +108,9 @@ def _config():
 def test_step_dpo_run_keeps_the_warm_start_as_reference(tmp_path):
   workdir = str(tmp_path / "run")
   c = _config()
-  c.debug.stop_after_steps = 3  # the first search step, then stop
-  loop.train(c, workdir)
-  loop.train(_config(), workdir)  # resumes at 3
+  c.search.steps = 0
+  loop.train(c, workdir)  # the warm start alone (no reference saved)
+  loop.train(_config(), workdir)  # continues into 2 search steps
   m = metrics_lib.read_metrics(workdir)
   assert [r["step"] for r in m] == [1, 2, 3, 4]
   first, second = m[2], m[3]
@@ -124,8 +124,8 @@ def test_step_dpo_run_keeps_the_warm_start_as_reference(tmp_path):
   np.testing.assert_allclose(
       first["loss"], first["loss/step_dpo"] + 0.5 * first["loss/pav_value"]
       + 0.25 * first["loss/pav_policy"], rtol=1e-5)
-  # The reference saved at steps 3 and 4 (the second after the resume) is
-  # the warm start's last parameters, not the policy's.
+  # The reference saved with the search steps' checkpoints is the warm
+  # start's last parameters, not the policy's.
   ckpt = loop.checkpointer(c, workdir)
   try:
     assert not ckpt.has_item(2, "reference")
@@ -144,3 +144,5 @@ def test_step_dpo_run_keeps_the_warm_start_as_reference(tmp_path):
                  saved["params"])
   finally:
     ckpt.close()
+  # A resumed run reads its checkpoint with the reference (no steps left).
+  loop.train(_config(), workdir)
