@@ -273,7 +273,9 @@ class Checkpointer:
     bad = []
     for step in sorted(self.all_steps(), reverse=True):
       try:
-        read = self.restore_params if params_only else self.restore
+        # Verified first: target_for may read the step's metadata.
+        self.verify(step)
+        read = self._restore_params if params_only else self._restore
         tree, meta = read(step, target_for(step))
       except CorruptCheckpointError as e:
         logging.warning("%s Trying the previous checkpoint.", e)
@@ -317,6 +319,11 @@ class Checkpointer:
     items other than the state (the replay buffer, the step-DPO reference
     policy; e.g. evaluation): those are read as saved and dropped."""
     self.verify(step)
+    return self._restore_params(step, target)
+
+  def _restore_params(self, step: int, target: PyTree
+                      ) -> tuple[PyTree, dict]:
+    """:meth:`restore_params` after :meth:`verify`."""
     tree = self._saved_tree(step)
     extra = [name for name in ("replay", "reference")
              if name in tree and name not in target]
