@@ -76,10 +76,15 @@ class SearchLearn:
       extensions.append(retract_terms.extension(
           fns.apply, task, weight=float(x["retract_weight"]),
           sft_weight=float(s.sft_weight)))
+    end_tokens = {e.end_token for e in extensions} - {None}
+    if len(end_tokens) > 1:
+      raise ValueError(f"Loss extensions ask for different end tokens "
+                       f"{sorted(end_tokens)}; at most one is supported.")
     forward = search_losses.make_forward(
         fns.apply, level=s.level, pad_id=task.pad_id,
         max_seq_len=fns.config.max_seq_len,
-        end_token=None)
+        end_token=next(iter(end_tokens), None))
+    # The extensions below read no end token.
     if x["step_dpo_weight"] > 0:  # config.validate checks the level
       from train import preference_terms  # pylint: disable=import-outside-toplevel
       extensions.append(preference_terms.extension(
@@ -92,10 +97,6 @@ class SearchLearn:
           value_weight=float(x["pav_value_weight"]),
           policy_weight=float(x["pav_policy_weight"]),
           clip=float(x["pav_clip"]), two_player=two_player))
-    end_tokens = {e.end_token for e in extensions} - {None}
-    if len(end_tokens) > 1:
-      raise ValueError(f"Loss extensions ask for different end tokens "
-                       f"{sorted(end_tokens)}; at most one is supported.")
     record_q = any(e.record_q for e in extensions)
     keep = search_losses.KEEP + (("children_choice",) if choices else ())
     for e in extensions:
@@ -128,11 +129,6 @@ class SearchLearn:
           stats.update(e.stats(rows))
       return rows, stats
 
-    if end_tokens:
-      forward = search_losses.make_forward(
-          fns.apply, level=s.level, pad_id=task.pad_id,
-          max_seq_len=fns.config.max_seq_len,
-          end_token=next(iter(end_tokens)))
     loss_fn = search_losses.make_loss_fn(
         forward, search_losses.terms(s, x, two_player=two_player),
         tuple(extensions))
