@@ -40,8 +40,7 @@ from train import search_losses
 def advantages(batch) -> tuple[jax.Array, jax.Array]:
   """``(A [B, M, K], mask [B, M, K])``: ``Q(s, a) - V(s)`` of the visited
   root candidates of searched moves (stop-gradient)."""
-  ok = (batch["children_mask"] & (batch["children_visits"] > 0)
-        & search_losses.searched(batch)[..., None])
+  ok = search_losses.visited(batch)
   adv = batch["children_q"] - batch["root_value"][..., None]
   return jax.lax.stop_gradient(jnp.where(ok, adv, 0.0)), ok
 

@@ -36,8 +36,7 @@ def pairs(batch, margin: float) -> jax.Array:
   ``j`` (both visited and valid, different actions, ``Q_i - Q_j >
   margin``)."""
   q = batch["children_q"]
-  ok = (batch["children_mask"] & (batch["children_visits"] > 0)
-        & search_losses.searched(batch)[..., None])
+  ok = search_losses.visited(batch)
   acts = batch["children_actions"]  # [B, M, K, S]
   same = jnp.all(acts[..., :, None, :] == acts[..., None, :, :], -1)
   return (ok[..., :, None] & ok[..., None, :] & ~same

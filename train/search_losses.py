@@ -118,6 +118,13 @@ def searched(batch: Batch) -> Array:
   return batch["active"] & jnp.any(batch["children_mask"], -1)
 
 
+def visited(batch: Batch) -> Array:
+  """``[B, M, K]``: root candidates of searched moves that the search
+  visited (they have a tree Q: ``record_q`` rows)."""
+  return (batch["children_mask"] & (batch["children_visits"] > 0)
+          & searched(batch)[..., None])
+
+
 def _at_node(batch: Batch) -> Array:
   """``[B, M]``: the last token of each move's prefix."""
   return jnp.minimum(node_start(batch) - 1, batch["seq"].shape[1] - 1)
