@@ -7,6 +7,8 @@
 #   visits    the search's visit weights (policy_weight=1)
 #   sft       SFT on solved answers, the best path (sft_weight=1)
 #   step_dpo  step-DPO on sibling steps ranked by Q (step_dpo_weight=1)
+#   pav       process advantages A = Q - V from the tree: dense step-value
+#             targets and the policy gradient -A log pi (pav_*_weight=1)
 # and the validation rows of each (greedy; MCTS 16 simulations with the
 # config's verifier lookahead, and value-only).
 #
@@ -33,8 +35,10 @@ declare -A variant=(
   [visits]="--config.search.policy_weight=1"
   [sft]="--config.search.sft_weight=1"
   [step_dpo]="--config.experimental.step_dpo_weight=1"
+  [pav]="--config.experimental.pav_value_weight=1 --config.experimental.pav_policy_weight=1"
 )
-for name in visits sft step_dpo; do
+variants=${VARIANTS:-visits sft step_dpo pav}
+for name in $variants; do
   dir="$root/$name"
   [ -d "$dir" ] || cp -r "$root/warm" "$dir"
   # shellcheck disable=SC2086
@@ -47,7 +51,7 @@ python -m train.evaluate --config $cfg --workdir "$root/warm" \
 python -m train.evaluate --config $cfg --workdir "$root/warm" \
     --stages warm_start:300 --split "$split" --num_problems 100 \
     --methods mcts:16 "${value_only[@]}" --out "$out"
-for name in visits sft step_dpo; do
+for name in $variants; do
   python -m train.evaluate --config $cfg --workdir "$root/$name" \
       --stages "$name:$last" --split "$split" --num_problems 100 \
       --methods greedy:1,mcts:16 --out "$out"
