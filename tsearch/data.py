@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import os
 import sys
 from typing import Any, Iterator
@@ -209,14 +208,8 @@ def build(task: str, data_dir: str, *, seed: int = 0, num_train: int | None = No
 
 def load_build_options(task: str, data_dir: str) -> dict:
   """The options a dataset was built with (seed, sizes, task options)."""
-  path = _dataset_dir(task, data_dir)
-  meta = os.path.join(path, "metadata.json")
-  if not os.path.exists(meta):
-    raise ValueError(
-        f"No {task} dataset under {os.fspath(data_dir)!r} (looked for {path}). "
-        f"Build it with: python -m tsearch.data build {task} --data_dir {os.fspath(data_dir)}")
-  with open(meta) as f:
-    return json.load(f)["build_options"]
+  return text_data.read_build_options(task, _dataset_dir(task, data_dir),
+                                     data_dir)
 
 
 def load_task(task: str, data_dir: str) -> tasks_lib.Task:

@@ -105,7 +105,13 @@ def _dataset_dir(task, data_dir):
 
 def load_build_options(task: str, data_dir: str) -> dict:
   """The options a text dataset was built with."""
-  path = _dataset_dir(task, data_dir)
+  return read_build_options(task, _dataset_dir(task, data_dir), data_dir)
+
+
+def read_build_options(task: str, path: str, data_dir: str) -> dict:
+  """The ``build_options`` of the dataset built under ``path`` (a clear
+  error naming the build command when there is none); also
+  :func:`tsearch.data.load_build_options`'s reader."""
   meta = os.path.join(path, "metadata.json")
   if not os.path.exists(meta):
     raise ValueError(
