@@ -1,25 +1,33 @@
 """Where do greedy answers go wrong? The first line whose result differs
 from the reference solution's line at the same place, by split.
 
-  python experiments/word_problems/first_error.py WORKDIR STEP SPLIT N \
-      [--config.key=value ...]
+  PYTHONPATH=. python experiments/word_problems/first_error.py \
+      --workdir /tmp/wpG --step 2000 --split validation_ood --num_problems 100 \
+      "--config.task.options.train_ops=(2,6)" ...
 
-(the config overrides of the run, e.g. variant G's task options). Prints,
+(with the run's config overrides, e.g. variant G's task options). Prints,
 per number of operations, how many answers are right, how many break at
 each line (1-based), and how many of the broken lines are arithmetic slips
 (``a op b = c`` false) rather than a wrong operand or operation.
 """
-import ast
 import collections
 import re
-import sys
 
 import jax
 import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
 
 import tsearch
-from train import config as config_lib
 from train import evaluate as ev
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/word_problems.py", "Run config.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step.")
+_SPLIT = flags.DEFINE_string("split", "validation_ood", "Problem split.")
+_NUM = flags.DEFINE_integer("num_problems", 100, "Problems decoded.")
+flags.mark_flags_as_required(["workdir", "step"])
 
 LINE = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b,
@@ -30,24 +38,11 @@ def results(text):
   return [m.groups() for m in LINE.finditer(text)]
 
 
-def main(workdir, step, split, n, *overrides):
-  c = config_lib.load_config_file("configs/word_problems.py")
-  for item in overrides:  # --config.a.b=value
-    key, _, raw = item.removeprefix("--config.").partition("=")
-    *path, last = key.split(".")
-    node = c
-    for k in path:
-      node = node[k]
-    try:
-      value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-      value = raw
-    if isinstance(node, dict):
-      node[last] = value
-    else:
-      setattr(node, last, value)
-  task, fns, [(_, params)] = ev.restore(c, workdir, [int(step)])
-  problems = task.eval_problems(int(n), split=split)
+def main(argv):
+  del argv
+  task, fns, [(_, params)] = ev.restore(_CONFIG.value, _WORKDIR.value,
+                                        [_STEP.value])
+  problems = task.eval_problems(_NUM.value, split=_SPLIT.value)
   prompts, lengths = task.encode_prompts(problems)
   out = tsearch.get_algorithm("greedy")(fns.graphdef, fns.state(params), task,
                                         prompts, lengths, jax.random.key(0))
@@ -77,4 +72,4 @@ def main(workdir, step, split, n, *overrides):
 
 
 if __name__ == "__main__":
-  main(*sys.argv[1:])
+  app.run(main)
