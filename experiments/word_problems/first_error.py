@@ -11,7 +11,6 @@ each line (1-based), and how many of the broken lines are arithmetic slips
 (``a op b = c`` false) rather than a wrong operand or operation.
 """
 import collections
-import re
 
 import jax
 import numpy as np
@@ -19,6 +18,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import tsearch
+from rollouts import LINE, arithmetic_ok
 from train import evaluate as ev
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -28,11 +28,6 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step.")
 _SPLIT = flags.DEFINE_string("split", "validation_ood", "Problem split.")
 _NUM = flags.DEFINE_integer("num_problems", 100, "Problems decoded.")
 flags.mark_flags_as_required(["workdir", "step"])
-
-LINE = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
-OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b,
-       "*": lambda a, b: a * b, "/": lambda a, b: a / b}
-
 
 def results(text):
   return [m.groups() for m in LINE.finditer(text)]
@@ -59,9 +54,8 @@ def main(argv):
       continue
     table[ops][first + 1] += 1
     if first < len(got):
-      a, op, b, r = got[first]
       wrong += 1
-      slips += OPS[op](int(a), int(b)) != int(r)
+      slips += not arithmetic_ok(*got[first])
   for ops in sorted(table):
     row = table[ops]
     lines = ", ".join(f"line {k}: {v}" for k, v in sorted(

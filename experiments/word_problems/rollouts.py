@@ -1,11 +1,23 @@
 """The training search of configs/word_problems.py from a checkpoint: what
-solved_lines.py and packed_check.py inspect."""
+solved_lines.py and packed_check.py inspect; and the ``a op b = c`` lines of
+an answer, which solved_lines.py and first_error.py check."""
+import re
+
 import jax
 
 import tsearch
 from train import config as config_lib
 from train import evaluate as ev
 from train import search_config
+
+LINE = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
+OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b,
+       "*": lambda a, b: a * b, "/": lambda a, b: a / b}
+
+
+def arithmetic_ok(a: str, op: str, b: str, result: str) -> bool:
+  """Whether ``a op b = result`` (the groups of :data:`LINE`) is true."""
+  return OPS[op](int(a), int(b)) == int(result)
 
 
 def training_search(num_problems: int, *, workdir: str = "/tmp/wp1",

@@ -7,22 +7,16 @@ answer, and its intermediate results against the reference's.
 
   python experiments/word_problems/solved_lines.py
 """
-import re
-
 import numpy as np
 
-from rollouts import training_search
+from rollouts import LINE, arithmetic_ok, training_search
 
 task, _, _, probs, _, r = training_search(96)
-LINE = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
-OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b,
-       "*": lambda a, b: a * b, "/": lambda a, b: a / b}
 
 
 def line_ok(line: str) -> bool:
   m = LINE.search(line)
-  return bool(m) and OPS[m.group(2)](int(m.group(1)), int(m.group(3))) == int(
-      m.group(4))
+  return bool(m) and arithmetic_ok(*m.groups())
 
 
 solved = bad_arith = wrong_steps = 0
