@@ -79,6 +79,11 @@ def default_config() -> ConfigDict:
   # Search-and-learn iterations after the warm start.
   c.search = ConfigDict(dict(
       steps=0,
+      method="mcts",  # "mcts": rollouts searched move by move (PUCT or
+                      # Gumbel); "sample": num_samples whole answers per
+                      # prompt, SFT on the verified ones and the value on
+                      # all (train.sample_learn).
+      num_samples=8,  # "sample": answers per prompt.
       algorithm="puct",  # "puct" or "gumbel".
       level="token",  # "token" or "step".
       num_simulations=16,
@@ -93,7 +98,8 @@ def default_config() -> ConfigDict:
       replay_size=0,  # 0 disables the replay buffer.
       updates_per_search=1,  # updates per search (with a replay buffer).
       step_length=16,  # "step": most tokens per step (S).
-      step_temperature=1.0,  # "step": sampling temperature of steps.
+      step_temperature=1.0,  # "step": sampling temperature of steps
+                             # (of whole answers with method="sample").
       dedupe_steps=True,  # "step": a node's K slots hold distinct steps.
       terminal_lookahead=False,  # node value >= its best terminal child's
                                  # verifier reward (LMSearchConfig).
@@ -156,6 +162,10 @@ def validate_config(config: ConfigDict) -> None:
   need(config.log_every_steps > 0, "log_every_steps", "must be positive.")
   need(config.data.source in ("tfds", "generated"), "data.source",
        "use 'tfds' or 'generated'.")
+  need(config.search.get("method", "mcts") in ("mcts", "sample"),
+       "search.method", "use 'mcts' or 'sample'.")
+  if config.search.get("method", "mcts") == "sample":
+    _validate_sample_keys(config, need)
   need(config.search.algorithm in ("puct", "gumbel"), "search.algorithm",
        "use 'puct' or 'gumbel'.")
   need(config.search.level in ("token", "step"), "search.level",
@@ -195,6 +205,22 @@ def validate_config(config: ConfigDict) -> None:
   if "parallel" in config:
     _validate_parallel_keys(config, need)
   experimental.validate(config)
+
+
+def _validate_sample_keys(config: ConfigDict, need) -> None:
+  """``search.method='sample'``: its keys, and the MCTS-only options that
+  it would silently ignore."""
+  s = config.search
+  need(s.num_samples >= 1, "search.num_samples", "must be >= 1.")
+  need(s.step_temperature > 0, "search.step_temperature", "must be > 0.")
+  need(s.replay_size == 0, "search.replay_size",
+       "method='sample' trains on each step's samples once; set it to 0.")
+  x = experimental.values(config)
+  for key in ("retract_weight", "step_dpo_weight", "pav_value_weight",
+              "pav_policy_weight"):
+    need(x[key] == 0, f"experimental.{key}", "reads a searched tree, which "
+         "method='sample' does not build; set it to 0 or use "
+         "--config.search.method=mcts.")
 
 
 _DTYPES = ("float32", "bfloat16", "float16")

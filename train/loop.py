@@ -294,9 +294,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   search_learn = None
   if config.search.steps:
-    from train import search_learn as sl  # pylint: disable=import-outside-toplevel
-    search_learn = sl.SearchLearn(config, task, fns, optimizer, mesh,
-                                  max_len=max_len, param_specs=specs)
+    if config.search.get("method", "mcts") == "sample":
+      from train import sample_learn as sl  # pylint: disable=import-outside-toplevel
+      make = sl.SampleLearn
+    else:
+      from train import search_learn as sl  # pylint: disable=import-outside-toplevel
+      make = sl.SearchLearn
+    search_learn = make(config, task, fns, optimizer, mesh, max_len=max_len,
+                        param_specs=specs)
   replay = search_learn.replay if search_learn is not None else None
 
   def fresh_replay(step):
