@@ -2,6 +2,7 @@
 DPO and IPO losses on them, and a run whose reference policy is the warm
 start's, kept in its checkpoints across a resume."""
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -146,3 +147,37 @@ def test_step_dpo_run_keeps_the_warm_start_as_reference(tmp_path):
     ckpt.close()
   # A resumed run reads its checkpoint with the reference (no steps left).
   loop.train(_config(), workdir)
+
+
+def test_step_dpo_turned_on_mid_search_reads_the_warm_start(tmp_path):
+  # Search steps first run without step-DPO (their checkpoint holds no
+  # reference); resumed with it on, the reference is the warm start's last
+  # checkpoint, or a clear error where that checkpoint is gone.
+  workdir = str(tmp_path / "run")
+  c = _config()
+  c.search.update(steps=1, policy_weight=1.0)
+  c.experimental.update(step_dpo_weight=0.0, pav_value_weight=0.0,
+                        pav_policy_weight=0.0)
+  loop.train(c, workdir)
+  ckpt = loop.checkpointer(c, workdir)
+  try:
+    assert ckpt.latest_step() == 3 and not ckpt.has_item(3, "reference")
+    state = loop.build(c, workdir, restoring=True)[2]
+    warm = ckpt.restore(2, loop.state_to_tree(state))[0]["params"]
+    third = ckpt.restore(3, loop.state_to_tree(state))[0]["params"]
+    assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, third, warm)))
+  finally:
+    ckpt.close()
+  gone = str(tmp_path / "gone")
+  shutil.copytree(workdir, gone)
+  loop.train(_config(), workdir)  # step 4, with step-DPO
+  ckpt = loop.checkpointer(c, workdir)
+  try:
+    tree = loop.state_to_tree(state, None, state.params)
+    saved = ckpt.restore(4, tree)[0]
+    jax.tree.map(np.testing.assert_array_equal, saved["reference"], warm)
+  finally:
+    ckpt.close()
+  shutil.rmtree(os.path.join(gone, "checkpoints", "2"))
+  with pytest.raises(ValueError, match=r"step 2\) is gone"):
+    loop.train(_config(), gone)
