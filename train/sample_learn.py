@@ -29,7 +29,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 import tsearch
 from tsearch._src.rollout import answer_sequence
@@ -116,13 +115,7 @@ class SampleLearn:
 
     weights = {"policy": float(s.sft_weight), "value": float(s.value_weight)}
     self.anchor_weight = float(experimental.values(config)["anchor_weight"])
-    side_loss_fn = None
-    if self.anchor_weight:
-      side_loss_fn = search_learn.anchor_loss_fn(fns.apply)
-      weights["anchor"] = (self.anchor_weight
-                           * float(config.warm_start.policy_weight))
-      weights["anchor_value"] = (self.anchor_weight
-                                 * float(config.warm_start.value_weight))
+    side_loss_fn = search_learn.anchor_terms(config, fns, weights)
     self._step = step_lib.make_train_step(
         step_lib.supervised_loss_fn(fns.apply), optimizer, mesh,
         prepare_fn=prepare, loss_weights=weights, side_loss_fn=side_loss_fn,
@@ -131,14 +124,5 @@ class SampleLearn:
   def step(self, state, examples, key, anchor=None):
     """One step on ``examples`` (this process's prompts); ``anchor`` as in
     :meth:`train.search_learn.SearchLearn.step`."""
-    if (anchor is None) != (not self.anchor_weight):
-      raise ValueError(
-          f"experimental.anchor_weight={self.anchor_weight} needs a warm-start "
-          "batch in every step (and 0 none); got "
-          f"{'none' if anchor is None else 'one'}.")
-    batch = {"prompt": np.asarray(examples["prompt"], np.int32),
-             "prompt_length": np.asarray(examples["prompt_length"], np.int32)}
-    args = (step_lib.shard_batch(batch, self.mesh), key)
-    if anchor is not None:
-      args += (step_lib.shard_batch(anchor, self.mesh),)
-    return self._step(state, *args)
+    return self._step(state, *search_learn.step_args(
+        self.mesh, examples, key, anchor, self.anchor_weight))

@@ -49,6 +49,18 @@ def anchor_loss_fn(apply_fn):
                   {"policy": "anchor", "value": "anchor_value"})
 
 
+def anchor_terms(config, fns, weights: dict):
+  """With ``experimental.anchor_weight > 0``: :func:`anchor_loss_fn`, its
+  terms' weights added to ``weights`` (the warm start's, scaled); else
+  None."""
+  w = float(experimental.values(config)["anchor_weight"])
+  if not w:
+    return None
+  weights["anchor"] = w * float(config.warm_start.policy_weight)
+  weights["anchor_value"] = w * float(config.warm_start.value_weight)
+  return anchor_loss_fn(fns.apply)
+
+
 class SearchLearn:
   """The jitted search-and-learn step of a run (used by :mod:`train.loop`).
 
@@ -136,13 +148,7 @@ class SearchLearn:
     for e in extensions:
       weights.update(e.weights)
     self.anchor_weight = float(x["anchor_weight"])
-    side_loss_fn = None
-    if self.anchor_weight:
-      side_loss_fn = anchor_loss_fn(fns.apply)
-      weights["anchor"] = (self.anchor_weight
-                           * float(config.warm_start.policy_weight))
-      weights["anchor_value"] = (self.anchor_weight
-                                 * float(config.warm_start.value_weight))
+    side_loss_fn = anchor_terms(config, fns, weights)
     self.replay = None
     if s.replay_size and param_specs is not None:
       raise ValueError("search.replay_size > 0 is not supported with sharded "
@@ -174,16 +180,7 @@ class SearchLearn:
     ``anchor``: with ``experimental.anchor_weight > 0``, this process's rows of a
     warm-start batch (``step.supervised_loss_fn``'s), trained on in every
     update of the step."""
-    if (anchor is None) != (not self.anchor_weight):
-      raise ValueError(
-          f"experimental.anchor_weight={self.anchor_weight} needs a warm-start "
-          "batch in every search step (and 0 none); got "
-          f"{'none' if anchor is None else 'one'}.")
-    batch = {"prompt": np.asarray(examples["prompt"], np.int32),
-             "prompt_length": np.asarray(examples["prompt_length"], np.int32)}
-    args = (step_lib.shard_batch(batch, self.mesh), key)
-    if anchor is not None:
-      args += (step_lib.shard_batch(anchor, self.mesh),)
+    args = step_args(self.mesh, examples, key, anchor, self.anchor_weight)
     if self.needs_reference:
       if self.reference is None:
         raise ValueError(
@@ -195,6 +192,22 @@ class SearchLearn:
       return self._step(state, *args)
     state, self.replay, metrics = self._step(state, self.replay, *args)
     return state, metrics
+
+
+def step_args(mesh, examples, key, anchor, anchor_weight: float) -> tuple:
+  """``(prompts, key[, anchor])`` of a search step, on the mesh; checks that
+  ``anchor`` (a warm-start batch) is given exactly when ``anchor_weight``."""
+  if (anchor is None) != (not anchor_weight):
+    raise ValueError(
+        f"experimental.anchor_weight={anchor_weight} needs a warm-start "
+        "batch in every search step (and 0 none); got "
+        f"{'none' if anchor is None else 'one'}.")
+  batch = {"prompt": np.asarray(examples["prompt"], np.int32),
+           "prompt_length": np.asarray(examples["prompt_length"], np.int32)}
+  args = (step_lib.shard_batch(batch, mesh), key)
+  if anchor is not None:
+    args += (step_lib.shard_batch(anchor, mesh),)
+  return args
 
 
 def fns_params_example(fns):
