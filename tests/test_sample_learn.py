@@ -1,22 +1,18 @@
 """Sample-and-learn (search.method='sample'): rows built from N samples per
 prompt carry the verifier's reward, SFT only on verified answers, and a run
 trains, logs its terms and resumes exactly."""
-import os
-
 import jax
 import numpy as np
 import pytest
 
 from train import config as config_lib
-from train import experimental
 from train import loop
 from train import metrics as metrics_lib
 from train import model as model_lib
 from train import sample_learn
 import models
 from tsearch.tasks import get_task
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import test_train_search as train_search_tests
 
 
 def _rows(task, key, n=6):
@@ -67,17 +63,10 @@ def test_sample_rows_hold_each_sample_and_its_reward():
 
 
 def _tiny(tmp_path, **kw):
-  c = config_lib.load_config_file(os.path.join(REPO, "configs", "tiny.py"))
-  c.warm_start.steps = 2
-  c.search.update(steps=3, method="sample", num_samples=4, sft_weight=1.0,
-                  value_weight=0.5, replay_size=0)
-  switches = {k: kw.pop(k) for k in list(kw) if k in experimental.DEFAULTS}
-  c.experimental = experimental.config(**switches)
-  c.search.update(**kw)
-  c.batch_size = 8
-  c.log_every_steps = 1
-  c.checkpoint.every_steps = 100
-  c.progress_bar = False
+  """test_train_search's tiny run with 3 sample-and-learn steps."""
+  c = train_search_tests._tiny(tmp_path, **{
+      "steps": 3, "method": "sample", "num_samples": 4, "sft_weight": 1.0,
+      "value_weight": 0.5, "replay_size": 0, **kw})
   c.eval.summary = False
   return c
 
