@@ -70,15 +70,23 @@ def test_choose_majority_weighted_best_value():
   lengths = jnp.array([[3, 2, 3, 3]])
 
   def pick(how):
-    return int(A.choose(cand, lengths, values, finished, aggregate=how,
-                        value_range=(-1.0, 1.0))[0])
+    return int(A.choose(cand, lengths, values, finished, aggregate=how)[0])
 
   assert pick("majority") == 0  # A: 2 votes
-  assert pick("weighted") == 1  # A: 0.4 + 0.3 = 0.7 < B: 0.95
+  assert pick("weighted") == 1  # A: 0 + 0 < B: 0.9
+  # Weights are values clipped to the reward range [0, 1]: three answers A
+  # valued 0 (wrong, by the value) add nothing against one B valued 0.3.
+  # (Mapped from the head's (-1, 1) range, A would have 1.5 and win.)
+  three = jnp.array([[a, a, a, b]])
+  assert int(A.choose(three, lengths, jnp.array([[0.0, 0.0, 0.0, 0.3]]),
+                      jnp.ones((1, 4), bool), aggregate="weighted")[0]) == 3
+  # Two A at 0.4 beat one B at 0.7.
+  assert int(A.choose(three, lengths, jnp.array([[0.4, 0.4, -1.0, 0.7]]),
+                      jnp.ones((1, 4), bool), aggregate="weighted")[0]) == 0
   assert pick("best_value") == 1  # C is higher but unfinished
   # Nothing finished: every candidate is eligible.
   idx = A.choose(cand, lengths, values, jnp.zeros_like(finished),
-                 aggregate="best_value", value_range=(-1.0, 1.0))
+                 aggregate="best_value")
   assert int(idx[0]) == 3
 
 

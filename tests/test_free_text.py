@@ -141,13 +141,13 @@ def test_majority_voting_compares_final_answers_not_words():
   values = jnp.asarray([[0.0, 0.0, 0.9, 0.5]])
   done = jnp.ones((1, 4), bool)
   pick = lambda how, a: int(family.choose(  # noqa: E731
-      cand, None, values, done, aggregate=how, value_range=(-1.0, 1.0),
-      answer_ids=a)[0])
+      cand, None, values, done, aggregate=how, answer_ids=a)[0])
   assert pick("majority", jnp.asarray(ids)[None]) == 0  # "8" twice
   assert pick("majority", None) == 0  # all differ token-wise: lowest index
   assert pick("best_value", jnp.asarray(ids)[None]) == 2
-  # weighted: "8" has 0.5 + 0.5, "9" 0.95, "none" 0.75 (mapped to [0, 1]).
-  assert pick("weighted", jnp.asarray(ids)[None]) == 0
+  # weighted: values are reward estimates; "8" has 0 + 0, "9" 0.9, "none"
+  # 0.5 (mapped from the head's (-1, 1) range "8" would have 1.0 and win).
+  assert pick("weighted", jnp.asarray(ids)[None]) == 2
   # The family's best_of_n votes over the task's answer ids.
   cfg, params = hf.load(QWEN2, max_seq_len=48)
   g, st = nnx.split(hf.to_model(cfg, params))
@@ -162,5 +162,5 @@ def test_majority_voting_compares_final_answers_not_words():
     want = int(family.choose(
         jnp.asarray(c)[None], None, out.candidate_scores[b:b + 1],
         out.candidate_finished[b:b + 1], aggregate="majority",
-        value_range=(-1.0, 1.0), answer_ids=jnp.asarray(ids)[None])[0])
+        answer_ids=jnp.asarray(ids)[None])[0])
     np.testing.assert_array_equal(out.answers[b], c[want])

@@ -98,8 +98,7 @@ def main(argv):
     for agg in ("weighted", "majority", "best_value"):
       idx = np.asarray(choose(
           out.candidates, out.candidate_lengths, out.candidate_scores,
-          out.candidate_finished, aggregate=agg,
-          value_range=tuple(fns.config.value_range), answer_ids=ids))
+          out.candidate_finished, aggregate=agg, answer_ids=ids))
       picks[agg] = right[np.arange(b), idx].mean()
     flat = lambda x: np.asarray(x).reshape(b * n, -1)  # noqa: E731
     mean_lp, min_lp = confidence(

@@ -153,8 +153,7 @@ def _check_capacity(n: int, capacity: int | None, what: str) -> int:
 
 
 def choose(candidates: Array, lengths: Array, values: Array, finished: Array,
-           *, aggregate: str, value_range: tuple[float, float],
-           answer_ids: Array | None = None) -> Array:
+           *, aggregate: str, answer_ids: Array | None = None) -> Array:
   """Index ``[B]`` of the chosen candidate per problem.
 
   Answers are compared by their full answer tokens, or by ``answer_ids``
@@ -162,7 +161,9 @@ def choose(candidates: Array, lengths: Array, values: Array, finished: Array,
   (``task.answer_ids``: equal ids, equal final answers; a negative id, no
   final answer, equals nothing). ``majority``: the most
   frequent finished answer; ``weighted``: the answer with the largest sum of
-  values (mapped onto [0, 1] from ``value_range``); ``best_value``: the
+  values clipped to [0, 1] (a one-player value estimates the reward, 1 for a
+  right answer and 0 for a wrong one, so a candidate valued 0 adds nothing;
+  a verifier score of ``value_range[0]`` clips to 0); ``best_value``: the
   finished candidate with the largest value. Ties go to the lowest index;
   unfinished candidates count only when none finished.
 
@@ -186,8 +187,7 @@ def choose(candidates: Array, lengths: Array, values: Array, finished: Array,
     if aggregate == "majority":
       w = jnp.ones_like(values)
     else:
-      lo, hi = value_range
-      w = jnp.clip((values - lo) / (hi - lo), 0.0, 1.0)
+      w = jnp.clip(values, 0.0, 1.0)
     w = jnp.where(eligible, w, 0.0)
     score = jnp.einsum("bij,bj->bi", same.astype(w.dtype), w)
   score = jnp.where(eligible, score, -jnp.inf)
@@ -205,7 +205,6 @@ def _output(task, rows, counters, b, *, aggregate, value_range,
   ids = task.answer_ids(rows.task_state) if hasattr(task,
                                                     "answer_ids") else None
   idx = choose(cand, lengths, values, finished, aggregate=aggregate,
-               value_range=value_range,
                answer_ids=None if ids is None else ids.reshape(b, m))
   rb = jnp.arange(b)
   return SearchOutput(
