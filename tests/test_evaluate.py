@@ -146,6 +146,12 @@ def test_merge_rows_replaces_same_key_and_keeps_the_rest(tmp_path):
                                     dict(row, options="")])
   assert len(more["rows"]) == 6
   assert evaluate.format_options({"b": 1, "a": "x"}) == "a=x,b=1"
+  # The same method under other config overrides is another row; "" is a
+  # row written without the field.
+  more = evaluate.merge_rows(path, [
+      dict(row, overrides="task.options.retract=0"), dict(row, overrides="")])
+  assert len(more["rows"]) == 7
+  assert [r.get("overrides") for r in more["rows"]].count("") == 1
   assert "N=16, aggregate=majority" in evaluate.format_rows(
       [dict(vote, options="aggregate=majority", model_calls=1.0,
             tokens_forwarded=1.0, verifier_in_search=False,
@@ -156,6 +162,17 @@ def test_merge_rows_replaces_same_key_and_keeps_the_rest(tmp_path):
     (tmp_path / name).write_text(text)
     with pytest.raises(ValueError, match=f"{name} is not a results file"):
       evaluate.merge_rows(str(tmp_path / name), [row])
+
+
+def test_config_overrides_are_the_evaluations_config_flags():
+  argv = ["--config", "configs/game24.py", "--workdir=/w",
+          "--config.task.options.retract=0", "--seed", "1",
+          "--config.search.verifier_in_search", "False",
+          "--config.experimental.retract_weight=0"]
+  assert evaluate.config_overrides(argv) == (
+      "experimental.retract_weight=0,search.verifier_in_search=False,"
+      "task.options.retract=0")
+  assert evaluate.config_overrides(["--config=configs/tiny.py"]) == ""
 
 
 def test_methods_stages_and_verifier_flags():

@@ -28,6 +28,11 @@ def test_aggregate_means_seeds_and_keeps_configurations_apart():
           _row(1, 0.30, algo="mcts", simulations=16, attempts_mean=1.5),
           # With the verifier inside, another configuration.
           _row(0, 0.80, algo="mcts", simulations=16, verifier_in_search=True)]
+  # Under another config override, another configuration.
+  other = _row(0, 0.10, overrides="task.options.retract=0")
+  assert len(results.aggregate(rows + [other])) == 4
+  assert "greedy (task.options.retract=0)" in results.format_table(
+      results.aggregate([other]))
   groups = {(g["algo"], g["verifier_in_search"]): g
             for g in results.aggregate(rows)}
   assert len(groups) == 3

@@ -39,7 +39,9 @@ terminal rewards inside the tree, lookahead on sampled final steps, acting on
 a verified slot, or a verifier-picked answer; see :func:`verifier_in_search`),
 ``attempts_mean`` (1 + the take-backs per answer, ``task.attempts``),
 ``options`` (the family method's ``--options``, e.g. ``aggregate=majority``;
-``""`` for its defaults).
+``""`` for its defaults), ``overrides`` (the evaluation's own
+``--config.key=value`` flags, e.g. ``task.options.retract=0``; ``""`` for
+none: :func:`config_overrides`).
 They are merged into ``--out`` (default ``<workdir>/eval.json``), replacing
 rows with the same :data:`ROW_KEY`; the file's other keys are kept.
 
@@ -82,10 +84,10 @@ from train import step as step_lib
 ROW_FIELDS = ("stage", "step", "algo", "simulations", "budget", "solve_rate",
               "model_calls", "tokens_forwarded", "seconds",
               "verifier_in_search", "attempts_mean", "split", "seed",
-              "num_problems", "options")
+              "num_problems", "options", "overrides")
 # Rows of a results file with the same key are replaced by a new evaluation.
 ROW_KEY = ("stage", "algo", "simulations", "budget", "split", "seed",
-           "family", "options", "verifier_in_search")
+           "family", "options", "overrides", "verifier_in_search")
 
 # Family algorithms --methods takes (``mcts`` is the trainer's rollout).
 FAMILY_METHODS = ("greedy", "sampling", "best_of_n", "beam", "dvts",
@@ -460,6 +462,23 @@ def compare(config, workdir: str | None, algos: str, budgets: str, *,
   return rows
 
 
+def config_overrides(argv: Sequence[str]) -> str:
+  """The ``--config.key=value`` flags of ``argv`` as the rows write them
+  (``"experimental.retract_weight=0,task.options.retract=0"``, sorted;
+  ``""`` for none): two evaluations of one checkpoint under different
+  overrides are two configurations, not one replacing the other."""
+  found = {}
+  args = list(argv)
+  for i, a in enumerate(args):
+    if not a.startswith("--config."):
+      continue
+    name, eq, value = a[len("--config."):].partition("=")
+    if not eq:  # "--config.key value"
+      value = args[i + 1] if i + 1 < len(args) else ""
+    found[name] = value
+  return ",".join(f"{k}={found[k]}" for k in sorted(found))
+
+
 def format_options(options: dict) -> str:
   """A family method's ``--options`` as the rows write them
   (``"aggregate=majority,temperature=0.7"``; ``""`` for the defaults)."""
@@ -489,11 +508,12 @@ def merge_rows(path: str, new: list[dict]) -> dict:
   ``diagnostics``) are kept. Raises ValueError for a file that is not a
   results file."""
   def key(r):
-    # Rows written before the options field have the default options;
-    # older family rows hold them as a dict.
+    # Rows written before the options and overrides fields have the
+    # defaults; older family rows hold their options as a dict.
     opts = r.get("options") or ""
     opts = format_options(opts) if isinstance(opts, dict) else opts
-    return tuple(opts if k == "options" else r.get(k) for k in ROW_KEY)
+    fixed = {"options": opts, "overrides": r.get("overrides") or ""}
+    return tuple(fixed.get(k, r.get(k)) for k in ROW_KEY)
   data = read_results(path)
   keys = {key(r) for r in new}
   data["rows"] = [r for r in data.get("rows", []) if key(r) not in keys] + new
@@ -619,6 +639,9 @@ def main(argv, f: dict):
           out=out)
   except (ValueError, FileNotFoundError) as err:
     _fatal(err)
+  overrides = config_overrides(sys.argv[1:])
+  for r in rows:
+    r["overrides"] = overrides
   if jax.process_index() == 0 and out:
     try:
       merge_rows(out, rows)

@@ -4,7 +4,8 @@ rows over seeds, and a check of what each row must say.
   python -m train.results results/word_problems.json [--split test]
   python -m train.results results/*.json --check
 
-prints, for every (stage, method, budget, options, split), the mean solve
+prints, for every (stage, method, budget, options, config overrides of the
+evaluation, split), the mean solve
 rate over seeds with its spread (sample standard deviation, min and max)
 and the number of seeds; a group with fewer than 3 seeds is marked
 ``one seed`` / ``2 seeds``, never reported as a headline. ``--check``
@@ -23,7 +24,7 @@ from absl import app, flags
 # A headline is the mean of at least this many seeds.
 HEADLINE_SEEDS = 3
 # Rows with the same values here are seeds of one configuration.
-GROUP = ("stage", "algo", "simulations", "budget", "options",
+GROUP = ("stage", "algo", "simulations", "budget", "options", "overrides",
          "verifier_in_search", "split", "num_problems")
 # What every row must say (None is not an answer).
 REQUIRED = ("verifier_in_search", "attempts_mean", "split", "seed")
@@ -33,7 +34,8 @@ def _group_key(row: dict) -> tuple:
   opts = row.get("options") or ""
   if isinstance(opts, dict):
     opts = ",".join(f"{k}={v}" for k, v in sorted(opts.items()))
-  return tuple(opts if k == "options" else row.get(k) for k in GROUP)
+  fixed = {"options": opts, "overrides": row.get("overrides") or ""}
+  return tuple(fixed.get(k, row.get(k)) for k in GROUP)
 
 
 def aggregate(rows: Sequence[dict]) -> list[dict]:
@@ -92,7 +94,9 @@ def check(rows: Sequence[dict]) -> list[str]:
 def method_name(row: dict) -> str:
   """``greedy``, ``best_of_n (N=16, aggregate=majority)``, ``mcts (64
   sims/move)``: a row's method as the tables print it."""
-  extra = f", {row['options']}" if row.get("options") else ""
+  extra = ", ".join(x for x in (row.get("options"), row.get("overrides"))
+                    if x)
+  extra = f", {extra}" if extra else ""
   if row.get("simulations") is not None:
     return f"{row['algo']} ({row['simulations']} sims/move{extra})"
   if row.get("budget") is not None:
