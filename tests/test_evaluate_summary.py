@@ -71,10 +71,16 @@ def test_summary_prints_the_evaluated_rates_last(tmp_path, monkeypatch):
   assert "after search-and-learn (step 31)" in out.getvalue()
   assert os.path.join(workdir, "checkpoints", "31") in out.getvalue()
   # The rates are those of the last checkpoint, evaluated again here.
+  extra = str(tmp_path / "extra.json")
   rows = evaluate.evaluate_checkpoints(c, workdir, [(None, 31)],
                                        methods=[("greedy", 1), ("mcts", 4)],
-                                       progress=False)
+                                       progress=False, out=extra,
+                                       overrides="eval.temperature=0.5")
   assert (greedy, search) == tuple(f"{r['solve_rate']:.3f}" for r in rows)
+  # Each row is written once, with its overrides, as its method finishes.
+  with open(extra) as f:
+    assert json.load(f)["rows"] == rows
+  assert {r["overrides"] for r in rows} == {"eval.temperature=0.5"}
   assert float(search) > 0  # a real evaluation (an untrained 0 proves little)
   with open(os.path.join(workdir, "eval.json")) as f:
     saved = json.load(f)["rows"]

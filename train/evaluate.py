@@ -364,7 +364,8 @@ def evaluate_checkpoints(config, workdir: str, stages, *, methods,
                          split: str | None = None,
                          num_problems: int | None = None, seed: int = 0,
                          options: dict | None = None, progress: bool = True,
-                         out: str | None = None) -> list[dict]:
+                         out: str | None = None,
+                         overrides: str = "") -> list[dict]:
   """Rows (:data:`ROW_FIELDS`) of every method at every checkpoint.
 
   Args:
@@ -379,6 +380,7 @@ def evaluate_checkpoints(config, workdir: str, stages, *, methods,
     out: a results file each row is merged into as soon as its method
       finishes (process 0), so an interrupted evaluation keeps the rows it
       made.
+    overrides: the rows' ``overrides`` (:func:`config_overrides`).
   """
   split = split or config.eval.split
   num = int(num_problems or config.eval.num_examples)
@@ -396,8 +398,8 @@ def evaluate_checkpoints(config, workdir: str, stages, *, methods,
       print(f"{stage} (checkpoint {step}), {len(problems)} {split} problems:",
             flush=True)
     def keep(r, stage=stage, step=step):
-      rows.append({k: dict(stage=stage, step=step, **r, split=split).get(k)
-                   for k in ROW_FIELDS})
+      rows.append({k: dict(stage=stage, step=step, **r, split=split,
+                           overrides=overrides).get(k) for k in ROW_FIELDS})
       if out and jax.process_index() == 0:
         merge_rows(out, rows[-1:])
     evaluate(config, task, fns, params, problems, methods=methods, seed=seed,
@@ -408,7 +410,7 @@ def evaluate_checkpoints(config, workdir: str, stages, *, methods,
 def compare(config, workdir: str | None, algos: str, budgets: str, *,
             seed: int = 0, step: int | None = None, options: str = "",
             split: str | None = None, num_problems: int | None = None,
-            out_dir: str | None = None) -> list[dict]:
+            out_dir: str | None = None, overrides: str = "") -> list[dict]:
   """``--algos/--budgets``: the search family, compute-matched
   (:mod:`tsearch._src.evaluation`); writes ``compare_step<step>.json|png``
   to the workdir (``compare_pretrained.json|png`` in ``out_dir`` without
@@ -458,7 +460,8 @@ def compare(config, workdir: str | None, algos: str, budgets: str, *,
             r["algorithm"], opts.get(r["algorithm"])),
         attempts_mean=attempts, split=split, seed=int(seed),
         num_problems=r["num_problems"], family=True,
-        options=format_options(opts.get(r["algorithm"], {}))))
+        options=format_options(opts.get(r["algorithm"], {})),
+        overrides=overrides))
   return rows
 
 
@@ -613,6 +616,7 @@ def main(argv, f: dict):
   except ValueError as err:
     _fatal(err)
   config, workdir = v["config"], v["workdir"]
+  overrides = config_overrides(sys.argv[1:])
   out = v["out"] or (os.path.join(workdir, "eval.json") if workdir else None)
   try:
     if out:
@@ -626,6 +630,7 @@ def main(argv, f: dict):
       rows = compare(config, workdir, v["algos"], v["budgets"],
                      seed=v["seed"], step=v["step"], options=v["options"],
                      split=v["split"], num_problems=v["num_problems"],
+                     overrides=overrides,
                      out_dir=workdir or (os.path.dirname(os.path.abspath(out))
                                          if out else None))
     else:
@@ -636,12 +641,9 @@ def main(argv, f: dict):
           config, workdir, parse_stages(v["stages"], steps),
           methods=methods, split=v["split"], num_problems=v["num_problems"],
           seed=v["seed"], options=method_options(v["options"], methods),
-          out=out)
+          out=out, overrides=overrides)
   except (ValueError, FileNotFoundError) as err:
     _fatal(err)
-  overrides = config_overrides(sys.argv[1:])
-  for r in rows:
-    r["overrides"] = overrides
   if jax.process_index() == 0 and out:
     try:
       merge_rows(out, rows)
