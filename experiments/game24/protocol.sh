@@ -17,14 +17,15 @@
 #                            lookahead, no acting on verified slots)
 #   mcts:64, verifier        no take-backs; the recipe's solver-like search
 # ROOT/seed<SEED> keeps the checkpoints; training is skipped when its last
-# checkpoint exists. STAGES (default both) picks warm_start and/or
+# checkpoint exists, or with TRAIN=0 (to evaluate the warm start while the
+# search steps still run). STAGES (default both) picks warm_start and/or
 # search_and_learn.
 set -euo pipefail
 seed=${1:?seed}; root=${2:?root}; out=${3:?out}; split=${4:-validation}
 cfg=configs/game24.py
 wd="$root/seed$seed"
 stages=${STAGES:-warm_start:3000,search_and_learn:3060}
-if [ ! -d "$wd/checkpoints/3060" ]; then
+if [ "${TRAIN:-1}" != 0 ] && [ ! -d "$wd/checkpoints/3060" ]; then
   python -m train --config $cfg --workdir "$wd" --config.seed="$seed" \
       --config.progress_bar=False
 fi
