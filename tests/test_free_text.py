@@ -117,8 +117,55 @@ def test_search_without_the_answer_key_never_calls_the_checker(setup,
   else:
     assert np.asarray(t.embeddings["child_reward"]).max() == 0.0
     assert all(0 < abs(r) < 1 for r in rewards)
-  with pytest.raises(ValueError, match="terminal_lookahead"):
+  with pytest.raises(ValueError, match="mode='step'"):
     tsearch.LMSearchConfig(verifier_in_search=False, terminal_lookahead=True)
+
+
+def test_without_the_answer_key_the_value_head_judges_sampled_steps(setup):
+  # verifier_in_search=False with terminal_lookahead: a sampled step that
+  # ends the answer is scored by the value head at its last token, read in
+  # the decode that samples it; the same step, once visited, earns the same
+  # value from its own expansion. The checker is never called.
+  task, calls = setup
+  cfg, params = hf.load(QWEN2, max_seq_len=64)
+  params["value_head"]["kernel"] = jax.random.normal(
+      jax.random.key(0), params["value_head"]["kernel"].shape) * 0.5
+  g, st = nnx.split(hf.to_model(cfg, params))
+  prompts, lengths = task.encode_prompts(task.eval_problems(2))
+  trees = {}
+  for judge in (False, True):
+    config = tsearch.LMSearchConfig(
+        mode="step", step_length=6, num_simulations=8, num_children=3,
+        max_depth=3, verifier_in_search=False, step_temperature=2.0,
+        terminal_lookahead=judge, capacity=12)
+    n = len(calls)
+    out = tsearch.lm_search(g, st, task, jnp.asarray(prompts),
+                            jnp.asarray(lengths), jax.random.key(1),
+                            config=config)
+    assert len(calls) == n
+    trees[judge] = out.search_tree
+  plain, t = trees[False], trees[True]
+  # The same candidate steps at the root (the extra forward samples nothing).
+  np.testing.assert_array_equal(plain.children_actions[:, 0],
+                                t.children_actions[:, 0])
+  term = np.asarray(t.embeddings["child_terminal"])
+  judged = np.asarray(t.embeddings["child_reward"])
+  assert term.any() and np.all(judged[~term] == 0.0)
+  assert np.all(np.asarray(plain.embeddings["child_reward"]) == 0.0)
+  # Each visited terminal slot: its node's reward (the value head at the
+  # expansion) equals the slot's judged score.
+  kids = np.asarray(t.children_index)
+  node_term = np.asarray(t.node_terminal)
+  checked = 0
+  for b, n, k in zip(*np.nonzero(term & (kids >= 0))):
+    assert node_term[b, kids[b, n, k]]
+    np.testing.assert_allclose(judged[b, n, k],
+                               t.children_rewards[b, n, k], atol=1e-4)
+    checked += 1
+  assert checked
+  # One more forward position per expansion than without the judge.
+  assert np.all(np.asarray(t.embeddings["model_calls"])[:, 0]
+                == np.asarray(plain.embeddings["model_calls"])[:, 0] + 1)
 
 
 def _final(text):

@@ -115,7 +115,9 @@ def default_config() -> ConfigDict:
                             # the tree (tsearch.solved_root_slot).
       verifier_in_search=True,  # False: no answer key inside the search;
                                 # finished answers earn the value head's
-                                # estimate (LMSearchConfig).
+                                # estimate, which also judges for the
+                                # lookahead, pruning and act_on_solved
+                                # (LMSearchConfig).
       policy_on_solved=False,  # policy loss on solved trajectories only
                                # (their moves' search weights); value on all.
       leaves_per_step=1,  # leaves per tree per model call (virtual loss;
@@ -306,12 +308,6 @@ def validate_task(config: ConfigDict, task) -> None:
   need(not (config.warm_start.steps and not task.has_solutions),
        "warm_start.steps", f"{task.name} has no reference solutions to warm "
        "start on; set --config.warm_start.steps=0 (self-play only).")
-  need(config.search.get("verifier_in_search", True) or not (
-      config.search.act_on_solved or config.search.terminal_lookahead
-      or config.search.prune_terminal_slots),
-       "search.verifier_in_search",
-       "=False leaves no verifier to act on: turn search.act_on_solved, "
-       "search.terminal_lookahead and search.prune_terminal_slots off.")
   need(not (task.num_players > 1 and config.search.act_on_solved),
        "search.act_on_solved", "is for single-player puzzles; a won terminal "
        "in a two-player tree is not a forced win. Set it to False.")

@@ -108,10 +108,15 @@ class LMSearchConfig:
     verifier_in_search: whether the search may call ``env.reward``. False
       (no answer key at test time, as in AlphaMath / ReST-MCTS*): a node
       that ends the episode earns the value head's estimate at its last
-      token instead of the environment's reward, slot scores hold no
-      reward, and ``env.reward`` is never called (the task's checker is
-      left for training targets and scoring). Needs ``terminal_lookahead``
-      and ``prune_terminal_slots`` off.
+      token instead of the environment's reward, and ``env.reward`` is
+      never called (the task's checker is left for training targets and
+      scoring). The value head is then the judge of finished answers
+      everywhere the verifier was: with ``terminal_lookahead`` (step mode
+      only) a slot that ends the episode is scored by the value head at
+      its last token, read in the same batched decode that samples it (one
+      more forward position per step, counted in ``model_calls``), and
+      ``prune_terminal_slots`` and acting on :func:`solved_slot` use those
+      scores. Without ``terminal_lookahead`` slot scores hold no reward.
     keep_logits: store each node's next-token logits ``[B, N, V]`` in the
       tree (for tests and inspection; costs ``N * V`` floats per row).
     dirichlet_fraction, dirichlet_alpha, pb_c_init, temperature: PUCT options.
@@ -199,12 +204,12 @@ class LMSearchConfig:
     if self.prune_terminal_slots and not self.terminal_lookahead:
       raise ValueError("prune_terminal_slots needs terminal_lookahead=True "
                        "(a pruned slot's reward must reach its node's value).")
-    if not self.verifier_in_search and (self.terminal_lookahead
-                                        or self.prune_terminal_slots):
+    if (not self.verifier_in_search and self.terminal_lookahead
+        and self.mode != "step"):
       raise ValueError(
-          "verifier_in_search=False cannot score slots ahead: turn "
-          "terminal_lookahead and prune_terminal_slots off (they read the "
-          "environment's reward).")
+          "verifier_in_search=False with terminal_lookahead scores each "
+          "finished slot by the value head read while the step is sampled: "
+          "it needs mode='step'; in token mode turn terminal_lookahead off.")
     w = self.curiosity_weight
     if (not isinstance(w, (int, float, np.integer, np.floating))
         or isinstance(w, bool) or not math.isfinite(w) or w < 0):
@@ -352,6 +357,10 @@ def _sample_steps(graphdef, mstate, env, config: LMSearchConfig, ctx: KVContext,
   """
   b, v = logits.shape
   k, s = config.num_children, config.step_length
+  # The value head judges finished slots (no verifier): forward every token
+  # of a step, the last one too, for the value at each slot's end.
+  judge = config.terminal_lookahead and not config.verifier_in_search
+  n_fwd = s if judge else s - 1
   lcfg = ctx[0].keys.shape  # ctx: a tuple of contexts shared by the K samples
   rep = lambda x: jnp.repeat(x, k, axis=0)  # noqa: E731  [B,...] -> [B*K,...]
   st = jax.tree.map(rep, state)
@@ -399,16 +408,25 @@ def _sample_steps(graphdef, mstate, env, config: LMSearchConfig, ctx: KVContext,
                          pos, full_ctx, attention_mask=eye)
     cache_k = cache_k.at[:, :, :, j].set(out.keys)
     cache_v = cache_v.at[:, :, :, j].set(out.values)
-    nxt, lp, st, done = sample(j + 1, out.logits.reshape(b * k, v), st, done,
-                               key)
-    return (nxt, st, done, cache_k, cache_v), (nxt, lp)
+    nxt, lp, st2, done2 = sample(j + 1, out.logits.reshape(b * k, v), st,
+                                 done, key)
+    if judge:  # the forward of token S - 1 only reads its value
+      more = jnp.broadcast_to(j + 1 < s, done.shape)
+      nxt = jnp.where(more, nxt, PAD_ACTION)
+      lp = jnp.where(more, lp, 0.0)
+      st2 = select_rows(more, st2, st)
+      done2 = jnp.where(more, done2, done)
+    return (nxt, st2, done2, cache_k, cache_v), (nxt, lp,
+                                                 out.value.reshape(b * k))
 
-  if s > 1:
-    (_, st, _, _, _), (toks, lps) = jax.lax.scan(
+  vals = None
+  if n_fwd > 0:
+    step_keys = jnp.concatenate([keys[1:], keys[-1:]]) if judge else keys[1:]
+    (_, st, _, _, _), (toks, lps, vals) = jax.lax.scan(
         body, (tok0, st0, done, cache_k, cache_v),
-        (jnp.arange(s - 1), keys[1:]))
-    toks = jnp.concatenate([tok0[None], toks], axis=0)  # [S, B*K]
-    lps = jnp.concatenate([lp0[None], lps], axis=0)
+        (jnp.arange(n_fwd), step_keys))
+    toks = jnp.concatenate([tok0[None], toks], axis=0)[:s]  # [S, B*K]
+    lps = jnp.concatenate([lp0[None], lps], axis=0)[:s]
   else:
     toks, lps = tok0[None], lp0[None]
   actions = toks.T.reshape(b, k, s)
@@ -418,21 +436,28 @@ def _sample_steps(graphdef, mstate, env, config: LMSearchConfig, ctx: KVContext,
   mask = (n_tok > 0) & ~terminal[:, None]
   if config.dedupe_steps:
     mask = mask & ~repeated_slots(actions, mask)
-  calls = jnp.full((b,), s - 1, jnp.int32)
-  tokens = jnp.full((b,), (s - 1) * k, jnp.int32)
+  calls = jnp.full((b,), n_fwd, jnp.int32)
+  tokens = jnp.full((b,), n_fwd * k, jnp.int32)
+  judged = None
+  if judge:  # the value at each slot's last token (n_tok - 1)
+    last = jnp.maximum(n_tok - 1, 0).reshape(1, b * k)
+    judged = jnp.take_along_axis(vals, last, axis=0).reshape(b, k)
   return actions, prior, mask, calls, tokens, _slot_scores(
-      env, st, mask, config.verifier_in_search)
+      env, st, mask, config.verifier_in_search, judged)
 
 
-def _slot_scores(env, child_state, mask, verifier: bool = True):
+def _slot_scores(env, child_state, mask, verifier: bool = True,
+                 values: Array | None = None):
   """``(terminal, reward)`` ``[B, K]`` of the child slots' end states
-  (leaves ``[B * K, ...]``); False / 0 on illegal slots (reward 0 where the
-  verifier may not be consulted)."""
+  (leaves ``[B * K, ...]``); False / 0 on illegal slots. Where the verifier
+  may not be consulted the reward is ``values`` (the value head at each
+  slot's end, ``[B, K]``), or 0 without them."""
   b, k = mask.shape
   terminal = jnp.asarray(env.is_terminal(child_state), bool).reshape(b, k)
   terminal = terminal & mask
   if not verifier:
-    return terminal, jnp.zeros((b, k), jnp.float32)
+    judged = jnp.zeros((b, k)) if values is None else values
+    return terminal, jnp.where(terminal, judged, 0.0).astype(jnp.float32)
   reward = jnp.asarray(env.reward(child_state), jnp.float32).reshape(b, k)
   return terminal, jnp.where(terminal, reward, 0.0)
 
@@ -477,7 +502,8 @@ def _lookahead(config, value, scores, mask):
 
 def solved_children(tree: Tree, *, threshold: float = 0.5) -> Array | None:
   """``[B, N, K]`` child slots the verifier accepted at expansion
-  (``child_reward >= threshold``), visited or not, in a tree made by
+  (``child_reward >= threshold``; with ``verifier_in_search=False`` and
+  ``terminal_lookahead``, the value head's score), visited or not, in a tree made by
   :func:`lm_search`; None where the tree keeps no slot scores (token mode
   without ``terminal_lookahead``)."""
   emb = tree.embeddings

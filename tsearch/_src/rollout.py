@@ -142,11 +142,13 @@ def rollout(graphdef, state, task, prompt_tokens: Array,
     action, weights, tree = jax.lax.cond(jnp.any(active), search, skip, key,
                                          tree, cache)
     # A root whose slots were all pruned (their outcomes known) was not
-    # searched: commit one of its scored steps.
+    # searched: commit its best scored step (the first of equals).
     if "child_terminal" in tree.embeddings:  # scores kept (see lm_search)
       root_live = jnp.any(tree.children_mask[:, ROOT_INDEX], -1)
-      scored = jnp.argmax(tree.embeddings["child_terminal"][
-          :, ROOT_INDEX], -1).astype(jnp.int32)
+      scored = jnp.argmax(jnp.where(
+          tree.embeddings["child_terminal"][:, ROOT_INDEX],
+          tree.embeddings["child_reward"][:, ROOT_INDEX], -jnp.inf),
+                          -1).astype(jnp.int32)
       action = jnp.where(root_live, action, scored)
     found = jnp.zeros((b,), bool)
     if act_on_solved:

@@ -21,7 +21,11 @@ step that ends the answer is scored by the verifier when its node is
 expanded; no simulation is spent on such known leaves), and
 ``act_on_solved`` commits the root slot on the path to a verified solution
 where the tree holds one (a visited terminal node, or a sampled step the
-lookahead scored) instead of the search's choice.
+lookahead scored) instead of the search's choice. With
+``verifier_in_search=False`` the value head is the judge instead, in all
+three (the value at a finished step's last token, read while it is
+sampled): the search then uses no answer key and acts on what the model
+itself judges a solution.
 """
 from __future__ import annotations
 
@@ -60,9 +64,6 @@ def _search(policy, graphdef, state, task, prompt_tokens, prompt_lengths,
             rng_key, *, budget, num_children, step_length, max_depth, capacity,
             max_moves=None, act_on_solved=False, **options):
   n = family.check_budget(budget)
-  if act_on_solved and not options.get("verifier_in_search", True):
-    raise ValueError("act_on_solved follows a verified answer: it needs "
-                     "verifier_in_search=True.")
   if act_on_solved and getattr(task, "num_players", 1) != 1:
     raise ValueError(
         f"act_on_solved is for single-player puzzles (a terminal the verifier "
@@ -131,7 +132,8 @@ def mcts(graphdef, state, task, prompt_tokens, prompt_lengths, rng_key, *,
     act_on_solved: puzzles: commit a move toward a verified solution where
       the tree holds one (see the module docstring).
     verifier_in_search: False: no answer key inside the search; finished
-      answers in the tree earn the value head's estimate
+      answers in the tree (and, with ``terminal_lookahead``, sampled steps
+      that finish one) earn the value head's estimate
       (``LMSearchConfig.verifier_in_search``).
   """
   return _search("puct", graphdef, state, task, prompt_tokens, prompt_lengths,
