@@ -12,9 +12,18 @@
 #   greedy:1                 take-backs allowed and counted (attempts_mean)
 #   greedy:1, no take-backs  single attempt (task.retract=0)
 #   best_of_n:8              value-picked
+#   mcts:64, value judged    no take-backs; the verifier is used for nothing
+#                            inside the search: the value head judges each
+#                            sampled final step instead (lookahead, pruning
+#                            and acting on a judged solution, as the
+#                            recipe's search does with the verifier;
+#                            search.verifier_in_search=False alone)
 #   mcts:64, value only      no take-backs; the verifier is used for nothing
-#                            inside the search (no terminal reward, no
-#                            lookahead, no acting on verified slots)
+#                            and nothing judges sampled steps ahead (no
+#                            terminal reward, no lookahead, no acting on
+#                            solved slots); only with PLAIN_VALUE_MCTS=1
+#                            (seed 1's row; from seed 2 on optional: about
+#                            25 min per checkpoint on 2 CPU cores)
 #   mcts:64, verifier        no take-backs; the recipe's solver-like search
 #                            (only with VERIFIER_MCTS=1: it takes as long as
 #                            the rest together on 2 CPU cores)
@@ -41,7 +50,11 @@ ev=(python -m train.evaluate --config $cfg --workdir "$wd" --split "$split"
     --seed "$seed" --stages "$stages" --out "$out")
 "${ev[@]}" --methods greedy:1,best_of_n:8
 "${ev[@]}" --methods greedy:1 "${no_retract[@]}"
-"${ev[@]}" --methods mcts:64 "${no_retract[@]}" "${value_only[@]}"
+"${ev[@]}" --methods mcts:64 "${no_retract[@]}" \
+    --config.search.verifier_in_search=False
+if [ "${PLAIN_VALUE_MCTS:-0}" = 1 ]; then
+  "${ev[@]}" --methods mcts:64 "${no_retract[@]}" "${value_only[@]}"
+fi
 if [ "${VERIFIER_MCTS:-0}" = 1 ]; then
   "${ev[@]}" --methods mcts:64 "${no_retract[@]}"
 fi
