@@ -85,15 +85,22 @@ def test_prompt_longer_than_max_prompt_length(setup):
     task.encode_prompts([TextProblem(question="many words " * 30, answer="1")])
 
 
-@pytest.mark.parametrize("verifier", [True, False])
-def test_search_without_the_answer_key_never_calls_the_checker(setup,
-                                                               verifier):
-  task, calls = setup
+def _searchable(task):
+  """The golden Qwen2 with a random value head (values inside (-1, 1),
+  none exactly 0 or 1), split for the search, and two prompts."""
   cfg, params = hf.load(QWEN2, max_seq_len=64)
   params["value_head"]["kernel"] = jax.random.normal(
       jax.random.key(0), params["value_head"]["kernel"].shape) * 0.5
   g, st = nnx.split(hf.to_model(cfg, params))
   prompts, lengths = task.encode_prompts(task.eval_problems(2))
+  return g, st, prompts, lengths
+
+
+@pytest.mark.parametrize("verifier", [True, False])
+def test_search_without_the_answer_key_never_calls_the_checker(setup,
+                                                               verifier):
+  task, calls = setup
+  g, st, prompts, lengths = _searchable(task)
   # Hot sampling of 6-token steps with EOS likely: answers end in the tree.
   config = tsearch.LMSearchConfig(
       mode="step", step_length=6, num_simulations=6, num_children=3,
@@ -127,11 +134,7 @@ def test_without_the_answer_key_the_value_head_judges_sampled_steps(setup):
   # the decode that samples it; the same step, once visited, earns the same
   # value from its own expansion. The checker is never called.
   task, calls = setup
-  cfg, params = hf.load(QWEN2, max_seq_len=64)
-  params["value_head"]["kernel"] = jax.random.normal(
-      jax.random.key(0), params["value_head"]["kernel"].shape) * 0.5
-  g, st = nnx.split(hf.to_model(cfg, params))
-  prompts, lengths = task.encode_prompts(task.eval_problems(2))
+  g, st, prompts, lengths = _searchable(task)
   trees = {}
   for judge in (False, True):
     config = tsearch.LMSearchConfig(
