@@ -28,12 +28,14 @@ if "xla_backend_optimization_level" not in _flags:
 os.environ["XLA_FLAGS"] = _flags.strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-# Opt-in since jax 0.10.2's CPU executable serialisation (called for every
-# cache write) segfaulted a worker in about one full run in three here
-# (`executable.serialize()` under put_executable_and_time, in a plain
-# training step): a crashed worker fails the run, a slower run does not.
-# TSEARCH_TEST_JAX_CACHE=1 turns the shared cache back on.
-if (os.environ.get("TSEARCH_TEST_JAX_CACHE", "0") == "1"
+# On by default (TSEARCH_TEST_JAX_CACHE=0 turns it off). It was opt-in for
+# a while after a worker segfaulted inside jax 0.10.2's CPU executable
+# serialisation (a cache write) in about one full run in three. The likely
+# cause is the one found later for the same crashes without the cache: a
+# worker's memory mappings reaching vm.max_map_count (every mmap then
+# fails, in a compile or a serialisation alike), which
+# _release_compiled_programs below now prevents.
+if (os.environ.get("TSEARCH_TEST_JAX_CACHE", "1") == "1"
     and "JAX_COMPILATION_CACHE_DIR" not in os.environ):
   # The first process to load this file (the xdist controller, or pytest
   # itself without -n) makes the directory; workers and subprocesses inherit
