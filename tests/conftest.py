@@ -85,3 +85,17 @@ def _release_compiled_programs():
   if _num_maps() > _MAX_MAPS:
     jax.clear_caches()
     gc.collect()
+
+
+def pytest_collection_modifyitems(config, items):
+  """The longest tests first: those marked ``slow`` (a minute or more of a
+  2-core CI run) and the notebooks start before the rest, in their
+  collection order. xdist hands tests out in this order, so the run ends on
+  short tests instead of one worker finishing a long one while the other
+  idles."""
+  del config
+
+  def heavy(item):
+    return (item.get_closest_marker("slow") is not None
+            or item.path.suffix == ".ipynb")
+  items.sort(key=lambda item: not heavy(item))

@@ -21,6 +21,7 @@ from tsearch.tasks import get_task
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_rows_match_the_methods_run_directly(tmp_path, monkeypatch):
   task = get_task("countdown", num_numbers=3, max_number=9, max_target=20,
                   strict=True)

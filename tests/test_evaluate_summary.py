@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from train import config as config_lib
 from train import evaluate
 from train import loop
@@ -55,6 +57,7 @@ def _tiny_flags():
           "--config.eval.mcts_budgets=(4,)"]
 
 
+@pytest.mark.slow
 def test_summary_prints_the_evaluated_rates_last(tmp_path, monkeypatch):
   c, workdir = _tiny(), str(tmp_path / "run")
   loop.train(c, workdir)
@@ -106,6 +109,7 @@ def test_summary_waits_for_the_last_step(tmp_path, capsys):
   assert "stopped at step 5 of 31" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_command_ends_with_the_summary_line(tmp_path):
   r = subprocess.run(
       [sys.executable, "-m", "train", "--config", TINY, "--workdir",

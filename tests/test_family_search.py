@@ -143,6 +143,7 @@ def test_same_key_same_answers():
   np.testing.assert_array_equal(a.answers, b.answers)
 
 
+@pytest.mark.slow
 def test_mcts_act_on_solved_answers_with_a_verified_solution():
   # FixedSteps: reward 1 when the answer's first digit is even, else -1.
   # One-step answers: the verifier lookahead scores all K root steps at

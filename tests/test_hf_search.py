@@ -70,6 +70,7 @@ def check_search(g, st, prompt, lengths, config):
   return out
 
 
+@pytest.mark.slow
 def test_search_after_reroot_over_sliding_window_model():
   g, st = _split("gemma3")
   prompt, lengths = prompts(p=8)

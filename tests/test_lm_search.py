@@ -250,6 +250,7 @@ def _slot_answer(t, b, n, k):
   return seq + [int(x) for x in t.children_actions[b, n, k] if x >= 0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,s", [("step", 3), ("token", 1)])
 def test_terminal_lookahead(mode, s):
   """Child slots are scored by the verifier at expansion; with lookahead a

@@ -75,6 +75,7 @@ def _steps(workdir):
                 if s.isdigit())
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_and_resume_after_kill_9(tmp_path):
   killed = str(tmp_path / "two")
   procs = _launch(killed, _free_port(), "--config.debug.step_delay_s=0.5")

@@ -71,6 +71,7 @@ def _tiny(tmp_path, **kw):
   return c
 
 
+@pytest.mark.slow
 def test_sample_steps_train_log_and_resume_exactly(tmp_path):
   straight = str(tmp_path / "straight")
   last = loop.train(_tiny(tmp_path, anchor_weight=1.0), straight)

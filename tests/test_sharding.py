@@ -128,6 +128,7 @@ def test_rules_fall_back_to_replicating_what_does_not_divide():
 # ---------------------------------------------------------------- search
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["token", "step"])
 def test_lm_search_with_sharded_params_equals_unsharded(mode):
   fns, params = _model()
@@ -206,6 +207,7 @@ def _batch(b=8, t=10):
               policy_weight=np.ones((b,), np.float32))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data,model", MESHES)
 def test_train_step_with_sharded_params_equals_replicated(data, model):
   fns, params = _model()

@@ -106,6 +106,7 @@ def _config():
   return c
 
 
+@pytest.mark.slow
 def test_step_dpo_run_keeps_the_warm_start_as_reference(tmp_path):
   workdir = str(tmp_path / "run")
   c = _config()
@@ -149,6 +150,7 @@ def test_step_dpo_run_keeps_the_warm_start_as_reference(tmp_path):
   loop.train(_config(), workdir)
 
 
+@pytest.mark.slow
 def test_step_dpo_turned_on_mid_search_reads_the_warm_start(tmp_path):
   # Search steps first run without step-DPO (their checkpoint holds no
   # reference); resumed with it on, the reference is the warm start's last

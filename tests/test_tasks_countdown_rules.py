@@ -387,6 +387,7 @@ def _answers(env, texts):
   return jnp.asarray(out)
 
 
+@pytest.mark.slow
 def test_left_first_chooses_the_numbers_left_then_a_step_reaching_them(
     first_env):
   env = first_env

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from train import config as config_lib
 from train import loop
 from train import metrics as metrics_lib
@@ -55,6 +57,7 @@ def _comparable(lines):
 # 2-process run killed, resumed, equal to an uninterrupted run).
 
 
+@pytest.mark.slow
 def test_sigterm_saves_current_step_and_resume_continues(tmp_path):
   # 0.5 s a step leaves
   # 13 steps (6.5 s) between the third logged step and the run's end for the

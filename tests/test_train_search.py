@@ -114,6 +114,7 @@ def test_token_rollout_commits_verified_trajectories():
 # is the rollout under tests/test_family_search.py's
 # test_mcts_act_on_solved_answers_with_a_verified_solution (and the choice of
 # slot, tsearch.lm_search.solved_slot, is tests/test_lm_search.py's).
+@pytest.mark.slow
 @pytest.mark.parametrize("prune,by_prior", [(False, False), (True, True)])
 def test_step_rollout_on_strict_countdown(prune, by_prior):
   task = StrictCountdown(get_task("countdown", num_numbers=3, max_number=9,
@@ -189,6 +190,7 @@ def _packed_case(seed):
   return fns, params, seq, length, start, steps
 
 
+@pytest.mark.slow
 def test_packed_forward_matches_one_sequence_per_step():
   fns, params, seq, length, start, steps = _packed_case(0)
   b, l = seq.shape
@@ -479,6 +481,7 @@ def _tiny(tmp_path, **search):
   return c
 
 
+@pytest.mark.slow
 def test_warm_start_then_search_steps(tmp_path):
   last = loop.train(_tiny(tmp_path), str(tmp_path / "run"))
   assert 0.0 <= last["search/solve_rate"] <= 1.0
@@ -490,6 +493,7 @@ def test_warm_start_then_search_steps(tmp_path):
       + 0.5 * last["loss/sft"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_replay_buffer_is_checkpointed_and_resumes_exactly(tmp_path):
   kw = dict(steps=3, replay_size=16, updates_per_search=2)
   straight = str(tmp_path / "straight")
@@ -517,6 +521,7 @@ def test_replay_buffer_is_checkpointed_and_resumes_exactly(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, p1, p2)
 
 
+@pytest.mark.slow
 def test_warm_start_checkpoint_continues_into_search_steps(tmp_path):
   # With experimental.search_learning_rate set, a warm-start-only run
   # (search.steps=0, no replay buffer saved) continued with search steps
@@ -543,6 +548,7 @@ def test_bad_replay_config_is_a_clear_error(tmp_path):
     config_lib.validate_config(c)
 
 
+@pytest.mark.slow
 def test_search_steps_with_a_warm_start_anchor(tmp_path):
   # experimental.anchor_weight: every search update also trains on a warm-start
   # batch; the total is the weighted sum with the warm start's weights.
