@@ -1,6 +1,7 @@
 """LM search: every node's logits/value equal a plain forward over its prefix."""
 import dataclasses
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
@@ -446,3 +447,22 @@ def test_bad_inputs():
                                                     max_depth=9))
   with pytest.raises(ValueError, match="prompt_lengths"):
     tsearch.lm_search(g, st, ENV, prompt, jnp.array([0, 3]), key, config=cfg)
+
+
+def test_a_root_with_every_slot_pruned_commits_its_best_scored_step():
+  # A rerooted root whose slots all end the episode was pruned below the
+  # old root and is not searched: the rollout commits the slot with the
+  # highest score (the verifier's, or the value head's without it), the
+  # first of equals; unscored (non-terminal) slots never win.
+  from tsearch._src import rollout as rollout_lib
+  terminal = np.zeros((3, 2, 4), bool)
+  reward = np.zeros((3, 2, 4), np.float32)
+  terminal[0, 0] = True
+  reward[0, 0] = [0.2, 0.9, -0.5, 0.9]  # judged values: slot 1
+  terminal[1, 0, 2:] = True
+  reward[1, 0] = [5.0, 5.0, 0.0, 1.0]  # slots 0-1 unscored: slot 3
+  reward[2, 1] = 1.0  # nothing scored at the root: slot 0
+  tree = types.SimpleNamespace(embeddings=dict(
+      child_terminal=jnp.asarray(terminal), child_reward=jnp.asarray(reward)))
+  np.testing.assert_array_equal(
+      rollout_lib.best_scored_root_slot(tree), [1, 3, 0])

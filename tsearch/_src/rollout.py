@@ -145,11 +145,7 @@ def rollout(graphdef, state, task, prompt_tokens: Array,
     # searched: commit its best scored step (the first of equals).
     if "child_terminal" in tree.embeddings:  # scores kept (see lm_search)
       root_live = jnp.any(tree.children_mask[:, ROOT_INDEX], -1)
-      scored = jnp.argmax(jnp.where(
-          tree.embeddings["child_terminal"][:, ROOT_INDEX],
-          tree.embeddings["child_reward"][:, ROOT_INDEX], -jnp.inf),
-                          -1).astype(jnp.int32)
-      action = jnp.where(root_live, action, scored)
+      action = jnp.where(root_live, action, best_scored_root_slot(tree))
     found = jnp.zeros((b,), bool)
     if act_on_solved:
       found, slot = lm.solved_slot(tree, config.max_depth,
@@ -211,6 +207,16 @@ def rollout(graphdef, state, task, prompt_tokens: Array,
       attempts=jnp.asarray(task.attempts(env_state), jnp.float32),
       model_calls=calls, tokens_forwarded=toks,
       overflowed=overflowed | cache.overflowed, **records)
+
+
+def best_scored_root_slot(tree) -> Array:
+  """``[B]`` int32: the root slot whose step ends the episode with the
+  highest score (``child_reward``: the verifier's, or the value head's
+  without it), the first of equals; 0 where no root slot is scored."""
+  terminal = tree.embeddings["child_terminal"][:, ROOT_INDEX]
+  reward = tree.embeddings["child_reward"][:, ROOT_INDEX]
+  return jnp.argmax(jnp.where(terminal, reward, -jnp.inf),
+                    -1).astype(jnp.int32)
 
 
 def compute(tree) -> tuple[Array, Array]:
