@@ -256,3 +256,43 @@ def test_unknown_experimental_switch_is_a_clear_error():
   c = config_lib.load_config_file(TINY)
   del c["experimental"]
   assert experimental.values(c) == experimental.DEFAULTS
+
+
+@pytest.mark.parametrize("process_0_sees_data", [False, True])
+def test_process_0_decides_whether_the_data_is_built(tmp_path, monkeypatch,
+                                                     process_0_sees_data):
+  """On process 1 of 2, what process 0 saw decides, not the local look: the
+  data is built here, yet process 0's "not built" makes this process raise
+  too (no process waits alone at the barrier); process 0's "built" takes it
+  to the barrier even though its own look would have said no."""
+  from jax.experimental import multihost_utils
+  import numpy as np
+  from tsearch import data as tdata
+  from tsearch.tasks import get_task
+  task = get_task("arithmetic")
+  data_dir = str(tmp_path / "data")
+  if not process_0_sees_data:
+    tdata.build("arithmetic", data_dir, num_train=40, num_validation=8,
+                num_test=8)
+  sent, synced = [], []
+  monkeypatch.setattr(data_lib.jax, "process_count", lambda: 2)
+  monkeypatch.setattr(data_lib.jax, "process_index", lambda: 1)
+
+  def broadcast(x):
+    sent.append(int(np.asarray(x)))
+    return np.int32(process_0_sees_data)
+
+  monkeypatch.setattr(multihost_utils, "broadcast_one_to_all", broadcast)
+  monkeypatch.setattr(multihost_utils, "sync_global_devices",
+                      lambda name: synced.append(name))
+  if process_0_sees_data:
+    # Past the barrier the data is read; it is not here, so reading fails.
+    with pytest.raises(Exception) as e:
+      data_lib._ensure_built(task, data_dir, False)
+    assert not isinstance(e.value, data_lib.DataNotBuiltError)
+    assert synced == ["tsearch_data_built"]
+  else:
+    with pytest.raises(data_lib.DataNotBuiltError):
+      data_lib._ensure_built(task, data_dir, False)
+    assert synced == []
+  assert sent == [0]  # process 1 does not look; it sends a placeholder

@@ -187,7 +187,17 @@ def _ensure_built(task, data_dir, auto_build):
     except ValueError:
       return False
 
-  if not built():
+  # Process 0 decides for all: were each process to look for itself, data
+  # appearing between two looks would leave the processes that raised
+  # missing from the barrier the others wait at.
+  multihost = jax.process_count() > 1
+  if multihost:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    is_built = bool(multihost_utils.broadcast_one_to_all(
+        np.int32(built() if jax.process_index() == 0 else 0)))
+  else:
+    is_built = built()
+  if not is_built:
     if not auto_build:
       raise DataNotBuiltError(
           f"The {task.name!r} data is not built in {data_dir!r}. Build it "
@@ -195,8 +205,7 @@ def _ensure_built(task, data_dir, auto_build):
           f"{data_dir}\nor set --config.data.auto_build=True.")
     if jax.process_index() == 0:
       tdata.build(task.name, data_dir, task_options=task.options())
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  if multihost:
     multihost_utils.sync_global_devices("tsearch_data_built")
   loaded = tdata.load_task(task.name, data_dir)
   if loaded != task:
