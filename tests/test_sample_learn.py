@@ -15,7 +15,7 @@ from tsearch.tasks import get_task
 from tests import test_train_search as train_search_tests
 
 
-def _rows(task, key, n=6):
+def _rows(task, key, n=6, **kw):
   cfg = models.ModelConfig(vocab_size=task.vocab.size, num_layers=1,
                            d_model=16, num_heads=2, num_kv_heads=1,
                            head_dim=8, mlp_dim=32, max_seq_len=48)
@@ -24,7 +24,7 @@ def _rows(task, key, n=6):
   rows, stats = jax.jit(
       lambda p, k: sample_learn.sample_rows(
           fns.graphdef, fns.state(p), task, prompt, plen, k, num_samples=n,
-          temperature=1.0))(params, key)
+          temperature=1.0, **kw))(params, key)
   return prompt, plen, jax.device_get(rows), jax.device_get(stats)
 
 
@@ -62,6 +62,91 @@ def test_sample_rows_hold_each_sample_and_its_reward():
   np.testing.assert_array_equal(again["tokens"], rows["tokens"])
 
 
+def test_majority_labels_follow_the_vote_not_the_answer_key():
+  # An untrained model over one-digit sums at a low temperature: its
+  # samples repeat, so votes agree on some prompts and not on others.
+  task = get_task("arithmetic", max_digits=1)
+  n = 8
+  key = jax.random.key(5)
+  _, _, ref, ref_stats = _rows(task, key, n)
+  labelled = {}
+  for share in (0.25, 0.5):
+    _, _, rows, stats = _rows(task, key, n, labels="majority",
+                              min_share=share)
+    np.testing.assert_array_equal(rows["tokens"], ref["tokens"])
+    answers = [rows["tokens"][r][rows["loss_mask"][r] > 0].tobytes()
+               for r in range(rows["tokens"].shape[0])]
+    finished = [a.endswith(np.int32(task.eos_id).tobytes()) for a in answers]
+    want, agreed = [], []
+    for p in range(len(answers) // n):
+      group = range(p * n, (p + 1) * n)
+      done = [answers[r] for r in group if finished[r]]
+      # The most frequent finished answer; ties to the first sample.
+      top = max(done, key=lambda a: (done.count(a), -done.index(a)),
+                default=None)
+      ok = top is not None and done.count(top) >= share * n
+      agreed.append(ok)
+      want += [float(ok and finished[r] and answers[r] == top)
+               for r in group]
+    np.testing.assert_array_equal(rows["value_target"], want)
+    np.testing.assert_array_equal(rows["policy_weight"], want)
+    np.testing.assert_allclose(stats["search/labelled"], np.mean(agreed))
+    # The verifier still scores the samples; it made none of the labels.
+    assert stats["search/solve_rate"] == ref_stats["search/solve_rate"]
+    right = ref["value_target"] > 0.5
+    chosen = np.asarray(want) > 0.5
+    np.testing.assert_allclose(stats["search/label_precision"],
+                               (chosen & right).sum() / max(chosen.sum(), 1))
+    labelled[share] = np.asarray(want)
+  # The threshold matters, and the labels are not the answer key's.
+  assert labelled[0.25].sum() > labelled[0.5].sum()
+  assert np.all(labelled[0.5] <= labelled[0.25])
+  assert not np.array_equal(labelled[0.25], ref["value_target"])
+
+
+class _Voted:
+  """A stand-in task whose final answers are given ids (free text)."""
+
+  def __init__(self, ids):
+    self.ids = np.asarray(ids, np.int32)
+
+  def run(self, prompts, answers):
+    del prompts
+    return answers
+
+  def answer_ids(self, state):
+    del state
+    return self.ids
+
+
+def test_majority_labels_compare_final_answers_not_words():
+  from tsearch._src.algorithms.family import SearchOutput
+  import jax.numpy as jnp
+  # 2 prompts x 4 samples, every answer worded differently.
+  cand = jnp.arange(2 * 4 * 3, dtype=jnp.int32).reshape(2, 4, 3)
+  out = SearchOutput(
+      answers=cand[:, 0], answer_lengths=jnp.full((2,), 3),
+      answer_scores=jnp.zeros(2), candidates=cand,
+      candidate_lengths=jnp.full((2, 4), 3),
+      candidate_scores=jnp.zeros((2, 4)),
+      candidate_finished=jnp.array([[1, 1, 1, 0], [1, 1, 1, 1]], bool),
+      model_calls=jnp.zeros(2, jnp.int32),
+      tokens_forwarded=jnp.zeros(2, jnp.int32))
+  # Prompt 0: answer 7 twice (and once unfinished: not a vote), 9 once.
+  # Prompt 1: no final answer (-1) three times, 5 once.
+  task = _Voted([7, 9, 7, 7, -1, -1, 5, -1])
+  label, agreed = sample_learn.majority_labels(
+      task, jnp.zeros((8, 2), jnp.int32), out, min_share=0.5)
+  np.testing.assert_array_equal(label, [1, 0, 1, 0, 0, 0, 0, 0])
+  np.testing.assert_array_equal(agreed, [True, False])
+  label, agreed = sample_learn.majority_labels(
+      task, jnp.zeros((8, 2), jnp.int32), out, min_share=0.25)
+  np.testing.assert_array_equal(label, [1, 0, 1, 0, 0, 0, 1, 0])
+  label, _ = sample_learn.majority_labels(
+      task, jnp.zeros((8, 2), jnp.int32), out, min_share=0.75)
+  assert not np.any(label)
+
+
 def _tiny(tmp_path, **kw):
   """test_train_search's tiny run with 3 sample-and-learn steps."""
   c = train_search_tests._tiny(tmp_path, **{
@@ -97,11 +182,26 @@ def test_sample_steps_train_log_and_resume_exactly(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, p1, p2)
 
 
+@pytest.mark.slow
+def test_majority_labelled_steps_log_what_the_labels_were(tmp_path):
+  workdir = str(tmp_path / "vote")
+  loop.train(_tiny(tmp_path, steps=2, sample_labels="majority",
+                   majority_min_share=0.25), workdir)
+  last = metrics_lib.read_metrics(workdir)[-1]
+  assert last["step"] == 4
+  assert 0 <= last["search/label_precision"] <= 1
+  assert 0 <= last["search/labelled"] <= 1
+  assert np.isfinite(last["loss/value"]) and last["loss/value"] > 0
+
+
 @pytest.mark.parametrize("kw,key", [
     (dict(method="beam"), "search.method"),
     (dict(num_samples=0), "search.num_samples"),
     (dict(replay_size=8), "search.replay_size"),
     (dict(step_dpo_weight=1.0, level="step"), "experimental.step_dpo_weight"),
+    (dict(sample_labels="vote"), "search.sample_labels"),
+    (dict(sample_labels="majority", method="mcts"), "search.sample_labels"),
+    (dict(majority_min_share=0.0), "search.majority_min_share"),
 ])
 def test_bad_sample_config_names_the_key(tmp_path, kw, key):
   with pytest.raises(ValueError, match=key.replace(".", r"\.")):

@@ -84,6 +84,11 @@ def default_config() -> ConfigDict:
                       # prompt, SFT on the verified ones and the value on
                       # all (train.sample_learn).
       num_samples=8,  # "sample": answers per prompt.
+      sample_labels="verifier",  # "sample": targets from the verifier, or
+                                 # "majority": self-consistency, no answer
+                                 # key (train.sample_learn.majority_labels).
+      majority_min_share=0.5,  # "majority": least share of the samples
+                               # that must agree for a prompt to be labelled.
       algorithm="puct",  # "puct" or "gumbel".
       level="token",  # "token" or "step".
       num_simulations=16,
@@ -166,6 +171,10 @@ def validate_config(config: ConfigDict) -> None:
        "use 'tfds' or 'generated'.")
   need(config.search.get("method", "mcts") in ("mcts", "sample"),
        "search.method", "use 'mcts' or 'sample'.")
+  need(config.search.get("sample_labels", "verifier") == "verifier"
+       or config.search.get("method", "mcts") == "sample",
+       "search.sample_labels", "applies to --config.search.method=sample "
+       "only; the MCTS rollouts' targets come from the verifier.")
   if config.search.get("method", "mcts") == "sample":
     _validate_sample_keys(config, need)
   need(config.search.algorithm in ("puct", "gumbel"), "search.algorithm",
@@ -215,6 +224,10 @@ def _validate_sample_keys(config: ConfigDict, need) -> None:
   s = config.search
   need(s.num_samples >= 1, "search.num_samples", "must be >= 1.")
   need(s.step_temperature > 0, "search.step_temperature", "must be > 0.")
+  need(s.get("sample_labels", "verifier") in ("verifier", "majority"),
+       "search.sample_labels", "use 'verifier' or 'majority'.")
+  need(0 < s.get("majority_min_share", 0.5) <= 1, "search.majority_min_share",
+       "must be in (0, 1].")
   need(s.replay_size == 0, "search.replay_size",
        "method='sample' trains on each step's samples once; set it to 0.")
   x = experimental.values(config)
