@@ -112,6 +112,20 @@ def test_splits(data):
     wp.generate(0, 1, min_ops=3, max_ops=2)
 
 
+def test_unlabeled_split_changes_no_other_split(data):
+  more = wp.splits(0, **SIZES, num_unlabeled=40, unlabeled_ops=(5, 6))
+  assert sorted(more) == sorted(wp.SPLIT_NAMES + ("unlabeled",))
+  for k in wp.SPLIT_NAMES:
+    assert more[k] == data[k]
+  assert len(more["unlabeled"]) == 40
+  assert {wp.num_ops(p) for p in more["unlabeled"]} == {5, 6}
+  held = set().union(*({p.question for p in data[k]} for k in data))
+  assert not held & {p.question for p in more["unlabeled"]}
+  # Its default number of operations is the out-of-distribution splits'.
+  ops = wp.splits(0, **SIZES, num_unlabeled=40)["unlabeled"]
+  assert max(wp.num_ops(p) for p in ops) > 6
+
+
 def test_tokenizer(data, tmp_path):
   tok = wp.train_tokenizer(data["train"], tmp_path / "a", vocab_size=512)
   wp.train_tokenizer(data["train"], tmp_path / "b", vocab_size=512)

@@ -80,7 +80,7 @@ MAX_OPS = 12
 SPLIT_NAMES = ("train", "validation", "test", "validation_ood", "test_ood")
 # The random stream of each split (``generate`` uses stream 0).
 _STREAMS = {"generate": 0, "train": 1, "validation": 2, "test": 3,
-            "validation_ood": 4, "test_ood": 5}
+            "validation_ood": 4, "test_ood": 5, "unlabeled": 6}
 PAD_TOKEN, BOS_TOKEN, EOS_TOKEN = "<|pad|>", "<|bos|>", "<|eos|>"
 
 # ------------------------------------------------------------------ entities
@@ -663,7 +663,9 @@ def splits(seed: int, *, num_train: int, num_validation: int, num_test: int,
            test_ops: tuple[int, int] = (5, 8), distractors: bool = True,
            num_validation_ood: int | None = None,
            num_test_ood: int | None = None,
-           max_value: int = MAX_VALUE) -> dict[str, list[TextProblem]]:
+           max_value: int = MAX_VALUE, num_unlabeled: int = 0,
+           unlabeled_ops: tuple[int, int] | None = None
+           ) -> dict[str, list[TextProblem]]:
   """Train / evaluation splits that share no question.
 
   Returns ``{"train", "validation", "test"}`` with ``train_ops`` operations
@@ -683,6 +685,11 @@ def splits(seed: int, *, num_train: int, num_validation: int, num_test: int,
     num_validation_ood, num_test_ood: their sizes (default: as
       ``num_validation`` / ``num_test``).
     max_value: the largest quantity (:func:`generate`).
+    num_unlabeled: with a positive size, also ``"unlabeled"``: problems with
+      ``unlabeled_ops`` operations (default ``test_ops``) for training
+      without the answer key (``search.sample_labels='majority'``; their
+      answers only score). Claimed after train, so the other splits do not
+      change.
   """
   sizes = {"test_ood": num_test if num_test_ood is None else num_test_ood,
            "validation_ood": (num_validation if num_validation_ood is None
@@ -696,7 +703,13 @@ def splits(seed: int, *, num_train: int, num_validation: int, num_test: int,
     out[name] = _stream(seed, _STREAMS[name], num, lo, hi, distractors,
                         claimed, max_value)
     claimed.update(p.question for p in out[name])
-  return {name: out[name] for name in SPLIT_NAMES}
+  names = SPLIT_NAMES
+  if num_unlabeled:
+    lo, hi = unlabeled_ops or test_ops
+    out["unlabeled"] = _stream(seed, _STREAMS["unlabeled"], num_unlabeled,
+                               lo, hi, distractors, claimed, max_value)
+    names += ("unlabeled",)
+  return {name: out[name] for name in names}
 
 
 def num_ops(problem: TextProblem) -> int:
@@ -840,7 +853,8 @@ def make_task(*, seed: int = 0, tokenizer_dir=None, num_train: int = 20_000,
               test_ops: tuple[int, int] = (5, 8), distractors: bool = True,
               vocab_size: int = 768, max_prompt_length: int = 256,
               max_answer_length: int = 256,
-              max_value: int = MAX_VALUE) -> FreeTextTask:
+              max_value: int = MAX_VALUE, num_unlabeled: int = 0,
+              unlabeled_ops: tuple[int, int] | None = None) -> FreeTextTask:
   """The ``word_problems`` :class:`FreeTextTask` of :func:`splits`.
 
   Trains the tokenizer on the train split into ``tokenizer_dir`` unless the
@@ -864,7 +878,8 @@ def make_task(*, seed: int = 0, tokenizer_dir=None, num_train: int = 20_000,
         vocab_size=vocab_size, max_value=max_value)
   problems = splits(seed, num_train=num_train, num_validation=num_validation,
                     num_test=num_test, train_ops=train_ops, test_ops=test_ops,
-                    distractors=distractors, max_value=max_value)
+                    distractors=distractors, max_value=max_value,
+                    num_unlabeled=num_unlabeled, unlabeled_ops=unlabeled_ops)
   if os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")):
     tokenizer = models.Tokenizer.from_dir(tokenizer_dir)
   else:
