@@ -29,14 +29,7 @@ value_only=(--config.search.verifier_in_search=False
             --config.search.act_on_solved=False
             --config.search.terminal_lookahead=False
             --config.search.prune_terminal_slots=False)
-off=(--config.search.policy_weight=0 --config.search.sft_weight=0
-     --config.experimental.value_policy_weight=0)
-declare -A variant=(
-  [visits]="--config.search.policy_weight=1"
-  [sft]="--config.search.sft_weight=1"
-  [step_dpo]="--config.experimental.step_dpo_weight=1"
-  [pav]="--config.experimental.pav_value_weight=1 --config.experimental.pav_policy_weight=1"
-)
+source "$(dirname "$0")/../tree_target_variants.sh"  # off, variant[...]
 variants=${VARIANTS:-visits sft step_dpo pav}
 for name in $variants; do
   dir="$root/$name"

@@ -25,14 +25,7 @@ split=${5:-validation}; steps=${6:-10}; last=$((3000 + steps))
 cfg=configs/game24.py
 common=(--config.seed="$seed" --config.progress_bar=False
         --config.search.steps="$steps")
-off=(--config.search.policy_weight=0 --config.search.sft_weight=0
-     --config.experimental.value_policy_weight=0)
-declare -A variant=(
-  [visits]="--config.search.policy_weight=1"
-  [sft]="--config.search.sft_weight=1"
-  [step_dpo]="--config.experimental.step_dpo_weight=1"
-  [pav]="--config.experimental.pav_value_weight=1 --config.experimental.pav_policy_weight=1"
-)
+source "$(dirname "$0")/../tree_target_variants.sh"  # off, variant[...]
 variants=${VARIANTS:-sft step_dpo pav visits}
 no_retract=(--config.task.options.retract=0
             --config.experimental.retract_weight=0)
