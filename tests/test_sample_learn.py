@@ -206,3 +206,42 @@ def test_majority_labelled_steps_log_what_the_labels_were(tmp_path):
 def test_bad_sample_config_names_the_key(tmp_path, kw, key):
   with pytest.raises(ValueError, match=key.replace(".", r"\.")):
     config_lib.validate_config(_tiny(tmp_path, **kw))
+
+
+@pytest.mark.slow
+def test_self_training_on_unlabeled_problems_anchors_on_train(tmp_path,
+                                                              monkeypatch):
+  # Word problems with an "unlabeled" split of longer problems: the search
+  # steps sample those and label them by vote; the anchor's reference
+  # solutions come from a train batch drawn for it, never from them.
+  from configs import word_problems as wp_config
+  from train import data as data_lib
+  c = wp_config.get_config()
+  c.task.options = dict(
+      seed=0, num_train=64, num_validation=8, num_test=8, train_ops=(2, 2),
+      test_ops=(3, 3), distractors=False, max_value=30, vocab_size=400,
+      max_prompt_length=160, max_answer_length=128, num_unlabeled=32,
+      tokenizer_dir=str(tmp_path / "tok"))
+  c.data.max_len = 288
+  c.model.update(num_layers=1, d_model=32, num_heads=2, num_kv_heads=1,
+                 head_dim=16, mlp_dim=64, max_seq_len=288)
+  c.batch_size = 8
+  c.warm_start.steps = 2
+  c.search.update(steps=2, method="sample", num_samples=2,
+                  sample_labels="majority", replay_size=0)
+  c.experimental.update(anchor_weight=1.0,
+                        search_problem_split="unlabeled")
+  c.log_every_steps = 1
+  c.progress_bar = False
+  drawn = []
+  next_batch = data_lib.ExampleStream.next
+
+  def spy(self, split=None):
+    drawn.append(split)
+    return next_batch(self, split)
+
+  monkeypatch.setattr(data_lib.ExampleStream, "next", spy)
+  last = loop.train(c, str(tmp_path / "run"))
+  # Warm start: train; each search step: unlabeled, then the anchor's train.
+  assert drawn == [None, None, "unlabeled", None, "unlabeled", None]
+  assert last["loss/anchor"] > 0 and "search/label_precision" in last

@@ -26,7 +26,9 @@ DEFAULTS = dict(
     # schedule spans the warm start only (a second schedule).
     search_learning_rate=0.0,
     # > 0: every search update also trains on a fresh warm-start batch (its
-    # LM and value losses at this weight), against forgetting (PPO-ptx).
+    # LM and value losses at this weight), against forgetting (PPO-ptx): of
+    # the search's problems, or with search_problem_split other than "train"
+    # (and no solver warm start) of a train-split batch of its own.
     anchor_weight=0.0,
     # Step level: the policy over the K candidates toward the value head's
     # one-step lookahead softmax(log p + scale * value) (train.search_losses).
@@ -128,11 +130,6 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
        or cfg.data.source == "generated", "search_problem_split",
        "draws problems beyond the built dataset; it needs "
        "--config.data.source=generated.")
-  need(not x["anchor_weight"] or cfg.warm_start.data == "solver"
-       or x["search_problem_split"] == "train", "anchor_weight",
-       "the anchor on reference solutions uses the search's problems, which "
-       "must then have them: set --config.experimental.search_problem_split="
-       "train or --config.warm_start.data=solver.")
   need(not x["solved_by_prior"] or search.act_on_solved, "solved_by_prior",
        "chooses among the solutions search.act_on_solved follows; set "
        "--config.search.act_on_solved=True or leave it False.")

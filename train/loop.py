@@ -400,6 +400,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
           verify_fn=verify)
     return data_lib.by_block(examples, stream.blocks, block)
 
+  anchor_on_search_problems = (
+      config.warm_start.data == "solver"
+      or switches["search_problem_split"] == "train")
   last = {}
   t0, steps_timed = time.time(), 0
   in_flight = None  # the previous step's metrics, not yet waited for
@@ -418,9 +421,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
           # The frozen reference policy: the parameters the search steps
           # start from (a copy: the step donates the state's buffers).
           search_learn.reference = jax.tree.map(jnp.copy, state.params)
-        state, metrics = search_learn.step(
-            state, examples, key, anchor=warm_batch(step, examples)
-            if switches["anchor_weight"] else None)
+        anchor = None
+        if switches["anchor_weight"]:
+          # The anchor trains on reference solutions of the search's own
+          # problems; where those are not for training (a split other than
+          # train, without the solver), on a batch of the train split.
+          anchor = warm_batch(step, examples if anchor_on_search_problems
+                              else stream.next())
+        state, metrics = search_learn.step(state, examples, key,
+                                           anchor=anchor)
       done = step + 1
       steps_timed += 1
       # At most two steps in flight: the host prepares the next batch while
