@@ -37,6 +37,10 @@ evaluate() {  # workdir stage:step
   "${ev[@]}" --methods mcts:16 --config.search.verifier_in_search=False
 }
 mkdir -p "$root"
+if [ "${BASELINES:-1}" = 1 ]; then
+  evaluate "$warm" "targets_warm_start:3000"
+  [ -d "$warm/checkpoints/$last" ] && evaluate "$warm" "targets_recipe:$last"
+fi
 for name in $variants; do
   dir="$root/$name"
   if [ ! -d "$dir" ]; then
@@ -51,7 +55,3 @@ for name in $variants; do
   fi
   evaluate "$dir" "targets_$name:$last"
 done
-if [ "${BASELINES:-1}" = 1 ]; then
-  evaluate "$warm" "warm_start:3000"
-  [ -d "$warm/checkpoints/$last" ] && evaluate "$warm" "targets_recipe:$last"
-fi
