@@ -29,7 +29,13 @@ def get_config():
   c.task.options = dict(seed=0, num_train=20_000, num_validation=500,
                         num_test=500, train_ops=(2, 4), test_ops=(5, 8),
                         distractors=True, max_value=99, vocab_size=768,
-                        max_prompt_length=192, max_answer_length=176)
+                        max_prompt_length=192, max_answer_length=176,
+                        # Self-training without the answer key (off): an
+                        # "unlabeled" split for the search steps, with
+                        # --config.experimental.search_problem_split=unlabeled
+                        # --config.search.method=sample
+                        # --config.search.sample_labels=majority.
+                        num_unlabeled=0, unlabeled_ops=(5, 8))
   c.data.source = "generated"
   c.data.max_len = 232  # train traces (2-4 operations) fit in 229 tokens
   c.model.update(num_layers=4, d_model=128, num_heads=4, num_kv_heads=2,
