@@ -132,14 +132,11 @@ def majority_labels(task, prompts, out, *, min_share: float):
   b, n, _ = out.candidates.shape
   ids = task.answer_ids(task.run(prompts, out.candidates.reshape(b * n, -1)))
   # A vote is a finished sample with a final answer.
-  if ids is None:
-    voted = out.candidate_finished
-    same = jnp.all(out.candidates[:, :, None] == out.candidates[:, None, :],
-                   -1)
-  else:
+  voted = out.candidate_finished
+  if ids is not None:
     ids = ids.reshape(b, n)
-    voted = out.candidate_finished & (ids >= 0)
-    same = ids[:, :, None] == ids[:, None, :]
+    voted = voted & (ids >= 0)
+  same = family.same_answers(out.candidates, ids)
   same = same & voted[:, :, None] & voted[:, None, :]
   top = family.choose(out.candidates, out.candidate_lengths,
                       jnp.zeros((b, n), jnp.float32), voted,

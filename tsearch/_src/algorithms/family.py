@@ -152,6 +152,19 @@ def _check_capacity(n: int, capacity: int | None, what: str) -> int:
 # ------------------------------------------------------------ aggregation
 
 
+def same_answers(candidates: Array, answer_ids: Array | None = None
+                 ) -> Array:
+  """``[B, M, M]`` bool: whether candidates ``i`` and ``j`` of a problem give
+  the same answer (equal ``answer_ids`` ``[B, M]`` where the task extracts
+  final answers, a negative id equal to nothing but itself; else equal
+  answer tokens ``[B, M, T]``, PAD after the end)."""
+  if answer_ids is None:
+    return jnp.all(candidates[:, :, None] == candidates[:, None, :], -1)
+  ids = jnp.asarray(answer_ids)
+  same = (ids[:, :, None] == ids[:, None, :]) & (ids[:, :, None] >= 0)
+  return same | jnp.eye(ids.shape[1], dtype=bool)[None]
+
+
 def choose(candidates: Array, lengths: Array, values: Array, finished: Array,
            *, aggregate: str, answer_ids: Array | None = None) -> Array:
   """Index ``[B]`` of the chosen candidate per problem.
@@ -178,12 +191,7 @@ def choose(candidates: Array, lengths: Array, values: Array, finished: Array,
   if aggregate == "best_value":
     score = values
   else:
-    if answer_ids is None:
-      same = jnp.all(candidates[:, :, None] == candidates[:, None, :], -1)
-    else:
-      ids = jnp.asarray(answer_ids)
-      same = (ids[:, :, None] == ids[:, None, :]) & (ids[:, :, None] >= 0)
-      same = same | jnp.eye(ids.shape[1], dtype=bool)[None]
+    same = same_answers(candidates, answer_ids)
     if aggregate == "majority":
       w = jnp.ones_like(values)
     else:
