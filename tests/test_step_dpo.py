@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from train import checkpoint as checkpoint_lib
 from train import config as config_lib
 from train import experimental
 from train import loop
@@ -183,3 +184,32 @@ def test_step_dpo_turned_on_mid_search_reads_the_warm_start(tmp_path):
   shutil.rmtree(os.path.join(gone, "checkpoints", "2"))
   with pytest.raises(ValueError, match=r"step 2\) is gone"):
     loop.train(_config(), gone)
+
+
+@pytest.mark.slow
+def test_step_dpo_starts_from_a_warm_start_that_saved_another_buffer(tmp_path):
+  # The warm-start checkpoint of a run with search steps holds an (empty)
+  # replay buffer without step-DPO's fields. A run with step-DPO on starts
+  # its search steps there with a fresh buffer; a checkpoint past the warm
+  # start, whose buffer holds rows, is a clear error instead.
+  workdir = str(tmp_path / "run")
+  c = _config()
+  c.search.update(replay_size=16, updates_per_search=1, policy_weight=1.0)
+  c.experimental.update(step_dpo_weight=0.0, pav_value_weight=0.0,
+                        pav_policy_weight=0.0)
+  c.debug.stop_after_steps = 3  # warm start 2, one search step
+  loop.train(c, workdir)
+  ckpt = loop.checkpointer(c, workdir)
+  assert ckpt.has_replay(2) and ckpt.latest_step() == 3
+  ckpt.close()
+  with_dpo = _config()
+  with_dpo.search.update(replay_size=16, updates_per_search=1)
+  with pytest.raises(checkpoint_lib.CheckpointShapeError,
+                     match=r"(?s)other search options.*ref_step_logprobs"):
+    loop.train(with_dpo, workdir)
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "3"))
+  loop.train(with_dpo, workdir)  # from step 2, with step-DPO
+  m = metrics_lib.read_metrics(workdir)
+  assert [r["step"] for r in m][-2:] == [3, 4]
+  assert m[-2]["search/dpo_pairs"] > 0 and m[-2]["replay/size"] == 8.0
+  np.testing.assert_allclose(m[-2]["loss/step_dpo"], np.log(2.0), atol=1e-5)

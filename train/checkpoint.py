@@ -260,8 +260,12 @@ class Checkpointer:
 
     Args:
       target_for: ``step -> target`` (the structure to restore into).
-      params_only: use :meth:`restore_params` (a target without the replay
-        buffer).
+      params_only: the caller reads the parameters only (e.g. to
+        evaluate): unreadable newer steps are not moved aside.
+
+    Top-level items that the checkpoint holds and the target lacks (the
+    replay buffer, the step-DPO reference policy) are read and dropped,
+    as by :meth:`restore_params`.
 
     Each unreadable newer step is logged as a warning and, when a readable
     one is found, moved to ``<directory>_corrupt/`` so that the run can save
@@ -275,8 +279,7 @@ class Checkpointer:
       try:
         # Verified first: target_for may read the step's metadata.
         self.verify(step)
-        read = self._restore_params if params_only else self._restore
-        tree, meta = read(step, target_for(step))
+        tree, meta = self._restore_params(step, target_for(step))
       except CorruptCheckpointError as e:
         logging.warning("%s Trying the previous checkpoint.", e)
         print(f"WARNING: {e} Trying the previous checkpoint.", flush=True)
@@ -384,11 +387,22 @@ class Checkpointer:
     if diffs:
       shown = "\n".join(diffs[:20])
       more = f"\n  ... and {len(diffs) - 20} more" if len(diffs) > 20 else ""
+      model = any(d.lstrip().startswith(("params/", "opt_state/"))
+                  for d in diffs)
+      if model:
+        cause = "a model of another shape"
+        fix = ("set the config's model section to the shapes the checkpoint "
+               "was trained with")
+      else:
+        cause = ("a run with other search options (its replay buffer or "
+                 "reference policy differ)")
+        fix = ("resume with the search options the checkpoint was written "
+               "with (options such as experimental.step_dpo_weight add "
+               "replay fields)")
       raise CheckpointShapeError(
           f"The checkpoint at step {step} in {self.directory} was written by "
-          f"a model of another shape; {len(diffs)} arrays differ:\n{shown}"
-          f"{more}\nUse a fresh --workdir, or set the config's model section "
-          "to the shapes the checkpoint was trained with.")
+          f"{cause}; {len(diffs)} arrays differ:\n{shown}"
+          f"{more}\nUse a fresh --workdir, or {fix}.")
 
   def close(self) -> None:
     self._manager.wait_until_finished()

@@ -305,10 +305,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   replay = search_learn.replay if search_learn is not None else None
 
   def fresh_replay(step):
-    # A warm-start checkpoint written without a replay buffer (by a run
-    # with search.steps=0) continues into search steps with the empty
-    # buffer a longer run would have had there.
-    return replay is not None and step <= warm and not ckpt.has_replay(step)
+    # Up to the end of the warm start the replay buffer is empty by
+    # construction, so a run resumed there starts a fresh one, whatever
+    # the checkpoint holds: none (written by a run with search.steps=0),
+    # or one with other fields (written by a run whose search options add
+    # none, e.g. without step-DPO's reference log-probabilities). A saved
+    # buffer is then read and dropped.
+    return replay is not None and step <= warm
 
   def place(state):
     """The state on the mesh (replicated, or sharded by ``specs``)."""
