@@ -6,10 +6,13 @@
 #   step_dpo  step-DPO on sibling steps ranked by Q (step_dpo_weight=1)
 #   pav       process advantages A = Q - V from the tree: dense step-value
 #             targets and the policy gradient -A log pi (pav_*_weight=1)
+#   none      no policy target: the control, what the terms every variant
+#             shares (value, anchor, ...) do alone
 # shellcheck disable=SC2034
 off=(--config.search.policy_weight=0 --config.search.sft_weight=0
      --config.experimental.value_policy_weight=0)
 declare -A variant=(
+  [none]=""
   [visits]="--config.search.policy_weight=1"
   [sft]="--config.search.sft_weight=1"
   [step_dpo]="--config.experimental.step_dpo_weight=1"

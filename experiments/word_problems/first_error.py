@@ -8,7 +8,9 @@ from the reference solution's line at the same place, by split.
 (with the run's config overrides, e.g. variant G's task options). Prints,
 per number of operations, how many answers are right, how many break at
 each line (1-based), and how many of the broken lines are arithmetic slips
-(``a op b = c`` false) rather than a wrong operand or operation.
+(``a op b = c`` false) rather than a wrong operand or operation, and how
+many lines the answers write against the reference's (answers that stop
+short of the reference's number of steps).
 """
 import collections
 
@@ -43,10 +45,12 @@ def main(argv):
                                         prompts, lengths, jax.random.key(0))
   table = collections.defaultdict(collections.Counter)
   slips = wrong = 0
+  written = collections.defaultdict(list)
   for i, p in enumerate(problems):
     text = task.decode(np.asarray(out.answers[i]))
     gold, got = results(p.solution), results(text)
     ops = len(gold)
+    written[ops].append(len(got))
     first = next((j for j, (g, x) in enumerate(zip(gold, got)) if g != x),
                  None if len(got) == ops else min(len(got), ops))
     if first is None:
@@ -63,6 +67,11 @@ def main(argv):
     print(f"{ops} operations: {sum(row.values())} answers, "
           f"{row['right']} with every line right; first wrong {lines}")
   print(f"first wrong lines that are arithmetic slips: {slips}/{wrong}")
+  for ops in sorted(written):
+    n = np.asarray(written[ops])
+    print(f"{ops} operations: {n.mean():.2f} lines written on average; "
+          f"{np.mean(n < ops):.0%} fewer than {ops}, "
+          f"{np.mean(n > ops):.0%} more")
 
 
 if __name__ == "__main__":
