@@ -377,19 +377,16 @@ class Checkpointer:
         lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree,
         is_leaf=lambda m: hasattr(m, "shape")))
     wanted = flat_shapes(target)
-    diffs = []
     # Parameters first: the optimizer state only mirrors them.
-    for key in sorted(set(saved) | set(wanted),
-                      key=lambda k: (not k.startswith("params/"), k)):
-      if saved.get(key) != wanted.get(key):
-        diffs.append(f"  {key}: checkpoint {saved.get(key, 'missing')}, "
-                     f"model {wanted.get(key, 'missing')}")
+    differ = [key for key in sorted(
+        set(saved) | set(wanted), key=lambda k: (not k.startswith("params/"), k))
+              if saved.get(key) != wanted.get(key)]
+    diffs = [f"  {key}: checkpoint {saved.get(key, 'missing')}, "
+             f"model {wanted.get(key, 'missing')}" for key in differ]
     if diffs:
       shown = "\n".join(diffs[:20])
       more = f"\n  ... and {len(diffs) - 20} more" if len(diffs) > 20 else ""
-      model = any(d.lstrip().startswith(("params/", "opt_state/"))
-                  for d in diffs)
-      if model:
+      if any(k.startswith(("params/", "opt_state/")) for k in differ):
         cause = "a model of another shape"
         fix = ("set the config's model section to the shapes the checkpoint "
                "was trained with")
