@@ -84,6 +84,42 @@ def test_distractors_only_add_unused_numbers():
   assert sum(bool(unused(p)) for p in noisy) > 30
 
 
+def test_quote_style_copies_each_worked_sentence_first():
+  """style="quote": the same problems, each line first copies the sentence
+  it works out (in the question's order; the question before the line
+  that combines counts), then the plain line."""
+  kw = dict(min_ops=2, max_ops=8, distractors=True)
+  plain = wp.generate(5, 60, **kw)
+  quoted = wp.generate(5, 60, style="quote", **kw)
+  assert [(p.question, p.answer) for p in plain] == [
+      (q.question, q.answer) for q in quoted]
+  num_quotes = 0
+  for p, q in zip(plain, quoted):
+    check_solution(q)
+    p_lines, q_lines = p.solution.split("\n"), q.solution.split("\n")
+    assert len(p_lines) == len(q_lines) and p_lines[-1] == q_lines[-1]
+    at = 0  # quotes follow the question's order
+    for pl, ql in zip(p_lines[:-1], q_lines[:-1]):
+      assert ql.endswith(pl)
+      quote = ql[:len(ql) - len(pl)]
+      if not quote:
+        continue
+      num_quotes += 1
+      quote = quote[:-1]
+      assert quote[-1] in ".?" and quote in p.question
+      found = p.question.find(quote, at)
+      assert found >= 0, (quote, p.question)
+      at = found + len(quote)
+      # The sentence's numbers are what its line computes with.
+      a, _, b, _ = LINE.findall(pl)[0]
+      assert set(re.findall(r"\d+", quote)) <= {a, b}, (quote, pl)
+    # The first line works out a sentence, the question only at the end.
+    assert q_lines[0] != p_lines[0]
+  assert num_quotes > 200
+  with pytest.raises(ValueError, match="style"):
+    wp.generate(0, 1, style="quoted")
+
+
 def test_templates_are_varied():
   for table in (wp._CHAIN, wp._RELATION):
     for kind, templates in table.items():

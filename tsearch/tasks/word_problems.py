@@ -77,6 +77,7 @@ from tsearch.tasks.free_text import FreeTextTask, TextProblem
 MIN_VALUE = 2  # every operand and every result is in [MIN_VALUE, MAX_VALUE]
 MAX_VALUE = 999
 MAX_OPS = 12
+STYLES = ("plain", "quote")  # solution styles (:func:`generate`)
 SPLIT_NAMES = ("train", "validation", "test", "validation_ood", "test_ood")
 # The random stream of each split (``generate`` uses stream 0).
 _STREAMS = {"generate": 0, "train": 1, "validation": 2, "test": 3,
@@ -482,7 +483,8 @@ def _fields(person: _Person, **extra) -> dict:
 
 
 def _draw_problem(rng, num_ops: int, distractors: bool,
-                  max_value: int = MAX_VALUE) -> TextProblem:
+                  max_value: int = MAX_VALUE,
+                  style: str = "plain") -> TextProblem:
   """One problem with exactly ``num_ops`` operations (raises _Retry)."""
   sources, final, counts = _draw_plan(rng, num_ops)
   num_people = len(sources)
@@ -504,11 +506,14 @@ def _draw_problem(rng, num_ops: int, distractors: bool,
   cap = max_value // num_people if final == "sum" else max_value
   sentences, lines = [], []
 
+  quotes = []  # per line: the sentence it works out, or None
+
   def say(templates, fields):
     sentences.append(_pick(rng, templates).format(**common, **fields))
 
-  def write(templates, fields):
+  def write(templates, fields, quote=None):
     lines.append(_pick(rng, templates).format(**common, **fields))
+    quotes.append(sentences[-1] if quote is None else quote)
 
   for i, person in enumerate(people):
     x_name = _pick(rng, bystanders)
@@ -541,7 +546,7 @@ def _draw_problem(rng, num_ops: int, distractors: bool,
       say(_CHAIN[kind], f)
       if kind == "boxes":
         write(_CHAIN_LINES["boxes"], f)
-        write(_CHAIN_LINES["boxes_add"], f)
+        write(_CHAIN_LINES["boxes_add"], f, quote="")
         left -= 2
       else:
         write(_CHAIN_LINES[kind], f)
@@ -560,7 +565,7 @@ def _draw_problem(rng, num_ops: int, distractors: bool,
     question = _pick(rng, _ASK_DIFF).format(**common, P=big.name,
                                             Q=small.name)
     write(_DIFF_LINES, dict(P=big.name, Q=small.name, a=big.value,
-                            b=small.value, c=answer))
+                            b=small.value, c=answer), quote=question)
   else:
     order = [people[int(i)] for i in rng.permutation(num_people)]
     names_text = (" and ".join(p.name for p in order) if num_people == 2 else
@@ -571,7 +576,8 @@ def _draw_problem(rng, num_ops: int, distractors: bool,
     for j, p in enumerate(order[1:]):
       new = total + p.value
       write(_SUM_LINES if j == 0 else _SUM_MORE_LINES,
-            dict(A=order[0].name, B=p.name, a=total, b=p.value, c=new))
+            dict(A=order[0].name, B=p.name, a=total, b=p.value, c=new),
+            quote=question if j == 0 else "")
       total = new
     answer = total
   if not MIN_VALUE <= answer <= max_value:
@@ -585,12 +591,17 @@ def _draw_problem(rng, num_ops: int, distractors: bool,
       sentences.insert(int(rng.integers(1, len(sentences) + 1)), text)
   if len(lines) != num_ops:  # a bug, not bad luck
     raise AssertionError(f"drew {len(lines)} operations, wanted {num_ops}")
+  if style == "quote":  # after every draw: the same problems as "plain"
+    lines = [f"{q} {line}" if q else line for q, line in zip(quotes, lines)]
   return TextProblem(question=" ".join(sentences + [question]),
                      answer=str(answer),
                      solution="\n".join(lines + [f"#### {answer}"]))
 
 
-def _check_range(min_ops: int, max_ops: int, max_value: int) -> None:
+def _check_range(min_ops: int, max_ops: int, max_value: int,
+                 style: str = "plain") -> None:
+  if style not in STYLES:
+    raise ValueError(f"style must be one of {STYLES}; got {style!r}.")
   if not 1 <= min_ops <= max_ops <= MAX_OPS:
     raise ValueError(f"Need 1 <= min_ops <= max_ops <= {MAX_OPS}; got "
                      f"min_ops={min_ops}, max_ops={max_ops}.")
@@ -601,11 +612,12 @@ def _check_range(min_ops: int, max_ops: int, max_value: int) -> None:
 
 def _stream(seed: int, stream: int, num: int, min_ops: int, max_ops: int,
             distractors: bool, exclude: set[str],
-            max_value: int = MAX_VALUE) -> list[TextProblem]:
+            max_value: int = MAX_VALUE,
+            style: str = "plain") -> list[TextProblem]:
   """``num`` problems with questions not in ``exclude`` (nor repeated)."""
   if not isinstance(seed, (int, np.integer)) or seed < 0:
     raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
-  _check_range(min_ops, max_ops, max_value)
+  _check_range(min_ops, max_ops, max_value, style)
   out, seen = [], set(exclude)
   index, limit = 0, 50 * num + 1000
   while len(out) < num:
@@ -618,7 +630,7 @@ def _stream(seed: int, stream: int, num: int, min_ops: int, max_ops: int,
     num_ops = int(rng.integers(min_ops, max_ops + 1))
     for _ in range(1000):
       try:
-        problem = _draw_problem(rng, num_ops, distractors, max_value)
+        problem = _draw_problem(rng, num_ops, distractors, max_value, style)
         break
       except _Retry:
         continue
@@ -632,8 +644,8 @@ def _stream(seed: int, stream: int, num: int, min_ops: int, max_ops: int,
 
 
 def generate(seed: int, num: int, *, min_ops: int = 2, max_ops: int = 4,
-             distractors: bool = False,
-             max_value: int = MAX_VALUE) -> list[TextProblem]:
+             distractors: bool = False, max_value: int = MAX_VALUE,
+             style: str = "plain") -> list[TextProblem]:
   """``num`` distinct word problems, deterministic from ``seed``.
 
   Args:
@@ -644,6 +656,11 @@ def generate(seed: int, num: int, *, min_ops: int = 2, max_ops: int = 4,
     distractors: add 1-2 sentences whose numbers do not matter.
     max_value: every quantity, operand and result is at most this
       (30..999; smaller numbers make the arithmetic easier to learn).
+    style: ``"plain"`` (GSM8K's lines) or ``"quote"``: each line first
+      copies the sentence of the question it works out (the question
+      itself before the line that combines the people's counts), then
+      computes. The same seed gives the same questions and answers in
+      both styles; only the solutions differ.
 
   Returns:
     ``TextProblem(question, answer, solution)`` s; ``answer`` is the final
@@ -655,7 +672,7 @@ def generate(seed: int, num: int, *, min_ops: int = 2, max_ops: int = 4,
   (3, True)
   """
   return _stream(seed, _STREAMS["generate"], num, min_ops, max_ops,
-                 distractors, set(), max_value)
+                 distractors, set(), max_value, style)
 
 
 def splits(seed: int, *, num_train: int, num_validation: int, num_test: int,
@@ -664,8 +681,8 @@ def splits(seed: int, *, num_train: int, num_validation: int, num_test: int,
            num_validation_ood: int | None = None,
            num_test_ood: int | None = None,
            max_value: int = MAX_VALUE, num_unlabeled: int = 0,
-           unlabeled_ops: tuple[int, int] | None = None
-           ) -> dict[str, list[TextProblem]]:
+           unlabeled_ops: tuple[int, int] | None = None,
+           style: str = "plain") -> dict[str, list[TextProblem]]:
   """Train / evaluation splits that share no question.
 
   Returns ``{"train", "validation", "test"}`` with ``train_ops`` operations
@@ -690,6 +707,7 @@ def splits(seed: int, *, num_train: int, num_validation: int, num_test: int,
       without the answer key (``search.sample_labels='majority'``; their
       answers only score). Claimed after train, so the other splits do not
       change.
+    style: the solutions' style (:func:`generate`).
   """
   sizes = {"test_ood": num_test if num_test_ood is None else num_test_ood,
            "validation_ood": (num_validation if num_validation_ood is None
@@ -701,13 +719,14 @@ def splits(seed: int, *, num_train: int, num_validation: int, num_test: int,
   for name, num in sizes.items():
     lo, hi = test_ops if name.endswith("_ood") else train_ops
     out[name] = _stream(seed, _STREAMS[name], num, lo, hi, distractors,
-                        claimed, max_value)
+                        claimed, max_value, style)
     claimed.update(p.question for p in out[name])
   names = SPLIT_NAMES
   if num_unlabeled:
     lo, hi = unlabeled_ops or test_ops
     out["unlabeled"] = _stream(seed, _STREAMS["unlabeled"], num_unlabeled,
-                               lo, hi, distractors, claimed, max_value)
+                               lo, hi, distractors, claimed, max_value,
+                               style)
     names += ("unlabeled",)
   return {name: out[name] for name in names}
 
@@ -854,7 +873,8 @@ def make_task(*, seed: int = 0, tokenizer_dir=None, num_train: int = 20_000,
               vocab_size: int = 768, max_prompt_length: int = 256,
               max_answer_length: int = 256,
               max_value: int = MAX_VALUE, num_unlabeled: int = 0,
-              unlabeled_ops: tuple[int, int] | None = None) -> FreeTextTask:
+              unlabeled_ops: tuple[int, int] | None = None,
+              style: str = "plain") -> FreeTextTask:
   """The ``word_problems`` :class:`FreeTextTask` of :func:`splits`.
 
   Trains the tokenizer on the train split into ``tokenizer_dir`` unless the
@@ -875,11 +895,14 @@ def make_task(*, seed: int = 0, tokenizer_dir=None, num_train: int = 20_000,
         seed=seed, num_train=num_train, num_validation=num_validation,
         num_test=num_test, train_ops=list(train_ops),
         test_ops=list(test_ops), distractors=distractors,
-        vocab_size=vocab_size, max_value=max_value)
+        vocab_size=vocab_size, max_value=max_value,
+        # (plain keeps the directories made before styles existed)
+        **({} if style == "plain" else {"style": style}))
   problems = splits(seed, num_train=num_train, num_validation=num_validation,
                     num_test=num_test, train_ops=train_ops, test_ops=test_ops,
                     distractors=distractors, max_value=max_value,
-                    num_unlabeled=num_unlabeled, unlabeled_ops=unlabeled_ops)
+                    num_unlabeled=num_unlabeled, unlabeled_ops=unlabeled_ops,
+                    style=style)
   if os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")):
     tokenizer = models.Tokenizer.from_dir(tokenizer_dir)
   else:
