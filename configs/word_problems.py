@@ -35,7 +35,10 @@ def get_config():
                         # --config.experimental.search_problem_split=unlabeled
                         # --config.search.method=sample
                         # --config.search.sample_labels=majority.
-                        num_unlabeled=0, unlabeled_ops=(5, 8))
+                        num_unlabeled=0, unlabeled_ops=(5, 8),
+                        # "quote": each solution line first copies the
+                        # sentence it works out (word_problems.generate).
+                        style="plain")
   c.data.source = "generated"
   c.data.max_len = 232  # train traces (2-4 operations) fit in 229 tokens
   c.model.update(num_layers=4, d_model=128, num_heads=4, num_kv_heads=2,
