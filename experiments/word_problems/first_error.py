@@ -10,9 +10,13 @@ per number of operations, how many answers are right, how many break at
 each line (1-based), and how many of the broken lines are arithmetic slips
 (``a op b = c`` false) rather than a wrong operand or operation, and how
 many lines the answers write against the reference's (answers that stop
-short of the reference's number of steps).
+short of the reference's number of steps). With ``style="quote"``
+solutions, also how many of the sentences the answers copy are exact
+sentences of the question, and how many of the reference's are never
+copied.
 """
 import collections
+import re
 
 import jax
 import numpy as np
@@ -35,6 +39,13 @@ def results(text):
   return [m.groups() for m in LINE.finditer(text)]
 
 
+def quotes(text):
+  """The sentences a quote-style answer copies: each line up to the first
+  sentence end followed by more text."""
+  found = (re.search(r"[.?] ", line) for line in text.split("\n"))
+  return [m.string[:m.start() + 1] for m in found if m]
+
+
 def main(argv):
   del argv
   task, fns, [(_, params)] = ev.restore(_CONFIG.value, _WORKDIR.value,
@@ -46,11 +57,17 @@ def main(argv):
   table = collections.defaultdict(collections.Counter)
   slips = wrong = 0
   written = collections.defaultdict(list)
+  copied = exact = missed = gold_quotes = 0
   for i, p in enumerate(problems):
     text = task.decode(np.asarray(out.answers[i]))
     gold, got = results(p.solution), results(text)
     ops = len(gold)
     written[ops].append(len(got))
+    got_quotes = quotes(text)
+    copied += len(got_quotes)
+    exact += sum(q in p.question for q in got_quotes)
+    gold_quotes += len(quotes(p.solution))
+    missed += sum(q not in got_quotes for q in quotes(p.solution))
     first = next((j for j, (g, x) in enumerate(zip(gold, got)) if g != x),
                  None if len(got) == ops else min(len(got), ops))
     if first is None:
@@ -67,6 +84,10 @@ def main(argv):
     print(f"{ops} operations: {sum(row.values())} answers, "
           f"{row['right']} with every line right; first wrong {lines}")
   print(f"first wrong lines that are arithmetic slips: {slips}/{wrong}")
+  if gold_quotes:  # style="quote"
+    print(f"quoted sentences: {exact}/{copied} copied exactly from the "
+          f"question; {missed}/{gold_quotes} of the reference's never "
+          "copied")
   for ops in sorted(written):
     n = np.asarray(written[ops])
     print(f"{ops} operations: {n.mean():.2f} lines written on average; "
