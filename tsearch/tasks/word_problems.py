@@ -505,8 +505,7 @@ def _draw_problem(rng, num_ops: int, distractors: bool,
   common = dict(obj=obj, obj_one=obj_one, box=box, boxes=boxes)
   cap = max_value // num_people if final == "sum" else max_value
   sentences, lines = [], []
-
-  quotes = []  # per line: the sentence it works out, or None
+  quotes = []  # per line: the sentence it works out, or "" (style="quote")
 
   def say(templates, fields):
     sentences.append(_pick(rng, templates).format(**common, **fields))
