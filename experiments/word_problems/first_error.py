@@ -66,8 +66,9 @@ def main(argv):
     got_quotes = quotes(text)
     copied += len(got_quotes)
     exact += sum(q in p.question for q in got_quotes)
-    gold_quotes += len(quotes(p.solution))
-    missed += sum(q not in got_quotes for q in quotes(p.solution))
+    ref_quotes = quotes(p.solution)
+    gold_quotes += len(ref_quotes)
+    missed += sum(q not in got_quotes for q in ref_quotes)
     first = next((j for j, (g, x) in enumerate(zip(gold, got)) if g != x),
                  None if len(got) == ops else min(len(got), ops))
     if first is None:
