@@ -30,7 +30,9 @@
 # ROOT/seed<SEED> keeps the checkpoints; training is skipped when its last
 # checkpoint exists, or with TRAIN=0 (to evaluate the warm start while the
 # search steps still run). STAGES (default both) picks warm_start and/or
-# search_and_learn.
+# search_and_learn. MCTS=0 skips the value-judged MCTS row (the slow one:
+# 20-40 min per checkpoint on 2 CPU cores), MCTS_ONLY=1 runs only it: the
+# two halves of one protocol run, for when the cores are short.
 set -euo pipefail
 seed=${1:?seed}; root=${2:?root}; out=${3:?out}; split=${4:-validation}
 cfg=configs/game24.py
@@ -48,10 +50,14 @@ value_only=(--config.search.verifier_in_search=False
             --config.search.prune_terminal_slots=False)
 ev=(python -m train.evaluate --config $cfg --workdir "$wd" --split "$split"
     --seed "$seed" --stages "$stages" --out "$out")
-"${ev[@]}" --methods greedy:1,best_of_n:8
-"${ev[@]}" --methods greedy:1 "${no_retract[@]}"
-"${ev[@]}" --methods mcts:64 "${no_retract[@]}" \
-    --config.search.verifier_in_search=False
+if [ "${MCTS_ONLY:-0}" != 1 ]; then
+  "${ev[@]}" --methods greedy:1,best_of_n:8
+  "${ev[@]}" --methods greedy:1 "${no_retract[@]}"
+fi
+if [ "${MCTS:-1}" != 0 ]; then
+  "${ev[@]}" --methods mcts:64 "${no_retract[@]}" \
+      --config.search.verifier_in_search=False
+fi
 if [ "${PLAIN_VALUE_MCTS:-0}" = 1 ]; then
   "${ev[@]}" --methods mcts:64 "${no_retract[@]}" "${value_only[@]}"
 fi
