@@ -8,6 +8,8 @@ trace's leaf ops by name (numbers stripped), so the matmul share
 against the rest.
 
   python experiments/scale/profile_ops.py --batch 4 --leaves 8 [--size tiny]
+  python experiments/scale/profile_ops.py --mode token --batch 16 --prompt 256
+      (the tsearch arm of bench/lm_search.py)
 """
 from __future__ import annotations
 
@@ -58,17 +60,22 @@ def main(argv=None):
   ap.add_argument("--batch", type=int, default=4)
   ap.add_argument("--leaves", type=int, default=1)
   ap.add_argument("--size", choices=sorted(SIZES), default="big")
+  ap.add_argument("--mode", choices=("step", "token"), default="step")
+  ap.add_argument("--prompt", type=int, default=64)
   ap.add_argument("--top", type=int, default=8)
   args = ap.parse_args(argv)
   cfg = SIZES[args.size]
   g, s = nnx.split(models.Transformer(cfg, rngs=nnx.Rngs(0)))
   env = OpenEnv(cfg.vocab_size, step_delimiter=1)
+  # Step level as bench/lm_scale.py; token level as bench/lm_search.py.
+  shape = (dict(step_length=8, max_depth=8) if args.mode == "step"
+           else dict(step_length=1, max_depth=64))
   config = tsearch.LMSearchConfig(
-      mode="step", policy="puct", num_simulations=64, num_children=8,
-      step_length=8, max_depth=8, leaves_per_step=args.leaves)
-  prompt = jax.random.randint(jax.random.key(64), (args.batch, 64), 1,
-                              cfg.vocab_size)
-  lengths = jnp.full((args.batch,), 64, jnp.int32)
+      mode=args.mode, policy="puct", num_simulations=64, num_children=8,
+      leaves_per_step=args.leaves, **shape)
+  prompt = jax.random.randint(jax.random.key(args.prompt),
+                              (args.batch, args.prompt), 1, cfg.vocab_size)
+  lengths = jnp.full((args.batch,), args.prompt, jnp.int32)
   fn = jax.jit(lambda st, p, n, key: tsearch.lm_search(
       g, st, env, p, n, key, config=config))
   _, dt = timed(fn, s, prompt, lengths, jax.random.key(0))
@@ -77,7 +84,8 @@ def main(argv=None):
       jax.block_until_ready(fn(s, prompt, lengths, jax.random.key(0)))
     times = op_times(d)
   total = sum(times.values())
-  print(f"size={args.size} B={args.batch} L={args.leaves}: {dt:.2f} s, "
+  print(f"{args.mode} level, prompt {args.prompt}, size={args.size} "
+        f"B={args.batch} L={args.leaves}: {dt:.2f} s, "
         f"{args.batch * 64 / dt:.1f} sims/s; traced ops {total / 1e6:.2f} s")
   for name, t in times.most_common(args.top):
     print(f"  {t / 1e3:9.1f} ms {100 * t / total:5.1f}%  {name}")
