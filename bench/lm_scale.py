@@ -36,6 +36,11 @@ import models  # noqa: E402
 import tsearch  # noqa: E402
 from bench.lm_search import OpenEnv, matmul_flops_per_s, timed  # noqa: E402
 
+# The 4-layer, d_model=256 model of bench/lm_search.py (random weights).
+MODEL = models.ModelConfig(vocab_size=256, num_layers=4, d_model=256,
+                           num_heads=4, num_kv_heads=1, head_dim=64,
+                           mlp_dim=1024, max_seq_len=512)
+
 
 def run(g, s, env, cfg, *, mode, b, leaves, sims, k, step_length, prompt_len,
         max_depth, page_size=0):
@@ -83,9 +88,7 @@ def main(argv=None):
                              mlp_dim=64, max_seq_len=256)
   else:
     sims, k, prompt_len, batches, leaves = 64, 8, 64, (4, 16), (1, 4, 8)
-    cfg = models.ModelConfig(vocab_size=256, num_layers=4, d_model=256,
-                             num_heads=4, num_kv_heads=1, head_dim=64,
-                             mlp_dim=1024, max_seq_len=512)
+    cfg = MODEL
   g, s = nnx.split(models.Transformer(cfg, rngs=nnx.Rngs(0)))
   # Steps end at token 1 (rare under the random model: steps of about S
   # tokens) or after S tokens.

@@ -29,15 +29,14 @@ from flax import nnx
 sys.path.insert(0, __file__.rsplit("/experiments/", 1)[0])
 import models  # noqa: E402
 import tsearch  # noqa: E402
+from bench.lm_scale import MODEL  # noqa: E402
 from bench.lm_search import OpenEnv, timed  # noqa: E402
 
 SIZES = {
     "tiny": models.ModelConfig(vocab_size=256, num_layers=1, d_model=16,
                                num_heads=1, num_kv_heads=1, head_dim=16,
                                mlp_dim=16, max_seq_len=512),
-    "big": models.ModelConfig(vocab_size=256, num_layers=4, d_model=256,
-                              num_heads=4, num_kv_heads=1, head_dim=64,
-                              mlp_dim=1024, max_seq_len=512),
+    "big": MODEL,
 }
 # Containers whose time is their children's.
 _NESTED = ("$", "Thunk", "while", "Slinky", "conditional", "call")
