@@ -34,12 +34,7 @@ from flax import nnx
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
 import models  # noqa: E402
 import tsearch  # noqa: E402
-from bench.lm_search import OpenEnv, matmul_flops_per_s, timed  # noqa: E402
-
-# The 4-layer, d_model=256 model of bench/lm_search.py (random weights).
-MODEL = models.ModelConfig(vocab_size=256, num_layers=4, d_model=256,
-                           num_heads=4, num_kv_heads=1, head_dim=64,
-                           mlp_dim=1024, max_seq_len=512)
+from bench.lm_search import MODEL, OpenEnv, matmul_flops_per_s, timed  # noqa: E402
 
 
 def run(g, s, env, cfg, *, mode, b, leaves, sims, k, step_length, prompt_len,

@@ -38,6 +38,12 @@ import tsearch  # noqa: E402
 
 _NEG = -1e30
 
+# The benchmark model (random weights): 4 layers, d_model 256, 1 KV head;
+# bench/lm_scale.py and experiments/scale/profile_ops.py use it too.
+MODEL = models.ModelConfig(vocab_size=256, num_layers=4, d_model=256,
+                           num_heads=4, num_kv_heads=1, head_dim=64,
+                           mlp_dim=1024, max_seq_len=512)
+
 
 @chex.dataclass(frozen=True)
 class _State:
@@ -281,9 +287,7 @@ def main(argv=None):
                              mlp_dim=64, max_seq_len=128)
   else:
     b, sims, k, prompt_lens, py_rows = 16, 64, 8, (64, 256), 16
-    cfg = models.ModelConfig(vocab_size=256, num_layers=4, d_model=256,
-                             num_heads=4, num_kv_heads=1, head_dim=64,
-                             mlp_dim=1024, max_seq_len=512)
+    cfg = MODEL
   py_rows = args.pyloop_rows or py_rows
   g, s = nnx.split(models.Transformer(cfg, rngs=nnx.Rngs(0)))
   env = OpenEnv(cfg.vocab_size)

@@ -29,8 +29,7 @@ from flax import nnx
 sys.path.insert(0, __file__.rsplit("/experiments/", 1)[0])
 import models  # noqa: E402
 import tsearch  # noqa: E402
-from bench.lm_scale import MODEL  # noqa: E402
-from bench.lm_search import OpenEnv, timed  # noqa: E402
+from bench.lm_search import MODEL, OpenEnv, timed  # noqa: E402
 
 SIZES = {
     "tiny": models.ModelConfig(vocab_size=256, num_layers=1, d_model=16,
