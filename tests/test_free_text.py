@@ -64,6 +64,17 @@ def test_host_scorer_reads_each_prompts_own_reference(setup):
   np.testing.assert_array_equal(np.asarray(state.key), prompt_hash(prompts))
 
 
+def test_an_answer_longer_than_max_answer_length_is_an_error(setup):
+  task, _ = setup
+  fits = "4 + 4 = 8\n#### 8"
+  row = task.encode_answer(fits)
+  ids = task.encode(fits) + [task.eos_id]
+  np.testing.assert_array_equal(row[:len(ids)], ids)
+  assert (row[len(ids):] == task.pad_id).all() and row.shape == (16,)
+  with pytest.raises(ValueError, match="needs .* tokens but max_answer_length=16"):
+    task.encode_answer(" ".join(["4 + 4 = 8"] * 8))
+
+
 def test_steps_end_at_the_delimiter_text(setup):
   task, _ = setup
   prompts, _ = task.encode_prompts(task.eval_problems(1))

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tsearch.tasks import base
+from tsearch.tasks import text as text_lib
 from tsearch.tasks.text import DelimiterMatcher, TextVocabulary, TokenizerLike
 
 Array = chex.Array
@@ -260,13 +261,7 @@ class FreeTextTask(base.Task):
     return tokens, np.array([len(x) for x in ids], np.int32)
 
   def encode_answer(self, text: str, *, eos: bool = True) -> np.ndarray:
-    ids = self.encode(text) + ([self.eos_id] if eos else [])
-    if len(ids) > self.max_answer_length:
-      raise ValueError(f"Answer needs {len(ids)} tokens but max_answer_length="
-                       f"{self.max_answer_length}.")
-    out = np.full((self.max_answer_length,), self.pad_id, np.int32)
-    out[:len(ids)] = ids
-    return out
+    return text_lib.encode_answer(self, text, eos=eos)
 
   def _score_host(self, key, tokens, length, done) -> np.ndarray:
     key, tokens = np.asarray(key), np.asarray(tokens)

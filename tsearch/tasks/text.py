@@ -186,6 +186,19 @@ def _utf8(b: bytes) -> str | None:
     return None
 
 
+def encode_answer(task: Any, text: str, *, eos: bool = True) -> np.ndarray:
+  """``text``'s tokens (and EOS), padded to ``task.max_answer_length``: a
+  ``[A]`` int32 row. ``task`` has ``encode``, ``eos_id``, ``pad_id`` and
+  ``max_answer_length``; an answer that does not fit is an error, never cut."""
+  ids = task.encode(text) + ([task.eos_id] if eos else [])
+  if len(ids) > task.max_answer_length:
+    raise ValueError(f"Answer {text!r} needs {len(ids)} tokens but "
+                     f"max_answer_length={task.max_answer_length}.")
+  out = np.full((task.max_answer_length,), task.pad_id, np.int32)
+  out[:len(ids)] = ids
+  return out
+
+
 class TextTask(base.Task):
   """A symbol task over a real tokenizer; build with :func:`over_tokenizer`.
 
@@ -372,13 +385,7 @@ class TextTask(base.Task):
     return out
 
   def encode_answer(self, text: str, *, eos: bool = True) -> np.ndarray:
-    ids = self.encode(text) + ([self.eos_id] if eos else [])
-    if len(ids) > self.max_answer_length:
-      raise ValueError(f"Answer {text!r} needs {len(ids)} tokens but "
-                       f"max_answer_length={self.max_answer_length}.")
-    out = np.full((self.max_answer_length,), self.pad_id, np.int32)
-    out[:len(ids)] = ids
-    return out
+    return encode_answer(self, text, eos=eos)
 
   # --------------------------------------------------------- device side
   def _inner_prompt(self, prompt: Array) -> tuple[Array, Array]:
