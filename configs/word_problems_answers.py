@@ -18,8 +18,11 @@ solutions. The checker never enters an evaluation's search.
 Evaluate with this config (or the same task options): the tokenizer is trained
 on the train split, so it depends on ``num_train``.
 
-Result: in progress (experiments/word_problems/README.md, "Few worked
-solutions, many answer-only problems").
+Result (seed 0, validation, experiments/word_problems/README.md, "Few worked
+solutions, many answer-only problems"): with 2,000 worked solutions the warm
+start solves 2% and the search steps add nothing; with
+``--config.task.options.num_train=5000`` greedy goes 16.3% -> 18.7% on 300
+problems after the 60 search steps (+2 points; the issue's goal is +10).
 """
 from configs import word_problems
 
