@@ -74,6 +74,12 @@ def test_cli_table_check_and_bad_files(tmp_path):
   assert run("--check", str(good)).returncode == 0
   out = run("--check", str(bad))
   assert out.returncode == 1 and "no attempts_mean" in out.stdout
+  # A compare_*.json curve file beside the results files is skipped, named.
+  curve = tmp_path / "compare_x.json"
+  curve.write_text(json.dumps({"task": "x", "results": [{"algorithm": "greedy"}]}))
+  out = run("--check", str(good), str(curve))
+  assert out.returncode == 0 and "compare_x.json: skipped" in out.stdout
+  assert "good.json: 3 rows" in out.stdout
   (tmp_path / "junk.json").write_text("[1, 2]")
   out = run(str(tmp_path / "junk.json"))
   assert out.returncode == 1 and "not a results file" in out.stderr

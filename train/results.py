@@ -132,6 +132,10 @@ def format_table(groups: Sequence[dict]) -> str:
   return "\n".join(lines)
 
 
+class _CurveFile(ValueError):
+  """A ``compare_*.json`` curve file, not a results file: skipped."""
+
+
 def _read(path: str) -> list[dict]:
   try:
     with open(path, encoding="utf-8") as f:
@@ -140,6 +144,11 @@ def _read(path: str) -> list[dict]:
     raise ValueError(f"No results file {path}.") from None
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
     raise ValueError(f"{path} is not a JSON results file: {e}") from e
+  if (isinstance(data, dict) and isinstance(data.get("results"), list)
+      and "rows" not in data):
+    raise _CurveFile(f"{path}: skipped, a comparison curve file (the plot "
+                     "data of train.evaluate's compute-matched comparison); "
+                     "its rows are in the results file given to --out.")
   if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
     raise ValueError(f"{path} is not a results file (a JSON object with a "
                      "'rows' list, as python -m train.evaluate writes).")
@@ -162,6 +171,9 @@ def main(argv):
   for path in paths:
     try:
       rows = _read(path)
+    except _CurveFile as e:
+      print(e)
+      continue
     except ValueError as e:
       print(f"FATAL: {e}", file=sys.stderr)
       sys.exit(1)
