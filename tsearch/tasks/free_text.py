@@ -46,8 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from tsearch.tasks import base
-from tsearch.tasks import text as text_lib
 from tsearch.tasks.text import DelimiterMatcher, TextVocabulary, TokenizerLike
+from tsearch.tasks.text import encode_answer as _encode_answer
 
 Array = chex.Array
 _MULTIPLIERS = (np.uint32(1_000_003), np.uint32(2_654_435_761))
@@ -261,7 +261,7 @@ class FreeTextTask(base.Task):
     return tokens, np.array([len(x) for x in ids], np.int32)
 
   def encode_answer(self, text: str, *, eos: bool = True) -> np.ndarray:
-    return text_lib.encode_answer(self, text, eos=eos)
+    return _encode_answer(self, text, eos=eos)
 
   def _score_host(self, key, tokens, length, done) -> np.ndarray:
     key, tokens = np.asarray(key), np.asarray(tokens)
