@@ -22,7 +22,8 @@ Result (seed 0, validation, experiments/word_problems/README.md, "Few worked
 solutions, many answer-only problems"): with 2,000 worked solutions the warm
 start solves 2% and the search steps add nothing; with
 ``--config.task.options.num_train=5000`` greedy goes 16.3% -> 18.7% on 300
-problems after the 60 search steps (+2 points; the issue's goal is +10).
+problems after the 60 search steps (+2 points; the issue's goal is +10), and
+the same 60 steps without SFT on the verified samples gain as much (19.3%).
 """
 from configs import word_problems
 
