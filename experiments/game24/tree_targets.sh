@@ -17,11 +17,16 @@
 #
 #   bash experiments/game24/tree_targets.sh SEED WARM ROOT OUT [SPLIT [STEPS]]
 #
+# VARIANTS picks the variants (default: sft step_dpo pav visits; `none` is
+# the control with every policy target off); BASELINES=0 skips the warm
+# start and recipe rows; SUFFIX is appended to every stage name (`_rerun`
+# for a retrained seed, docs/protocol.md "Reruns").
 # WARM is a protocol workdir (experiments/game24/protocol.sh) holding
 # checkpoints/3000; each variant trains in ROOT/<variant> from a copy of it.
 set -euo pipefail
 seed=${1:?seed}; warm=${2:?warm workdir}; root=${3:?root}; out=${4:?out}
 split=${5:-validation}; steps=${6:-10}; last=$((3000 + steps))
+suffix=${SUFFIX:-}
 cfg=configs/game24.py
 common=(--config.seed="$seed" --config.progress_bar=False
         --config.search.steps="$steps")
@@ -38,8 +43,8 @@ evaluate() {  # workdir stage:step
 }
 mkdir -p "$root"
 if [ "${BASELINES:-1}" = 1 ]; then
-  evaluate "$warm" "targets_warm_start:3000"
-  [ -d "$warm/checkpoints/$last" ] && evaluate "$warm" "targets_recipe:$last"
+  evaluate "$warm" "targets_warm_start$suffix:3000"
+  [ -d "$warm/checkpoints/$last" ] && evaluate "$warm" "targets_recipe$suffix:$last"
 fi
 for name in $variants; do
   dir="$root/$name"
@@ -53,5 +58,5 @@ for name in $variants; do
     python -m train --config $cfg --workdir "$dir" "${common[@]}" "${off[@]}" \
         ${variant[$name]}
   fi
-  evaluate "$dir" "targets_$name:$last"
+  evaluate "$dir" "targets_$name$suffix:$last"
 done
