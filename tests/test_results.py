@@ -59,6 +59,15 @@ def test_check_names_rows_without_what_the_protocol_needs():
   assert len(problems) == 2
   assert problems[0].startswith("row 1") and "attempts_mean" in problems[0]
   assert "verifier_in_search, seed" in problems[1]
+  # A match row (a game against an opponent) has no split or attempts; it
+  # must say its seed, its games and whether the rules were in the search.
+  match = dict(opponent="random", simulations=32, games=32, win_rate=0.9,
+               stage="search_and_learn", step=300)
+  problems = results.check([dict(match, seed=0, verifier_in_search=True),
+                            match])
+  assert len(problems) == 1 and problems[0].startswith("row 1")
+  assert "against random" in problems[0]
+  assert problems[0].endswith("no verifier_in_search, seed")
 
 
 def test_cli_table_check_and_bad_files(tmp_path):

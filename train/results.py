@@ -28,6 +28,9 @@ GROUP = ("stage", "algo", "simulations", "budget", "options", "overrides",
          "verifier_in_search", "split", "num_problems")
 # What every row must say (None is not an answer).
 REQUIRED = ("verifier_in_search", "attempts_mean", "split", "seed")
+# What a match row (a game against an ``opponent``, e.g.
+# experiments/connect_four/play.py) must say: it has no split or attempts.
+REQUIRED_MATCH = ("verifier_in_search", "seed", "games")
 
 
 def _group_key(row: dict) -> tuple:
@@ -82,10 +85,13 @@ def check(rows: Sequence[dict]) -> list[str]:
   """The protocol's complaints about ``rows``, one line each (empty: none)."""
   problems = []
   for i, r in enumerate(rows):
-    missing = [f for f in REQUIRED if r.get(f) is None]
+    need = REQUIRED_MATCH if "opponent" in r else REQUIRED
+    missing = [f for f in need if r.get(f) is None]
     if missing:
+      what = (f"against {r['opponent']}" if "opponent" in r else
+              f"{r.get('algo')}")
       problems.append(
-          f"row {i} ({r.get('stage')} {r.get('algo')} step {r.get('step')} "
+          f"row {i} ({r.get('stage')} {what} step {r.get('step')} "
           f"split {r.get('split')} seed {r.get('seed')}): no "
           f"{', '.join(missing)}")
   return problems

@@ -15,7 +15,9 @@ Agents (each picks one move for every game of a batch):
 
 The model plays first in half of the games and second in the other half.
 Rows: ``{"opponent", "simulations", "games", "win_rate", "draw_rate",
-"loss_rate"}`` from the model's side, merged into ``--out``.
+"loss_rate", "seed", "verifier_in_search"}`` from the model's side (the
+game's rules score finished games inside the model's search, so
+``verifier_in_search`` is true), merged into ``--out``.
 """
 from __future__ import annotations
 
@@ -160,6 +162,7 @@ _GAMES = flags.DEFINE_integer("games", 64, "Games per match (even).")
 _OPPONENTS = flags.DEFINE_list("opponents", ["random", "rollout_mcts"],
                                "Opponents.")
 _OUT = flags.DEFINE_string("out", None, "JSON file to merge the rows into.")
+_SEED = flags.DEFINE_integer("seed", 0, "Key of the matches' random draws.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -171,15 +174,18 @@ def main(argv):
   for sims in _SIMS.value:
     for opp in _OPPONENTS.value:
       row = play(fns.graphdef, fns.state(params), opp,
-                 num_simulations=int(sims), games=_GAMES.value)
-      row.update(stage="search_and_learn", step=int(step))
+                 num_simulations=int(sims), games=_GAMES.value,
+                 seed=_SEED.value)
+      row.update(stage="search_and_learn", step=int(step), seed=_SEED.value,
+                 verifier_in_search=True)
       print(json.dumps(row), flush=True)
       rows.append(row)
   if _OUT.value:
     path = _OUT.value
     old = json.load(open(path))["rows"] if os.path.exists(path) else []
-    keys = {(r["opponent"], r["simulations"]) for r in rows}
-    old = [r for r in old if (r["opponent"], r["simulations"]) not in keys]
+    key = lambda r: (r["opponent"], r["simulations"], r.get("seed"))
+    keys = {key(r) for r in rows}
+    old = [r for r in old if key(r) not in keys]
     with open(path, "w") as f:
       json.dump({"rows": old + rows}, f, indent=1)
     print(f"wrote {path}")
