@@ -53,9 +53,7 @@ def run(g, s, env, cfg, *, mode, b, leaves, sims, k, step_length, prompt_len,
   # Tokens held by the nodes' K/V slots (a node holds the step that led to
   # it; the root holds none) against the arena's reserved slots.
   nodes = np.asarray(tree.num_nodes)
-  acts = np.asarray(tree.children_actions)  # [B, N, K, S]
-  kids = np.asarray(tree.children_index)
-  held = sum(int((acts[r][kids[r] > 0] >= 0).sum()) for r in range(b))
+  held = int(np.sum(tsearch.kv_arena.tokens_held(tree)))
   reserved = b * tree.capacity * step_length
   used = held / reserved
   if page_size:  # pages handed out over the pool's pages

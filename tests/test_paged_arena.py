@@ -147,10 +147,18 @@ def test_pages_follow_the_tokens_held():
   below = (nodes < np.asarray(tree.num_nodes)[:, None]) & (nodes > 0)
   tokens = length[below]
   assert (tokens < s).mean() >= 0.5, tokens  # mostly short steps
+  # tokens_held counts them per row, the same in both layouts, and they are
+  # the sampled steps' tokens (children_actions, -1 after a step's end).
+  held = np.asarray(kv_arena.tokens_held(tree))
+  assert held.sum() == tokens.sum() and held.shape == (tree.batch_size,)
+  acts, kids = np.asarray(tree.children_actions), np.asarray(tree.children_index)
+  np.testing.assert_array_equal(
+      held, [(acts[r][kids[r] > 0] >= 0).sum() for r in range(len(held))])
   # The pool: 24 pages of 2 tokens per tree, a quarter of the slab's slots.
   slots = kv_arena.tree_num_token_slots(tree)
   assert slots == tree.batch_size * STEP.num_pages * ps
   slab_tree = search(slab(STEP)).search_tree
+  np.testing.assert_array_equal(kv_arena.tokens_held(slab_tree), held)
   assert 4 * kv_arena.arena_bytes(tree) == kv_arena.arena_bytes(slab_tree)
   assert 4 * slots == kv_arena.tree_num_token_slots(slab_tree)
   # The pages in use are what the step lengths imply: ceil(len / 2) each.

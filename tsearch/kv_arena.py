@@ -254,6 +254,15 @@ def pages_in_use(tree: Tree) -> Array:
   return tree.arena["num_used"]
 
 
+def tokens_held(tree: Tree) -> Array:
+  """``[B]`` int32: tokens the tree's nodes hold (each node its own step's
+  ``length``; the root none), slab or paged. Over
+  :func:`tree_num_token_slots` it is the share of the arena in use."""
+  length = tree.embeddings["kv"]["length"]
+  live = jnp.arange(length.shape[1])[None] < tree.num_nodes[:, None]
+  return jnp.sum(jnp.where(live, length, 0), -1).astype(jnp.int32)
+
+
 def node_keys_values(tree: Tree, node_index: Array) -> tuple[Array, Array]:
   """Own keys/values ``[B, L, S, Hkv, Dh]`` of ``node_index [B]`` (slab
   or paged; slots beyond the node's ``length`` hold no token)."""

@@ -56,15 +56,6 @@ _SEED = flags.DEFINE_integer("seed", 0, "Search key.")
 flags.mark_flags_as_required(["workdir"])
 
 
-def tokens_held(tree) -> np.ndarray:
-  """``[B]`` tokens in the nodes' own key/value slots (a node holds the
-  step that led to it; the root holds none)."""
-  acts = np.asarray(tree.children_actions)  # [B, N, K, S]
-  kids = np.asarray(tree.children_index)
-  return np.array([int((acts[r][kids[r] > 0] >= 0).sum())
-                   for r in range(acts.shape[0])])
-
-
 def same_tree(a, b) -> bool:
   """Equal nodes, edges, visits and values (the arena aside)."""
   names = ("num_nodes", "children_index", "children_actions",
@@ -106,7 +97,7 @@ def main(argv):
                    key).search_tree
     over = int(np.asarray(small.overflowed).sum())
     slots = b * slab.capacity * slab.step_length
-    held = tokens_held(base).sum()
+    held = int(np.sum(tsearch.kv_arena.tokens_held(base)))
     tokens = held / slots
     made = float(np.sum(np.asarray(base.num_nodes) - 1))  # nodes but roots
     fill = held / (made * slab.step_length)
